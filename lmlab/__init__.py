@@ -1,0 +1,3 @@
+"""lmlab: a language-model lab on PyTorch."""
+
+__version__ = "0.1.0"

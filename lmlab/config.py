@@ -1,0 +1,208 @@
+"""Typed dataclass configs: command-line flags, YAML files and saved resolved configs.
+
+Every command takes one dataclass config. Its fields become flags (``--vocab-size``);
+``--config file.yaml`` supplies values, and flags given on the command line override
+them: dataclass defaults < YAML < flags. ``--print-config`` prints the resolved config
+as YAML and exits; :func:`save_config` writes it beside a command's outputs.
+
+We use a small argparse layer instead of jsonargparse because it keeps ``lmlab --help``
+free of heavy imports (each command module is imported only when that command runs),
+spells flags with dashes (``--print-config``), and is all a flat config needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from lmlab.errors import LmlabError
+from lmlab.fileio import write_text
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def arg(default: Any = _MISSING, help: str = "", *, positional: bool = False) -> Any:
+    """Declare a config field with its help text.
+
+    Returns a ``dataclasses.field``. Mutable defaults (lists, dicts) are copied per
+    instance. ``positional=True`` makes the field a positional argument on the CLI.
+    """
+    meta = {"help": help, "positional": positional}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """Return ``(inner type, allows None)`` for ``X | None`` annotations."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert ``value`` (a CLI string or a YAML scalar/list) to the annotated type ``tp``.
+
+    Raises LmlabError naming the field when the value does not fit.
+    """
+    inner, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise LmlabError(f"{name} must not be empty; give it a value")
+    origin = typing.get_origin(inner)
+    try:
+        if origin is Literal:
+            choices = typing.get_args(inner)
+            if value not in choices:
+                raise LmlabError(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+            return value
+        if origin in (list, tuple):
+            (item_tp, *_) = typing.get_args(inner) or (str,)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v.strip() != ""]
+            return [coerce(v.strip() if isinstance(v, str) else v, item_tp, name) for v in value]
+        if inner is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if inner is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                f = float(value)  # accepts 1e6
+                if not f.is_integer():
+                    raise ValueError(value)
+                return int(f)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(value)
+            return value
+        if inner is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if inner is str:
+            return str(value)
+        if inner is Path:
+            return Path(value)
+    except (TypeError, ValueError):
+        raise LmlabError(f"{name}={value!r} is not a valid {getattr(inner, '__name__', inner)}") from None
+    return value
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cfg_cls: type) -> None:
+    """Add one flag per dataclass field of ``cfg_cls`` plus ``--config``/``--print-config``."""
+    hints = typing.get_type_hints(cfg_cls)
+    for f in dataclasses.fields(cfg_cls):
+        tp = hints[f.name]
+        inner, _ = _unwrap_optional(tp)
+        help_text = f.metadata.get("help", "")
+        if f.default is not _MISSING:
+            default = f.default
+        elif f.default_factory is not _MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if default is not None and default != "" and "%(default)" not in help_text:
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            help_text = f"{help_text} (default: {shown})".strip()
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        if typing.get_origin(inner) is Literal:
+            kwargs["choices"] = list(typing.get_args(inner))
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kwargs)
+        elif inner is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            metavar = f.name.upper() if "choices" not in kwargs else None
+            parser.add_argument(_flag(f.name), dest=f.name, metavar=metavar, **kwargs)
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help="read option values from a YAML file; flags given here override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``; raise LmlabError if missing or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise LmlabError(f"config file {p} does not exist; check the path given to --config")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LmlabError(f"config file {p} is not valid YAML ({e}); fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LmlabError(f"config file {p} must hold a mapping of option: value")
+    return data
+
+
+def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
+    """Create ``cfg_cls`` from defaults updated by ``values`` (keys with - or _).
+
+    Unknown keys raise LmlabError listing the valid ones; values are type-checked.
+    """
+    hints = typing.get_type_hints(cfg_cls)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            valid = ", ".join(sorted(n.replace("_", "-") for n in names))
+            raise LmlabError(f"unknown option {key!r}; valid options are: {valid}")
+        kwargs[name] = coerce(value, hints[name], name.replace("_", "-"))
+    cfg = cfg_cls(**kwargs)
+    return cfg
+
+
+def parse_config(cfg_cls: type[T], ns: argparse.Namespace) -> T:
+    """Resolve a config from parsed args: defaults < ``--config`` YAML < flags."""
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None):
+        values.update({str(k).replace("-", "_"): v for k, v in load_yaml(ns.config).items()})
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    values.update({k: v for k, v in vars(ns).items() if k in names})
+    return build_config(cfg_cls, values)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Return a YAML-friendly dict of a dataclass config (Paths become strings)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, Path):
+            v = str(v)
+        out[f.name] = v
+    return out
+
+
+def to_yaml(cfg: Any) -> str:
+    """Return the config as YAML text (field order kept)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Atomically write the resolved config as YAML to ``path``."""
+    write_text(path, to_yaml(cfg))
