@@ -1,0 +1,41 @@
+"""Shared test setup: quiet progress bars, an isolated data home, and CLI helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LMLAB_PROGRESS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: str | Path | None = None, input: str | None = None,
+            env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real `lmlab` CLI in a subprocess; return the completed process (text output)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lmlab.cli", *map(str, args)], cwd=cwd, input=input,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    """The `run_cli` helper as a fixture."""
+    return run_cli
+
+
+@pytest.fixture
+def text_corpus(tmp_path: Path) -> Path:
+    """A small folder corpus: ten .txt documents with English, Chinese and emoji text."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(10):
+        lines = [f"Document {i}: the quick brown fox jumps over the lazy dog {j} times."
+                 for j in range(30)]
+        lines.append("敏捷的棕色狐狸跳过了懒狗。🦊🐶 naïve café")
+        (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,78 @@
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from lmlab.cli import main
+from lmlab.config import arg, build_config, load_yaml, save_config, to_dict
+from lmlab.errors import LmlabError
+
+
+@dataclass
+class Demo:
+    name: str = arg("x", "a name")
+    steps: int = arg(10, "steps")
+    lr: float = arg(3e-4, "learning rate")
+    fast: bool = arg(False, "go fast")
+    kind: Literal["a", "b"] = arg("a", "kind")
+    sizes: list[int] = arg([1, 2], "sizes")
+    out: Path | None = arg(None, "output")
+
+
+def test_build_config_coerces_types_and_spellings():
+    cfg = build_config(Demo, {"steps": "1e3", "lr": "0.1", "fast": "true", "sizes": "4,8", "out": "o"})
+    assert (cfg.steps, cfg.lr, cfg.fast, cfg.sizes, cfg.out) == (1000, 0.1, True, [4, 8], Path("o"))
+    assert build_config(Demo, {"steps": 5.0}).steps == 5
+    assert build_config(Demo, {"out": "none"}).out is None
+
+
+@pytest.mark.parametrize("values, needle", [
+    ({"nope": 1}, "unknown option 'nope'"),
+    ({"steps": "ten"}, "steps='ten' is not a valid int"),
+    ({"steps": 2.5}, "not a valid int"),
+    ({"kind": "c"}, "is not one of a, b"),
+    ({"fast": "maybe"}, "not a valid bool"),
+])
+def test_build_config_rejects_bad_values(values, needle):
+    with pytest.raises(LmlabError, match=needle):
+        build_config(Demo, values)
+
+
+def test_mutable_defaults_are_not_shared():
+    a, b = Demo(), Demo()
+    a.sizes.append(3)
+    assert b.sizes == [1, 2]
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = build_config(Demo, {"steps": 7, "out": "runs/x"})
+    save_config(cfg, tmp_path / "c.yaml")
+    assert build_config(Demo, load_yaml(tmp_path / "c.yaml")) == cfg
+    assert to_dict(cfg)["out"] == "runs/x"
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(LmlabError, match="does not exist"):
+        load_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(LmlabError, match="mapping"):
+        load_yaml(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(LmlabError, match="not valid YAML"):
+        load_yaml(tmp_path / "broken.yaml")
+
+
+def test_cli_config_file_and_overrides(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("vocab-size: 300\ntokenizer: char\nval_fraction: 0.25\n")
+    assert main(["data", "prepare", "--config", str(tmp_path / "c.yaml"), "--vocab-size", "512",
+                 "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "vocab_size: 512" in out  # the flag wins over the file
+    assert "tokenizer: char" in out and "val_fraction: 0.25" in out
+
+
+def test_cli_unknown_yaml_key_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("vocab: 300\n")
+    assert main(["data", "prepare", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "unknown option 'vocab'" in capsys.readouterr().err
