@@ -190,3 +190,10 @@ def test_shakespeare_holds_out_whole_works():
     assert len(val) == 4 and not set(train) & set(val)
     first = next(corpus.documents("val"))
     assert "Gutenberg" not in first and len(first) > 50_000
+
+
+def test_wiki_slice_is_plain_article_text():
+    corpus = get_corpus("wiki-slice")
+    assert len(corpus.units) > 50
+    first = next(corpus.documents("train"))
+    assert first.startswith("Anarchism\n\n") and "'''" not in first and "[[" not in first

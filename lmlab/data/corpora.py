@@ -231,7 +231,7 @@ def _wiki_slice() -> Corpus:
     if not dump.is_file():
         raise LmlabError(f"gensim {gensim.__version__} does not ship {WIKI_DUMP}; "
                          "install gensim>=4.3 from PyPI")
-    cache = data_home() / "corpora" / "wiki-slice.jsonl"
+    cache = data_home() / "corpora" / "wiki-slice-v2.jsonl"
     if not cache.is_file():
         import bz2
 
@@ -239,7 +239,7 @@ def _wiki_slice() -> Corpus:
 
         with atomic_path(cache) as tmp, open(tmp, "w", encoding="utf-8") as out, bz2.open(dump) as f:
             for title, wikitext, _pageid in extract_pages(f):
-                text = filter_wiki(wikitext)
+                text = re.sub(r"'{2,}", "", filter_wiki(wikitext))  # bold/italic quote marks
                 text = re.sub(r"\n{3,}", "\n\n", text).strip()
                 if len(text) > 200 and not title.startswith(("Template:", "Category:", "File:")):
                     out.write(json.dumps({"title": title, "text": title + "\n\n" + text + "\n"}) + "\n")
