@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer train": ("lmlab.data.commands:tokenizer_train", "train a tokenizer on a corpus and save tokenizer.json"),
     "tokenizer encode": ("lmlab.data.commands:tokenizer_encode", "encode text to token ids with a tokenizer.json"),
     "tokenizer decode": ("lmlab.data.commands:tokenizer_decode", "decode token ids to text with a tokenizer.json"),
+    "ngram train": ("lmlab.classic.commands:train", "estimate an n-gram LM (mle ... modified Kneser-Ney) and write ARPA"),
+    "ngram eval": ("lmlab.classic.commands:evaluate", "perplexity, OOVs and bits per byte of an ARPA model on a text"),
+    "ngram generate": ("lmlab.classic.commands:generate", "sample sentences from an ARPA n-gram model"),
     "scaling plan": ("lmlab.scaling.commands:plan", "compute-optimal model size and tokens for a budget (Chinchilla, Kaplan)"),
     "scaling fit": ("lmlab.scaling.commands:fit", "fit scaling laws (Chinchilla approaches 1-3, Kaplan) to a table of runs"),
 }
