@@ -1,0 +1,111 @@
+"""``lmlab.load``: one call from a run directory or a Hugging Face folder to a model and tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "fp16": "float16", "float16": "float16"}
+
+
+def parse_dtype(dtype: Any) -> Any:
+    """Return the torch dtype named by ``dtype`` (fp32/bf16/fp16 or float32/...), None for None/'auto'."""
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return None if dtype == "auto" else dtype
+    if dtype not in _DTYPES:
+        raise LmlabError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
+    return getattr(torch, _DTYPES[dtype])
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+    """Return True when ``path`` is a Hugging Face model folder (config.json with a model_type)."""
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+
+
+def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> Any:
+    """Return the model in ``path`` (an lmlab run dir / model file of any architecture, or a Hugging
+    Face folder) in eval mode on ``device``, cast to ``dtype`` (None or 'auto' keeps the stored dtype)."""
+    from lmlab.models.classic_presets import ARCHS, load_classic, read_arch
+    from lmlab.models.io import WEIGHTS, load_model
+
+    p = Path(path)
+    if not p.exists():
+        raise LmlabError(f"{p} does not exist; give a run directory, a model.safetensors or "
+                         "a Hugging Face folder")
+    dt = parse_dtype(dtype)
+    if p.is_dir() and is_hf_dir(p) and not _is_lmlab_file(p / WEIGHTS):
+        from lmlab.interop.hf import load_hf
+
+        model = load_hf(p, dt)
+    elif read_arch(p)[0] in ARCHS:  # NPLM, RNN LM, ELMo
+        model = load_classic(p)
+        if dt is not None:
+            model.to(dtype=dt)
+    else:
+        model = load_model(p, map_location="cpu", dtype=dt)
+    return model.to(device).eval()
+
+
+def _is_lmlab_file(f: Path) -> bool:
+    """True when ``f`` is a safetensors file written by lmlab (it carries ``lmlab_config`` metadata)."""
+    from safetensors import safe_open
+
+    if not f.is_file():
+        return False
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            return "lmlab_config" in (sf.metadata() or {})
+    except Exception:  # a damaged file: let the lmlab loader report it
+        return True
+
+
+def load_tokenizer_any(path: str | os.PathLike) -> Any:
+    """Return the lmlab Tokenizer of ``path`` (its ``tokenizer.json``), or None when it has none."""
+    from lmlab.data.tokenizers import load_tokenizer
+
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    return load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
+
+
+def eos_ids(path: str | os.PathLike, tokenizer: Any) -> list[int]:
+    """Return the ids that end generation for the model in ``path``: the tokenizer's end-of-text
+    id, else ``eos_token_id`` from its generation_config.json / config.json (HF folders)."""
+    if tokenizer is not None and getattr(tokenizer, "eot_id", None) is not None:
+        return [tokenizer.eot_id]
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    for name in ("generation_config.json", "config.json"):
+        f = folder / name
+        if f.is_file():
+            try:
+                eos = json.loads(f.read_text(encoding="utf-8")).get("eos_token_id")
+            except json.JSONDecodeError:
+                continue
+            if eos is not None:
+                return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return []
+
+
+def load(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` for a run directory or a Hugging Face model folder.
+
+    The model is in eval mode on ``device`` (``dtype``: None/'auto' keeps the stored one,
+    or fp32/bf16/fp16 or a torch.dtype). The tokenizer is an
+    :class:`lmlab.data.tokenizers.Tokenizer`, or None when the folder has no tokenizer.json.
+    """
+    model = load_model_any(path, device, dtype)
+    return model, load_tokenizer_any(path)

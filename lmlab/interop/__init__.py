@@ -1,0 +1,1 @@
+"""lmlab.interop: conversion to and from other projects' formats (Hugging Face)."""

@@ -1,0 +1,100 @@
+"""CLI commands ``lmlab import hf`` and ``lmlab export hf``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lmlab.config import arg, save_config
+from lmlab.errors import LmlabError
+
+DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class ImportHfConfig:
+    src: Path | None = arg(None, "Hugging Face model folder: config.json + model.safetensors or "
+                                 "pytorch_model.bin (+ tokenizer.json)")
+    out: Path | None = arg(None, "run folder to write (model.safetensors, tokenizer.json, config.yaml)")
+    dtype: DtypeName = arg("auto", "weights dtype (auto: as stored)")
+    overwrite: bool = arg(False, "replace a model already in --out")
+    json: bool = arg(False, "print the result as one JSON object")
+
+
+def import_hf(cfg: ImportHfConfig) -> None:
+    """Convert a Hugging Face LlamaForCausalLM or GPT2LMHeadModel folder into an lmlab run folder.
+
+    Reads the files directly (transformers is not needed). Writes OUT/model.safetensors,
+    OUT/config.yaml and copies tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json and generation_config.json when present. Example:
+    lmlab import hf --src ~/models/Llama-3.2-1B --out runs/llama1b
+    """
+    from lmlab.api import parse_dtype
+    from lmlab.interop.hf import copy_tokenizer_files, load_hf, read_hf_config
+    from lmlab.models.io import WEIGHTS, save_model
+
+    if cfg.src is None or cfg.out is None:
+        raise LmlabError("give both --src HF_FOLDER and --out RUN_FOLDER")
+    if (Path(cfg.out) / WEIGHTS).exists() and not cfg.overwrite:
+        raise LmlabError(f"{cfg.out} already holds a model; pass --overwrite or choose another --out")
+    kind = read_hf_config(cfg.src)["model_type"]
+    model = load_hf(cfg.src, parse_dtype(cfg.dtype))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out / WEIGHTS)
+    copied = copy_tokenizer_files(cfg.src, out)
+    save_config(cfg, out / "config.yaml")
+    info = {"model_type": kind, "params": model.num_params(), "dtype": str(model.tok_emb.weight.dtype)[6:],
+            "out": str(out), "files": [WEIGHTS, *copied, "config.yaml"]}
+    if cfg.json:
+        print(json.dumps(info))
+        return
+    print(f"imported {kind} ({info['params']:,} params, {info['dtype']}) from {cfg.src} into {out}: "
+          f"{', '.join(info['files'])}")
+    if "tokenizer.json" not in copied:
+        print(f"note: {cfg.src} has no tokenizer.json; copy one into {out} before 'lmlab generate'")
+
+
+@dataclass
+class ExportHfConfig:
+    ckpt: Path | None = arg(None, "run folder or model.safetensors to export")
+    out: Path | None = arg(None, "Hugging Face folder to write")
+    dtype: DtypeName = arg("auto", "weights dtype (auto: as stored)")
+    overwrite: bool = arg(False, "replace a model already in --out")
+    json: bool = arg(False, "print the result as one JSON object")
+
+
+def export_hf(cfg: ExportHfConfig) -> None:
+    """Write a run's model as a Hugging Face folder (LlamaForCausalLM or GPT2LMHeadModel).
+
+    OUT gets config.json, model.safetensors, generation_config.json and, when the run has
+    a tokenizer.json, tokenizer.json + tokenizer_config.json + special_tokens_map.json, so
+    AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) load
+    it. Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
+    """
+    from lmlab.api import parse_dtype
+    from lmlab.interop.hf import export_hf as write_hf
+    from lmlab.interop.hf import hf_family
+    from lmlab.models.io import load_model
+
+    if cfg.ckpt is None or cfg.out is None:
+        raise LmlabError("give both --ckpt RUN and --out HF_FOLDER")
+    out = Path(cfg.out)
+    if (out / "model.safetensors").exists() and not cfg.overwrite:
+        raise LmlabError(f"{out} already holds a model; pass --overwrite or choose another --out")
+    model = load_model(cfg.ckpt, dtype=parse_dtype(cfg.dtype))
+    family = hf_family(model.config)
+    src = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
+    write_hf(model, out, tokenizer_dir=src)
+    save_config(cfg, out / "config.yaml")
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    info = {"architecture": "LlamaForCausalLM" if family == "llama" else "GPT2LMHeadModel",
+            "params": model.num_params(), "out": str(out), "files": files}
+    if cfg.json:
+        print(json.dumps(info))
+        return
+    print(f"exported {info['architecture']} ({info['params']:,} params) to {out}: {', '.join(files)}")
+    if not (src / "tokenizer.json").is_file():
+        print(f"note: {src} has no tokenizer.json, so {out} has no tokenizer")

@@ -1,0 +1,275 @@
+"""The decoder-only Transformer: GPT-2 and LLaMA are this one class with different configs.
+
+Pre-norm blocks ``x + attn(norm(x))``, ``x + mlp(norm(x))``, a final norm and a linear
+head (optionally tied to the token embedding). The config picks the norm (LayerNorm /
+RMSNorm), the MLP (GELU / SwiGLU), the positions (learned / sinusoidal / RoPE), the
+number of KV heads (MHA / GQA / MQA) and biases; :mod:`lmlab.models.presets` names the
+usual combinations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lmlab.errors import LmlabError
+from lmlab.nn.attention import Attention, KVCache, causal_mask
+from lmlab.nn.mlp import GeluMLP, SwiGLU, swiglu_hidden
+from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
+from lmlab.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, rope_type
+
+_CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+            "pos": ("learned", "rope", "sinusoidal"), "gelu_approx": ("tanh", "none")}
+
+
+@dataclass
+class DecoderConfig:
+    """Shape and variant of a decoder-only Transformer.
+
+    ``n_kv_heads``, ``d_ff`` and ``head_dim`` left as None are derived: ``n_head``,
+    ``4 * d_model`` (GELU) or LLaMA's ``8/3 * d_model`` rounded up to 64 (SwiGLU), and
+    ``d_model // n_head``. ``rope_scaling`` takes Hugging Face's dict
+    (``{"rope_type": "llama3", "factor": ..., ...}`` or ``{"rope_type": "linear", "factor": ...}``).
+    """
+
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_heads: int | None = None
+    d_model: int = 768
+    d_ff: int | None = None
+    head_dim: int | None = None
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    gelu_approx: str = "tanh"
+    pos: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise LmlabError(f"model {name}={getattr(self, name)!r} is not one of {', '.join(choices)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            if int(getattr(self, name)) < 1:
+                raise LmlabError(f"model {name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_head
+        if self.n_kv_heads < 1 or self.n_head % self.n_kv_heads:
+            raise LmlabError(f"n_head={self.n_head} must be a multiple of n_kv_heads={self.n_kv_heads}; "
+                             "pick n_kv_heads among its divisors (1 = MQA, n_head = MHA)")
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise LmlabError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
+                                 "change one of them or set head_dim")
+            self.head_dim = self.d_model // self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else swiglu_hidden(self.d_model, 64)
+        if self.pos == "rope":
+            if self.head_dim % 2:
+                raise LmlabError(f"RoPE needs an even head_dim, got {self.head_dim}; "
+                                 "change d_model or n_head")
+            rope_type(self.rope_scaling)
+        if not 0.0 <= self.dropout < 1.0:
+            raise LmlabError(f"dropout={self.dropout} must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-friendly dict (all fields, derived ones resolved)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DecoderConfig:
+        """Build a config from a dict; unknown keys raise LmlabError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise LmlabError(f"unknown model config keys {', '.join(unknown)}; "
+                             f"valid keys: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer block: attention then MLP, each with a residual connection."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.norm1 = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.attn = Attention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.bias, cfg.dropout)
+        self.norm2 = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        if cfg.mlp == "gelu":
+            self.mlp: nn.Module = GeluMLP(cfg.d_model, cfg.d_ff, cfg.bias, cfg.gelu_approx)
+        else:
+            self.mlp = SwiGLU(cfg.d_model, cfg.d_ff, cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None, layer: int, mask: torch.Tensor | None,
+                is_causal: bool) -> torch.Tensor:
+        """Return the block's output for ``x (B, T, d_model)``."""
+        a = self.attn(self.norm1(x), rope, cache, layer, mask, is_causal)
+        x = x + (self.drop(a) if self.drop is not None else a)
+        m = self.mlp(self.norm2(x))
+        return x + (self.drop(m) if self.drop is not None else m)
+
+
+class Decoder(nn.Module):
+    """A decoder-only Transformer language model: token ids ``(B, T)`` -> logits ``(B, T, V)``."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb: nn.Module | None = None
+        self.rope: RotaryEmbedding | None = None
+        if cfg.pos == "learned":
+            self.pos_emb = LearnedPositions(cfg.block_size, cfg.d_model)
+        elif cfg.pos == "sinusoidal":
+            self.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
+        else:
+            self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: weights N(0, init_std), biases 0, norms 1; residual output projections
+        scaled by ``1/sqrt(2 n_layer)`` so the residual stream's variance does not grow with depth."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                residual = name.endswith(("attn.proj", "mlp.proj", "mlp.w2"))
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if residual else 1.0
+                nn.init.normal_(module.weight, 0.0, std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, LearnedPositions):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, (LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Return the number of parameters (tied weights once); ``non_embedding`` leaves out the
+        token and position embeddings and an untied output head (Kaplan et al.'s N)."""
+        params = {id(p): p for p in self.parameters()}
+        n = sum(p.numel() for p in params.values())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if isinstance(self.pos_emb, LearnedPositions):
+                n -= self.pos_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Return training FLOPs per token (forward + backward) at context ``seq_len``:
+        ``6 N + 12 n_layer n_head head_dim seq_len`` (PaLM, appendix B), where N counts the
+        non-embedding parameters plus the output head (a matmul even when tied)."""
+        c = self.config
+        n = self.num_params(non_embedding=True) + c.vocab_size * c.d_model
+        return 6.0 * n + 12.0 * c.n_layer * c.n_head * c.head_dim * seq_len
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (less memory, ~30% more compute)."""
+        self.gradient_checkpointing = bool(enabled)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> KVCache:
+        """Return an empty preallocated :class:`KVCache` for ``batch_size`` rows of up to ``max_len``
+        (default ``block_size``) positions, in the model's dtype and device unless given."""
+        c = self.config
+        w = self.tok_emb.weight
+        return KVCache(c.n_layer, batch_size, c.n_kv_heads, max_len or c.block_size, c.head_dim,
+                       dtype or w.dtype, device or w.device)
+
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
+                positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Return next-token logits ``(B, T, V)`` for token ids ``idx (B, T)``.
+
+        ``kv_cache``: a cache from :meth:`new_kv_cache`; the T tokens continue the
+        ``kv_cache.length`` positions already in it, and are appended to it.
+        ``positions (B, T)``: position ids when they are not ``length..length+T-1`` (left
+        padding). ``attention_mask (B, length + T)``: 1/True for real tokens, 0 for padding.
+        ``last_only``: compute logits for the last position only (``(B, 1, V)``).
+        """
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise LmlabError(f"sequence of {start + T} tokens exceeds the model's block_size "
+                             f"{self.config.block_size}; feed at most {self.config.block_size} tokens")
+        if kv_cache is not None and start + T > kv_cache.max_len:
+            raise LmlabError(f"KV cache holds {kv_cache.max_len} positions, {start + T} needed; "
+                             "create it with a larger max_len")
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            if positions is None:
+                learned = isinstance(self.pos_emb, LearnedPositions)
+                table = self.pos_emb.weight if learned else self.pos_emb.table
+                x = x + table[start:start + T]
+            else:
+                x = x + self.pos_emb(positions)
+        rope = self.rope(start, T, positions) if self.rope is not None else None
+        if self.drop is not None:
+            x = self.drop(x)
+        mask, is_causal = self._mask(B, T, start, attention_mask, x.device)
+        for i, block in enumerate(self.blocks):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, kv_cache, i, mask, is_causal, use_reentrant=False)
+            else:
+                x = block(x, rope, kv_cache, i, mask, is_causal)
+        if kv_cache is not None:
+            kv_cache.length = start + T
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.norm_f(x))
+
+    @staticmethod
+    def _mask(B: int, T: int, start: int, attention_mask: torch.Tensor | None,
+              device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """Return ``(mask, is_causal)`` for SDPA: no mask for one query, SDPA's causal flag for
+        a fresh sequence, a lower-right causal mask after cached positions, plus padding."""
+        L = start + T
+        if attention_mask is None:
+            if T == 1:
+                return None, False
+            if start == 0:
+                return None, True
+            return causal_mask(T, L, device), False
+        valid = attention_mask[:, :L].to(device=device, dtype=torch.bool)
+        if T == 1:
+            return valid[:, None, None, :], False
+        causal = causal_mask(T, L, device)
+        # A padding query sees only itself, so no row is fully masked (which would give NaN).
+        own = torch.eye(T, dtype=torch.bool, device=device)
+        own = torch.cat([torch.zeros(T, start, dtype=torch.bool, device=device), own], dim=1)
+        return ((causal & valid[:, None, :]) | own)[:, None], False
+
+    def generate(self, ids: Any, max_new_tokens: int, **kwargs: Any) -> Any:
+        """Continue token ids; see :func:`lmlab.generate.generate_ids` for the options.
+
+        ``ids``: a LongTensor ``(B, T)`` or ``(T,)``, or a list of id lists (lengths may
+        differ). Returns the same kind: prompt followed by new tokens (a tensor's rows
+        that stopped early are filled with ``eos_id``, else 0).
+        """
+        from lmlab.generate import generate_ids
+
+        return generate_ids(self, ids, max_new_tokens, **kwargs)

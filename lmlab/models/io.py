@@ -1,0 +1,141 @@
+"""Save and load decoders as self-describing safetensors files.
+
+``model.safetensors`` holds the weights plus, in its metadata, ``lmlab_arch: decoder``
+and ``lmlab_config`` (the :class:`DecoderConfig` as JSON), so the file alone rebuilds the
+model. A tied output head is stored once (as the token embedding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.fileio import atomic_path
+from lmlab.models.decoder import Decoder, DecoderConfig
+
+ARCH = "decoder"
+WEIGHTS = "model.safetensors"
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """Return the weights file for ``path``: the path itself, or ``path/model.safetensors`` for a folder."""
+    p = Path(path)
+    return p / WEIGHTS if p.is_dir() else p
+
+
+def save_model(model: Decoder, path: str | os.PathLike) -> Path:
+    """Atomically write ``model`` to ``path`` (a ``.safetensors`` file, or a folder that gets
+    ``model.safetensors``); return the file written."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.is_dir() or p.suffix != ".safetensors":
+        p = p / WEIGHTS
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    metadata = {"format": "pt", "lmlab_arch": ARCH, "lmlab_config": json.dumps(model.config.to_dict())}
+    with atomic_path(p) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return p
+
+
+def read_config(path: str | os.PathLike) -> DecoderConfig:
+    """Return the :class:`DecoderConfig` stored in a model file's metadata (weights not read)."""
+    from safetensors import safe_open
+
+    f = _check_exists(path)
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            meta = sf.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise LmlabError(f"{f} is damaged or not a safetensors file ({e}); "
+                         "re-save or re-train the model") from None
+    if meta.get("lmlab_arch") != ARCH or "lmlab_config" not in meta:
+        raise LmlabError(f"{f} is not an lmlab decoder (no lmlab_config metadata); for a Hugging Face "
+                         "checkpoint run 'lmlab import hf --src DIR --out RUN' first")
+    try:
+        return DecoderConfig.from_dict(json.loads(meta["lmlab_config"]))
+    except json.JSONDecodeError:
+        raise LmlabError(f"{f} has a damaged lmlab_config; re-save the model") from None
+
+
+def _check_exists(path: str | os.PathLike) -> Path:
+    f = model_file(path)
+    if not f.is_file():
+        raise LmlabError(f"no model at {f}; give a run directory holding {WEIGHTS} or the file itself")
+    return f
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None) -> Decoder:
+    """Rebuild a :class:`Decoder` from a file written by :func:`save_model` (or its folder).
+
+    Returns the model in eval mode on ``map_location`` (cast to ``dtype`` if given). A
+    missing or damaged file, or weights that do not fit the stored config, raise LmlabError.
+    """
+    from safetensors.torch import load_file
+
+    f = _check_exists(path)
+    cfg = read_config(f)
+    try:
+        state = load_file(str(f), device=str(map_location))
+    except Exception as e:
+        raise LmlabError(f"{f} is damaged ({e}); re-save or re-train the model") from None
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    load_state(model, state, f)
+    model.to(device=map_location)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model.eval()
+
+
+def load_state(model: Decoder, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load ``state`` into ``model``, checking names and shapes, and re-tie the head.
+
+    A model built on the meta device adopts the tensors and gets its non-persistent
+    buffers (RoPE/sinusoidal tables) rebuilt; a normal model copies them in place. Raises
+    LmlabError naming ``source`` when names or shapes differ.
+    """
+    expected = model.state_dict()
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or extra or wrong:
+        parts = [f"missing {', '.join(missing[:3])}" if missing else "",
+                 f"unexpected {', '.join(extra[:3])}" if extra else "",
+                 "wrong shape " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                                            for k in wrong[:3]) if wrong else ""]
+        problems = "; ".join(p for p in parts if p)
+        raise LmlabError(f"weights in {source} do not match the model config ({problems}); "
+                         "the file is from another model or damaged: re-save it")
+    on_meta = model.tok_emb.weight.is_meta
+    # A model built on the meta device takes the tensors as they are (no copy, their dtype);
+    # a materialised one copies them into its parameters (keeping its device and dtype).
+    model.load_state_dict(state, strict=False, assign=on_meta)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    if on_meta:
+        _rebuild_buffers(model, next(iter(state.values())).device)
+
+
+def _rebuild_buffers(model: Decoder, device: torch.device) -> None:
+    """Recompute non-persistent buffers (RoPE / sinusoidal tables) on ``device``: they are
+    not in the file, and after building on the meta device they hold no data."""
+    from lmlab.nn.positions import RotaryEmbedding, SinusoidalPositions
+
+    cfg = model.config
+    with torch.device(device):
+        if isinstance(model.rope, RotaryEmbedding):
+            model.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+        if isinstance(model.pos_emb, SinusoidalPositions):
+            model.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)

@@ -1,0 +1,50 @@
+"""Position-wise feed-forward blocks: GELU MLP (GPT-2) and SwiGLU (LLaMA)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GeluMLP(nn.Module):
+    """``proj(gelu(fc(x)))``; GPT-2 uses the tanh approximation of GELU."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "tanh"):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the MLP output, same shape as ``x``."""
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP ``w2(silu(w1 x) * w3 x)`` (Shazeer 2020), as in LLaMA.
+
+    ``w1`` (gate) and ``w3`` (up) are fused into one Linear ``w13`` whose first
+    ``hidden`` output rows are ``w1`` and the last ``hidden`` are ``w3``: one matmul
+    instead of two. Hugging Face's ``gate_proj``/``up_proj`` are exactly those halves.
+    """
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.hidden = hidden
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the gated MLP output, same shape as ``x``."""
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+def swiglu_hidden(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:
+    """Return LLaMA's SwiGLU width: ``int(2 * 4 * dim / 3)`` (times a multiplier), rounded up
+    to a multiple of ``multiple_of``."""
+    hidden = int(2 * 4 * dim / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)

@@ -1,0 +1,129 @@
+"""Training batches from a prepared token memmap: random windows, reproducible and resumable.
+
+Every micro-step draws the offsets of one *global* micro-batch (``world_size *
+batch_size`` windows) from a seeded numpy generator; rank ``r`` keeps rows
+``r::world_size``. All ranks therefore draw the same numbers, so a run on N
+processes sees exactly the windows a single process with an N-times larger batch
+sees, and the generator state (part of the checkpoint) is the whole data position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmlab.errors import LmlabError
+
+
+class RandomWindows:
+    """Random ``block_size + 1`` token windows from ``tokens`` as ``input_ids``/``labels`` batches.
+
+    ``tokens`` is a 1-D integer array (usually a ``np.memmap`` of train.bin). Each
+    call to :meth:`next` returns ``{"input_ids": (B, T) int64, "labels": (B, T) int64}``
+    on ``device``, with labels the inputs shifted by one token.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        block_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        split: str = "train",
+    ):
+        if block_size < 1 or batch_size < 1:
+            raise LmlabError("--block-size and --batch-size must be at least 1")
+        if len(tokens) < block_size + 1:
+            raise LmlabError(
+                f"the {split} split has {len(tokens)} tokens, fewer than block size + 1 = "
+                f"{block_size + 1}; lower --block-size or prepare more data"
+            )
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.seed = seed
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.batches_drawn = 0
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Tokens this rank sees per batch (batch_size * block_size)."""
+        return self.batch_size * self.block_size
+
+    def next_offsets(self) -> np.ndarray:
+        """Draw the next global micro-batch of window starts and return this rank's rows."""
+        high = len(self.tokens) - self.block_size  # exclusive: a window needs block_size + 1 tokens
+        offsets = self.rng.integers(0, high, size=self.batch_size * self.world_size)
+        self.batches_drawn += 1
+        return offsets[self.rank :: self.world_size]
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """Return the next batch as int64 tensors on the device."""
+        offsets = self.next_offsets()
+        t = self.block_size
+        rows = np.stack([np.asarray(self.tokens[o : o + t + 1], dtype=np.int64) for o in offsets])
+        x = torch.from_numpy(rows)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        return {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the data position: the generator state, seed and the number of batches drawn."""
+        return {
+            "kind": "random_windows",
+            "seed": self.seed,
+            "batches_drawn": self.batches_drawn,
+            "rng": self.rng.bit_generator.state,
+            "block_size": self.block_size,
+            "global_batch": self.batch_size * self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the data position saved by :meth:`state_dict`.
+
+        Raises LmlabError when the saved block size or global micro-batch differs, since
+        the data order would then silently change.
+        """
+        if state.get("kind") != "random_windows":
+            raise LmlabError(
+                f"the checkpoint's data position is of kind {state.get('kind')!r}, "
+                "not random_windows; resume with the trainer that wrote it"
+            )
+        mine = (self.block_size, self.batch_size * self.world_size)
+        saved = (state["block_size"], state["global_batch"])
+        if mine != saved:
+            raise LmlabError(
+                f"the checkpoint was written with block size {saved[0]} and global micro-batch "
+                f"{saved[1]} (world size x batch size), this run has {mine[0]} and {mine[1]}; "
+                "resume with the same --block-size and global batch"
+            )
+        self.seed = state["seed"]
+        self.batches_drawn = state["batches_drawn"]
+        self.rng.bit_generator.state = state["rng"]
+
+
+def eval_offsets(n_tokens: int, block_size: int, n_windows: int | None = None) -> np.ndarray:
+    """Return starts of non-overlapping ``block_size`` windows over ``n_tokens`` tokens.
+
+    Window i predicts tokens ``start+1 .. start+block_size``; consecutive windows share
+    a boundary token so every token after the first is predicted once. With
+    ``n_windows`` set, that many windows are spread evenly over the split (a fixed,
+    deterministic subset for periodic validation). The last window may be shorter.
+    """
+    starts = np.arange(0, max(n_tokens - 1, 0), block_size, dtype=np.int64)
+    if n_windows is not None and n_windows < len(starts):
+        full = starts[starts + block_size + 1 <= n_tokens]
+        pick = np.linspace(0, len(full) - 1, num=n_windows).round().astype(np.int64)
+        starts = full[np.unique(pick)]
+    return starts

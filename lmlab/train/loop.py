@@ -1,0 +1,475 @@
+"""The one training loop for every gradient-trained model in the lab.
+
+:class:`Trainer` trains any ``nn.Module`` with any objective (``objective(model,
+batch) -> loss``) on any batch source with ``next()``, ``state_dict()`` and
+``load_state_dict()``. It owns what every run needs: AdamW with parameter groups,
+warmup + cosine schedule (on steps, tokens or elapsed time), gradient accumulation and
+clipping, autocast precision, data parallelism, periodic evaluation, logging to
+``metrics.jsonl``, atomic resumable checkpoints, exact resume, and graceful Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from lmlab.device import autocast, grad_scaler, mfu, peak_flops, resolve_precision
+from lmlab.errors import LmlabError
+from lmlab.train import checkpoint as ckpt
+from lmlab.train import distributed as D
+from lmlab.train.log import RunLogger, progress
+from lmlab.train.objectives import Objective
+from lmlab.train.optim import Schedule, build_adamw, set_lr
+
+
+class BatchSource(Protocol):
+    """What the loop needs from a data source: batches and a resumable position."""
+
+    def next(self) -> dict[str, torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation and bookkeeping settings of one run (the loop's part of a command config)."""
+
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_accum: int = 1
+    grad_clip: float = 1.0  # 0 turns clipping off
+    precision: str = "auto"
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    time_budget: float | None = None  # seconds of training (evaluation and saving excluded)
+    stop_at_step: int | None = None  # end this session early (resumable); the schedule is unchanged
+    eval_interval: int = 0  # 0: evaluate only at the end
+    log_interval: int = 1
+    save_interval: int = 0  # 0: save only at the end (and on Ctrl-C)
+    compile: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """How a :meth:`Trainer.fit` call ended."""
+
+    step: int
+    tokens: int
+    elapsed: float
+    interrupted: bool = False
+    last_record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _StepResult:
+    """Figures of one optimizer step, already combined over ranks."""
+
+    loss: float
+    stop: bool
+    elapsed: float
+    tokens: int
+    grad_norm: float
+    seconds: float
+    metrics: dict[str, float]
+
+
+def _split_result(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    if isinstance(out, tuple):
+        return out[0], dict(out[1])
+    return out, {}
+
+
+class Trainer:
+    """Train ``model`` with ``objective`` on batches from ``batches``, writing to ``out_dir``.
+
+    ``evaluator(model) -> {name: value}`` runs every ``eval_interval`` steps and at the
+    end (all ranks call it). ``write_weights(model, path)`` / ``read_weights(model, path)``
+    save and load the weights file (default: plain safetensors of the state dict).
+    ``model_config`` (a JSON-ready dict) is stored with each checkpoint; resuming with a
+    different one is refused. ``flops_per_token`` (training FLOPs per token) enables MFU.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        batches: BatchSource,
+        settings: TrainSettings,
+        *,
+        out_dir: str | Path,
+        device: torch.device,
+        dist: D.DistContext | None = None,
+        evaluator: Callable[[nn.Module], dict[str, float]] | None = None,
+        write_weights: Callable[[nn.Module, Path], None] | None = None,
+        read_weights: Callable[[nn.Module, Path], None] | None = None,
+        model_config: dict[str, Any] | None = None,
+        flops_per_token: float | None = None,
+        fsdp: bool = False,
+    ):
+        self.raw_model = model
+        self.objective = objective
+        self.batches = batches
+        self.s = settings
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.dist = dist or D.DistContext(device=device)
+        self.evaluator = evaluator
+        self.write_weights = write_weights or _write_safetensors
+        self.read_weights = read_weights or _read_safetensors
+        self.model_config = model_config or {}
+        self.flops_per_token = flops_per_token
+        self.fsdp = fsdp
+        self.precision = resolve_precision(device, settings.precision)
+        if self.precision == "fp16" and device.type != "cuda":
+            raise LmlabError(
+                f"--precision fp16 needs a CUDA GPU (loss scaling); on {device.type} use bf16 or fp32"
+            )
+        if settings.max_steps is None and settings.max_tokens is None and settings.time_budget is None:
+            raise LmlabError("no training length given; set --max-steps, --max-tokens or --time-budget")
+        for name in ("max_steps", "max_tokens", "time_budget"):
+            value = getattr(settings, name)
+            if value is not None and value <= 0:
+                raise LmlabError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if settings.grad_accum < 1:
+            raise LmlabError("--grad-accum must be at least 1")
+        self._stop_requested = False
+
+    # ---------------------------------------------------------------- schedule
+    def progress_fraction(self, step: int, tokens: int, elapsed: float) -> float:
+        """Return training progress in [0, 1]: the largest fraction of any set limit used up."""
+        s = self.s
+        fractions = [0.0]
+        if s.max_steps is not None:
+            fractions.append(step / s.max_steps)
+        if s.max_tokens is not None:
+            fractions.append(tokens / s.max_tokens)
+        if s.time_budget is not None:
+            fractions.append(elapsed / s.time_budget)
+        return max(fractions)
+
+    # ---------------------------------------------------------------- state
+    def _trainer_state(self, step: int, tokens: int, elapsed: float) -> dict[str, Any]:
+        rngs = [ckpt.rng_state()]
+        if self.dist.enabled:
+            rngs = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rngs, ckpt.rng_state())
+        return {
+            "tokens": tokens,
+            "elapsed": elapsed,
+            "data": self.batches.state_dict(),
+            "rng": rngs,
+            "world_size": self.dist.world_size,
+            "model_config": self.model_config,
+            "settings": asdict(self.s),
+            "precision": self.precision,
+        }
+
+    def _save(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, tokens: int, elapsed: float
+    ) -> None:
+        """Write a checkpoint (rank 0 writes; under FSDP all ranks gather first)."""
+        state = D.full_model_state(model, self.dist) if self.dist.fsdp else None
+        opt_state = D.full_optimizer_state(model, optimizer, self.dist)
+        trainer_state = self._trainer_state(step, tokens, elapsed)
+        error = None
+        if self.dist.is_main:
+            raw = self.raw_model
+
+            def write(path: Path) -> None:
+                if state is not None:
+                    with _swapped_state(raw, state):
+                        self.write_weights(raw, path)
+                else:
+                    self.write_weights(raw, path)
+
+            try:
+                ckpt.save_checkpoint(
+                    self.out_dir,
+                    step,
+                    write_weights=write,
+                    optimizer_state=opt_state,
+                    trainer_state=trainer_state,
+                )
+            except LmlabError as e:
+                error = str(e)
+        error = D.broadcast_object(error, self.dist)
+        if error:
+            raise LmlabError(error)
+
+    def _restore(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module, loaded: ckpt.Checkpoint
+    ) -> tuple[int, int, float]:
+        ts = loaded.trainer_state
+        D.load_full_optimizer_state(model, optimizer, loaded.optimizer_state, self.dist)
+        self.batches.load_state_dict(ts["data"])
+        rngs = ts["rng"]
+        if len(rngs) == self.dist.world_size:
+            ckpt.set_rng_state(rngs[self.dist.rank])
+        else:
+            ckpt.set_rng_state(rngs[0])
+        return int(ts["step"]), int(ts["tokens"]), float(ts["elapsed"])
+
+    def _check_model_config(self, saved: dict[str, Any]) -> None:
+        mine = self.model_config
+        if saved != mine:
+            keys = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            diffs = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {mine.get(k)!r}" for k in keys[:6])
+            raise LmlabError(
+                f"--resume: the model config differs from the checkpoint's ({diffs}); "
+                "resume with the same model options, or start a new run in another --out"
+            )
+
+    # ---------------------------------------------------------------- loop
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train until a limit (steps, tokens, time, stop_at_step) is reached; return a TrainResult.
+
+        With ``resume`` the latest checkpoint of ``out_dir`` is loaded first (model
+        config checked). Saves at the end, every ``save_interval`` steps and on
+        Ctrl-C / SIGTERM (then ``interrupted`` is True). A non-finite loss raises
+        LmlabError naming the step, without overwriting the last checkpoint.
+        """
+        s, dist = self.s, self.dist
+        loaded = None
+        if resume:
+            loaded = ckpt.load_checkpoint(self.out_dir)
+            self._check_model_config(loaded.trainer_state.get("model_config", {}))
+            self.read_weights(self.raw_model, loaded.weights_path)
+        self.raw_model.to(self.device)
+        model = D.wrap_model(self.raw_model, dist, fsdp=self.fsdp)
+        optimizer = build_adamw(
+            model, lr=s.lr, weight_decay=s.weight_decay, betas=(s.beta1, s.beta2), device=self.device
+        )
+        step, tokens, elapsed = 0, 0, 0.0
+        if loaded is not None:
+            step, tokens, elapsed = self._restore(optimizer, model, loaded)
+        if s.compile:
+            model = _compile(model)
+        scaler = grad_scaler(self.device, self.precision)
+        schedule = Schedule(lr=s.lr, min_lr=s.min_lr, warmup_steps=s.warmup_steps)
+        peak = peak_flops(self.device, self.precision) if self.flops_per_token and dist.is_main else 0.0
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        logger = RunLogger(self.out_dir, resume_step=step if resume else None) if dist.is_main else None
+        show = s.show_progress and dist.is_main
+        bar = progress(
+            total=s.max_steps, initial=step, desc="train", unit="step", disable=None if show else True
+        )
+        last_saved = step if loaded is not None else None
+        start_step = step
+        interval_tokens, interval_time = 0, 0.0
+        record: dict[str, Any] = {}
+        model.train()
+        try:
+            with self._signal_guard():
+                while not self._finished(step, tokens, elapsed):
+                    frac = self.progress_fraction(step, tokens, elapsed)
+                    lr = schedule(step, frac)
+                    set_lr(optimizer, lr, s.lr)
+                    st = self._train_step(model, optimizer, scaler, params, elapsed)
+                    elapsed = st.elapsed
+                    if not math.isfinite(st.loss):
+                        self._fail_nonfinite(logger, step + 1, st.loss, lr, last_saved)
+                    step += 1
+                    tokens += st.tokens
+                    if s.time_budget is not None and step == 1 and elapsed >= s.time_budget:
+                        raise LmlabError(
+                            f"--time-budget {s.time_budget:g}s is too small to take one step (the first step "
+                            f"took {st.seconds:.2f}s); raise it to at least {math.ceil(4 * st.seconds)}"
+                        )
+                    interval_tokens += st.tokens
+                    interval_time += st.seconds
+                    record = {}
+                    if step % max(s.log_interval, 1) == 0 or step == start_step + 1:
+                        tps = interval_tokens / interval_time if interval_time > 0 else 0.0
+                        record.update(loss=st.loss, lr=lr, tokens=tokens, tokens_per_s=round(tps, 1))
+                        record.update(grad_norm=st.grad_norm, **st.metrics)
+                        if self.flops_per_token and peak:
+                            record["mfu"] = round(mfu(self.flops_per_token, tps, peak * dist.world_size), 5)
+                        interval_tokens, interval_time = 0, 0.0
+                        extra = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
+                        bar.set_postfix(loss=f"{st.loss:.4f}", tok_s=f"{tps:,.0f}", **extra)
+                    done = st.stop or self._finished(step, tokens, elapsed)
+                    periodic = s.eval_interval > 0 and step % s.eval_interval == 0
+                    if self.evaluator is not None and (done or periodic):
+                        record.update(self.evaluator(model))
+                    if record and logger is not None:
+                        record = logger.log(step, **record)
+                    bar.update(1)
+                    if st.stop:
+                        self._save(model, optimizer, step, tokens, elapsed)
+                        return TrainResult(step, tokens, elapsed, interrupted=True, last_record=record)
+                    if s.save_interval > 0 and step % s.save_interval == 0 and not done:
+                        self._save(model, optimizer, step, tokens, elapsed)
+                        last_saved = step
+                if last_saved != step:
+                    self._save(model, optimizer, step, tokens, elapsed)
+                return TrainResult(step, tokens, elapsed, last_record=record)
+        finally:
+            bar.close()
+            if logger is not None:
+                logger.close()
+
+    def _finished(self, step: int, tokens: int, elapsed: float) -> bool:
+        """True when a training limit or this session's stop_at_step is reached."""
+        at_stop = self.s.stop_at_step is not None and step >= self.s.stop_at_step
+        return at_stop or self.progress_fraction(step, tokens, elapsed) >= 1.0
+
+    def _train_step(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        params: list[torch.Tensor],
+        elapsed: float,
+    ) -> _StepResult:
+        """Run one optimizer step and agree on its figures across ranks."""
+        t0 = time.perf_counter()
+        loss, metrics, n_tokens = self._accumulate(model, scaler)
+        grad_norm = self._update(params, optimizer, scaler)
+        dt = time.perf_counter() - t0
+        # One all-reduce carries the loss, the stop flag, elapsed time, tokens and objective metrics, so
+        # every rank takes the same decisions (stop, schedule) in lockstep.
+        names = sorted(metrics)
+        values = [loss, float(self._stop_requested), elapsed + dt, float(n_tokens)]
+        values += [metrics[k] for k in names]
+        vec = D.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device), self.dist)
+        w = self.dist.world_size
+        return _StepResult(
+            loss=float(vec[0]) / w,
+            stop=float(vec[1]) > 0,
+            elapsed=float(vec[2]) / w,
+            tokens=int(round(float(vec[3]))),
+            grad_norm=grad_norm,
+            seconds=dt,
+            metrics={k: float(vec[4 + i]) / w for i, k in enumerate(names)},
+        )
+
+    def _fail_nonfinite(
+        self, logger: RunLogger | None, step: int, loss: float, lr: float, last_saved: int | None
+    ) -> None:
+        """Log the bad step and raise LmlabError; the weights may be spoilt, so nothing is saved."""
+        if logger is not None:
+            logger.log(step, loss=loss, lr=lr)
+        kept = (
+            f"the last good checkpoint (step {last_saved}) is kept in {self.out_dir / 'state'}"
+            if last_saved is not None
+            else "no checkpoint had been saved"
+        )
+        raise LmlabError(
+            f"the loss became {loss} at step {step}; training stopped and {kept}; "
+            "lower --lr, raise --warmup-steps or use --precision fp32"
+        )
+
+    def _accumulate(
+        self, model: nn.Module, scaler: torch.amp.GradScaler
+    ) -> tuple[float, dict[str, float], int]:
+        """Run ``grad_accum`` forward/backward micro-steps; return mean loss, mean metrics, local tokens."""
+        n = self.s.grad_accum
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        metric_sums: dict[str, float] = {}
+        n_tokens = 0
+        for micro in range(n):
+            batch = self.batches.next()
+            ids = batch.get("input_ids")
+            n_tokens += int(ids.numel()) if ids is not None else 0
+            with D.no_grad_sync(model, self.dist, last_micro_step=micro == n - 1):
+                with autocast(self.device, self.precision):
+                    loss, metrics = _split_result(self.objective(model, batch))
+                scaler.scale(loss / n).backward()
+            loss_sum += loss.detach().float()
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / n
+        return float(loss_sum) / n, metric_sums, n_tokens
+
+    def _update(
+        self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    ) -> float:
+        """Clip, step and zero the gradients; return the gradient norm before clipping (0 if not measured)."""
+        grad_norm = 0.0
+        if self.s.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    @contextlib.contextmanager
+    def _signal_guard(self) -> Iterator[None]:
+        """Turn the first Ctrl-C / SIGTERM into a stop request honoured at the end of the step.
+
+        A second Ctrl-C interrupts at once. Only installed in the main thread.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def _swapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily give an FSDP-sharded ``model`` plain full tensors so a weights writer can save it."""
+    holders = []
+    for name, tensor in state.items():
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if attr in module._parameters:
+            holders.append((module, attr, module._parameters[attr]))
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    try:
+        yield
+    finally:
+        for module, attr, p in holders:
+            module._parameters[attr] = p
+
+
+def _compile(model: nn.Module) -> nn.Module:
+    try:
+        return torch.compile(model)
+    except Exception as e:  # torch.compile raises many types when no compiler toolchain is present
+        raise LmlabError(
+            f"--compile failed ({type(e).__name__}: {e}); install a C++ compiler or drop --compile"
+        ) from None
+
+
+def _write_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path))
+
+
+def _read_safetensors(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path), strict=True, device="cpu")

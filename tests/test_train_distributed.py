@@ -1,0 +1,129 @@
+"""Data parallelism: a 2-process torchrun run on CPU (gloo) follows the single-process loss curve."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmlab.cli import main
+from lmlab.data.prepare import prepare
+from lmlab.train import checkpoint as ckpt
+from lmlab.train.log import read_metrics
+
+COMMON = [
+    "--model",
+    "llama-tiny",
+    "--d-model",
+    "32",
+    "--n-layer",
+    "1",
+    "--block-size",
+    "16",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--warmup-steps",
+    "2",
+    "--lr",
+    "3e-3",
+    "--log-interval",
+    "1",
+    "--eval-iters",
+    "2",
+    "--max-steps",
+    "6",
+    "--grad-accum",
+    "2",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(1)
+    words = "to be or not to be that is the question whether tis nobler in the mind".split()
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(120)) for _ in range(30))
+    (root / "corpus.txt").write_text(text, encoding="utf-8")
+    prepare(str(root / "corpus.txt"), root / "prep", kind="char")
+    return root / "prep"
+
+
+def torchrun(data_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LMLAB_PEAK_FLOPS": "1e11", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "lmlab.cli",
+        "pretrain",
+        *COMMON,
+        "--batch-size",
+        "2",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def single(data_dir: Path, out: Path, monkeypatch) -> list[dict]:
+    monkeypatch.setenv("LMLAB_PEAK_FLOPS", "1e11")
+    assert main(["pretrain", *COMMON, "--batch-size", "4", "--data", str(data_dir), "--out", str(out)]) == 0
+    return read_metrics(out)
+
+
+def check_same_curve(ddp: list[dict], ref: list[dict]) -> None:
+    assert [r["step"] for r in ddp] == [r["step"] for r in ref] == list(range(1, 7))
+    for a, b in zip(ddp, ref):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+        assert a["tokens"] == b["tokens"]
+    assert abs(ddp[-1]["val_loss"] - ref[-1]["val_loss"]) < 1e-5
+
+
+def test_ddp_matches_single_process(data_dir, tmp_path, monkeypatch):
+    proc = torchrun(data_dir, tmp_path / "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained step 6") == 1  # only rank 0 reports
+    ref = single(data_dir, tmp_path / "single", monkeypatch)
+    check_same_curve(read_metrics(tmp_path / "ddp"), ref)
+    # The checkpoint is portable: one process resumes the 2-process run (same global batch).
+    assert (
+        main(
+            [
+                "pretrain",
+                *COMMON,
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "8",
+                "--data",
+                str(data_dir),
+                "--out",
+                str(tmp_path / "ddp"),
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    assert ckpt.latest_step(tmp_path / "ddp") == 8
+
+
+@pytest.mark.slow
+def test_fsdp_matches_single_process(data_dir, tmp_path, monkeypatch):
+    proc = torchrun(data_dir, tmp_path / "fsdp", "--fsdp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref = single(data_dir, tmp_path / "single", monkeypatch)
+    check_same_curve(read_metrics(tmp_path / "fsdp"), ref)
