@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -17,6 +18,9 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
     write_json(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's owner-only 0600
 
 
 def test_run_logger_appends_and_resume_drops_later_steps(tmp_path):

@@ -300,3 +300,27 @@ def test_training_parts_pick_the_objective_and_batches_per_model(tmp_path):
     assert training_parts(decoder, tokens, **kw)[0] is causal_lm_loss
     assert type(load_any(save_any(decoder, tmp_path / "dec"))) is type(decoder)
     assert isinstance(load_any(save_any(tiny(), tmp_path / "rnn")), RNNLM)
+
+
+def test_pretrain_and_eval_cli_train_recurrent_and_nplm_presets(cli, text_corpus, tmp_path):
+    import json
+
+    import lmlab
+
+    data = tmp_path / "d"
+    r = cli("data", "prepare", "--corpus", text_corpus, "--tokenizer", "char", "--out", data)
+    assert r.returncode == 0, r.stderr
+    for preset in ("lstm-tiny", "nplm-tiny"):
+        run = tmp_path / preset
+        r = cli("pretrain", "--model", preset, "--data", data, "--out", run, "--max-steps", "30",
+                "--batch-size", "4", "--block-size", "32", "--lr", "3e-3", "--warmup-steps", "3",
+                "--log-interval", "1")
+        assert r.returncode == 0, r.stderr
+        losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if "loss" in json.loads(line)]
+        assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+        r = cli("eval", "--ckpt", run, "--data", data, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["bits_per_byte"] > 0
+        model, tok = lmlab.load(str(run))
+        assert type(model).__name__ != "Decoder" and tok.vocab_size == model.config.vocab_size

@@ -81,6 +81,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """
     from safetensors.torch import load_file
 
+    from lmlab.models.classic_presets import ARCHS, load_classic, read_arch
+
+    if read_arch(path)[0] in ARCHS:  # NPLM / RNN / ELMo runs load through their own configs
+        m = load_classic(path, map_location)
+        return m.to(dtype=dtype) if dtype is not None else m
     f = _check_exists(path)
     cfg = read_config(f)
     try:

@@ -123,7 +123,8 @@ def _inherit_saved(cfg: PretrainConfig) -> PretrainConfig:
 
 def _model_config(cfg: PretrainConfig, data_vocab: int):
     """Return ``(DecoderConfig, init model or None)`` for the run, checking vocabulary and context."""
-    from lmlab.models import DecoderConfig, get_preset, load_model
+    from lmlab.models import DecoderConfig, get_preset
+    from lmlab.models.classic_presets import ARCHS, get_classic_preset, is_classic_preset, load_any, read_arch
 
     overrides = _parse_model_args(cfg.model_args)
     flags = {k: getattr(cfg, k) for k in MODEL_FLAGS if getattr(cfg, k) is not None}
@@ -132,11 +133,11 @@ def _model_config(cfg: PretrainConfig, data_vocab: int):
         shaping = sorted(k for k in {**overrides, **flags} if k not in ("dropout", "vocab_size"))
         if shaping:
             raise LmlabError(f"--init fixes the model shape; drop {', '.join(shaping)}")
-        init_model = load_model(cfg.init)
+        init_model = load_any(cfg.init)
         values = init_model.config.to_dict()
         if "dropout" in flags:
             values["dropout"] = flags["dropout"]
-        mc = DecoderConfig.from_dict(values)
+        mc = type(init_model.config).from_dict(values)
         if "vocab_size" in flags and flags["vocab_size"] != mc.vocab_size:
             raise LmlabError(
                 f"--vocab-size {flags['vocab_size']} differs from the --init model's "
@@ -147,10 +148,13 @@ def _model_config(cfg: PretrainConfig, data_vocab: int):
         values.setdefault("vocab_size", data_vocab)
         if cfg.block_size is not None:
             values["block_size"] = cfg.block_size
-        if cfg.model is not None:
+        if cfg.model is not None and is_classic_preset(cfg.model):
+            mc = get_classic_preset(cfg.model, **values)
+        elif cfg.model is not None:
             mc = get_preset(cfg.model, **values)
         elif cfg.resume:  # a run started from --init: its saved model_args hold the whole config
-            mc = DecoderConfig.from_dict(values)
+            arch, _ = read_arch(cfg.out)
+            mc = ARCHS[arch][0].from_dict(values) if arch in ARCHS else DecoderConfig.from_dict(values)
         else:
             raise LmlabError(
                 "no model given; pass --model PRESET (e.g. gpt2-tiny, llama-tiny) or --init PATH"
@@ -200,13 +204,11 @@ def pretrain(cfg: PretrainConfig) -> int:
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.evaluate.perplexity import evaluate_perplexity
     from lmlab.fileio import write_bytes
-    from lmlab.models import build_model, save_model
+    from lmlab.models.classic_presets import build_any, is_classic, load_weights, save_any, training_parts
     from lmlab.models.io import load_state
     from lmlab.train import checkpoint as ckpt
     from lmlab.train import distributed as D
-    from lmlab.train.data import RandomWindows
     from lmlab.train.loop import Trainer, TrainSettings
-    from lmlab.train.objectives import causal_lm_loss
 
     if cfg.resume and cfg.out is not None:
         cfg = _inherit_saved(cfg)
@@ -230,14 +232,17 @@ def pretrain(cfg: PretrainConfig) -> int:
         mc, init_model = _model_config(cfg, data.vocab_size)
         if cfg.init is not None and not cfg.resume:
             _check_tokenizers(cfg.init, Path(cfg.data))
-        model = build_model(mc) if init_model is None else init_model.train()
+        model = build_any(mc, data.tokenizer()) if init_model is None else init_model.train()
         del init_model
+        if cfg.grad_checkpointing and is_classic(model):
+            raise LmlabError(f"--grad-checkpointing is for Transformers; drop it for {cfg.model}")
         if cfg.grad_checkpointing:
             model.set_gradient_checkpointing(True)
         # Dropout masks differ per rank; the init above is the same on every rank.
         torch.manual_seed(cfg.seed + ctx.rank)
         block = cfg.block_size or mc.block_size
-        batches = RandomWindows(
+        objective, batches = training_parts(
+            model,
             data.train,
             block_size=block,
             batch_size=cfg.batch_size,
@@ -287,15 +292,16 @@ def pretrain(cfg: PretrainConfig) -> int:
         )
         trainer = Trainer(
             model,
-            causal_lm_loss,
+            objective,
             batches,
             settings,
             out_dir=out,
             device=device,
             dist=ctx,
             evaluator=evaluator if cfg.eval_iters > 0 else None,
-            write_weights=lambda m, p: save_model(m, p),
-            read_weights=lambda m, p: _read_weights(m, p, load_state),
+            write_weights=lambda m, p: save_any(m, p),
+            read_weights=lambda m, p: (load_weights(m, p) if is_classic(m)
+                                       else _read_weights(m, p, load_state)),
             model_config={"preset": cfg.model, **mc.to_dict()},
             flops_per_token=model.flops_per_token(block),
             fsdp=cfg.fsdp,
@@ -385,13 +391,13 @@ def evaluate(cfg: EvalConfig) -> int:
     from lmlab.data.prepare import load_prepared
     from lmlab.device import resolve_device
     from lmlab.evaluate.perplexity import evaluate_perplexity
-    from lmlab.models import load_model
+    from lmlab.models.classic_presets import load_any
 
     if cfg.ckpt is None or cfg.data is None:
         raise LmlabError("eval needs --ckpt RUN (or a model.safetensors) and --data DIR (prepared data)")
     data = load_prepared(cfg.data)
     device = resolve_device(cfg.device)
-    model = load_model(cfg.ckpt, map_location=device)
+    model = load_any(cfg.ckpt, map_location=device)
     if model.config.vocab_size < data.vocab_size:
         raise LmlabError(
             f"the model's vocabulary ({model.config.vocab_size}) is smaller than the data's "
