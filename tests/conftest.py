@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,28 @@ def text_corpus(tmp_path: Path) -> Path:
         lines.append("敏捷的棕色狐狸跳过了懒狗。🦊🐶 naïve café")
         (folder / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; OpenMP threads spin-waiting on a shared CPU are slow."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """Char-level prepared data of random words from a 15-word list."""
+    from lmlab.data.prepare import load_prepared, prepare
+
+    root = tmp_path_factory.mktemp("char-data")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while birds sing in green trees".split()
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(150)) for _ in range(40))
+    (root / "corpus.txt").write_text(text, encoding="utf-8")
+    prepare(str(root / "corpus.txt"), root / "prep", kind="char")
+    return load_prepared(root / "prep")

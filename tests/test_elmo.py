@@ -35,13 +35,7 @@ NOUNS = {"cat": ("chases", "mouse"), "dog": ("guards", "house"), "bird": ("eats"
          "cow": ("eats", "grass")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; OpenMP threads spin-waiting on a shared CPU are slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

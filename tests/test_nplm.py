@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
 
-from lmlab.data.prepare import load_prepared, prepare
 from lmlab.errors import LmlabError
 from lmlab.models.classic_presets import (
     build_classic,
@@ -23,26 +20,7 @@ from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
 from lmlab.train.objectives import causal_lm_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; OpenMP threads spin-waiting on a shared CPU are slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def char_data(tmp_path_factory):
-    """Char-level prepared data of random words from a 15-word list."""
-    root = tmp_path_factory.mktemp("nplm-data")
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over a lazy dog while birds sing in green trees".split()
-    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(150)) for _ in range(40))
-    (root / "corpus.txt").write_text(text, encoding="utf-8")
-    prepare(str(root / "corpus.txt"), root / "prep", kind="char")
-    return load_prepared(root / "prep")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unigram_entropy(tokens: np.ndarray) -> float:
