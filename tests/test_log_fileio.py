@@ -33,6 +33,5 @@ def test_run_logger_appends_and_resume_drops_later_steps(tmp_path):
     with RunLogger(tmp_path, resume_step=3, tensorboard=False) as log:
         log.log(4, loss=0.2)
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
-    with RunLogger(tmp_path, tensorboard=False):
-        pass
+    RunLogger(tmp_path, tensorboard=False).close()
     assert read_metrics(tmp_path) == []  # a fresh run starts a fresh file

@@ -21,6 +21,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path
 from lmlab.models import elmo, nplm, rnn
+from lmlab.models.io import read_arch
 
 ClassicConfig = nplm.NPLMConfig | rnn.RNNConfig | elmo.ElmoConfig
 ClassicModel = nplm.NPLM | rnn.RNNLM | elmo.ELMo
@@ -119,25 +120,6 @@ def _weights_file(path: str | os.PathLike) -> Path:
     if not f.is_file():
         raise LmlabError(f"no model at {f}; give a run directory holding {WEIGHTS} or the file itself")
     return f
-
-
-def read_arch(path: str | os.PathLike) -> tuple[str | None, dict[str, Any] | None]:
-    """Return ``(lmlab_arch, config dict)`` from a model file's metadata, ``(None, None)`` if absent."""
-    from safetensors import safe_open
-
-    f = _weights_file(path)
-    try:
-        with safe_open(str(f), framework="pt") as sf:
-            meta = sf.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for damaged headers
-        raise LmlabError(f"{f} is damaged or not a safetensors file ({e}); "
-                         "re-save or re-train the model") from None
-    if "lmlab_config" not in meta:
-        return meta.get("lmlab_arch"), None
-    try:
-        return meta.get("lmlab_arch"), json.loads(meta["lmlab_config"])
-    except json.JSONDecodeError:
-        raise LmlabError(f"{f} has a damaged lmlab_config; re-save the model") from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,8 +46,9 @@ def save_model(model: Decoder, path: str | os.PathLike) -> Path:
     return p
 
 
-def read_config(path: str | os.PathLike) -> DecoderConfig:
-    """Return the :class:`DecoderConfig` stored in a model file's metadata (weights not read)."""
+def read_arch(path: str | os.PathLike) -> tuple[str | None, dict[str, Any] | None]:
+    """Return ``(lmlab_arch, config dict)`` from a model file's metadata (weights not read);
+    ``(arch or None, None)`` when there is no lmlab config. A damaged header raises LmlabError."""
     from safetensors import safe_open
 
     f = _check_exists(path)
@@ -56,13 +58,21 @@ def read_config(path: str | os.PathLike) -> DecoderConfig:
     except Exception as e:  # safetensors raises its own error types for damaged headers
         raise LmlabError(f"{f} is damaged or not a safetensors file ({e}); "
                          "re-save or re-train the model") from None
-    if meta.get("lmlab_arch") != ARCH or "lmlab_config" not in meta:
-        raise LmlabError(f"{f} is not an lmlab decoder (no lmlab_config metadata); for a Hugging Face "
-                         "checkpoint run 'lmlab import hf --src DIR --out RUN' first")
+    if "lmlab_config" not in meta:
+        return meta.get("lmlab_arch"), None
     try:
-        return DecoderConfig.from_dict(json.loads(meta["lmlab_config"]))
+        return meta.get("lmlab_arch"), json.loads(meta["lmlab_config"])
     except json.JSONDecodeError:
         raise LmlabError(f"{f} has a damaged lmlab_config; re-save the model") from None
+
+
+def read_config(path: str | os.PathLike) -> DecoderConfig:
+    """Return the :class:`DecoderConfig` stored in a model file's metadata (weights not read)."""
+    arch, values = read_arch(path)
+    if arch != ARCH or values is None:
+        raise LmlabError(f"{_check_exists(path)} is not an lmlab decoder (no lmlab_config metadata); for a "
+                         "Hugging Face checkpoint run 'lmlab import hf --src DIR --out RUN' first")
+    return DecoderConfig.from_dict(values)
 
 
 def _check_exists(path: str | os.PathLike) -> Path:
@@ -81,7 +91,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """
     from safetensors.torch import load_file
 
-    from lmlab.models.classic_presets import ARCHS, load_classic, read_arch
+    from lmlab.models.classic_presets import ARCHS, load_classic
 
     if read_arch(path)[0] in ARCHS:  # NPLM / RNN / ELMo runs load through their own configs
         m = load_classic(path, map_location)
