@@ -13,7 +13,9 @@ state; glibc's mmap threshold is pinned so freed tensors leave the RSS.
     python benchmarks/bench_train.py [--steps 8] [--rounds 2] [--json] [--no-memory]
 
 Modes: hf-fp32, ours-fp32, hf-default and ours-default (default = ``--precision auto``:
-bf16 autocast where the hardware has it, as ``lmlab pretrain`` does).
+bf16 autocast where the hardware has it, as ``lmlab pretrain`` does). ours-fp32-blas is
+ours-fp32 with ``LMLAB_CPU_MATMUL=aten``: its matmuls on torch's BLAS like HF's, so the
+gain of oneDNN matmuls (``lmlab/nn/linear.py``) and of everything else show apart.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-MODES = ("hf-fp32", "ours-fp32", "hf-default", "ours-default")
+MODES = ("hf-fp32", "ours-fp32", "ours-fp32-blas", "hf-default", "ours-default")
 COMPILED = ("ours-fp32-compiled", "ours-default-compiled")
 
 
@@ -107,6 +109,19 @@ class Runner:
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One full training step; return the loss."""
+        if not self.mode.endswith("-blas"):
+            return self._step(batch)
+        saved = os.environ.get("LMLAB_CPU_MATMUL")
+        os.environ["LMLAB_CPU_MATMUL"] = "aten"
+        try:
+            return self._step(batch)
+        finally:
+            if saved is None:
+                del os.environ["LMLAB_CPU_MATMUL"]
+            else:
+                os.environ["LMLAB_CPU_MATMUL"] = saved
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> float:
         from lmlab.device import autocast
         from lmlab.train.objectives import causal_lm_loss
 
@@ -226,6 +241,7 @@ def main() -> None:
         tps = result["tokens_per_s"]
         result["ratios"] = {
             "ours_fp32_vs_hf_fp32": round(tps["ours-fp32"] / tps["hf-fp32"], 2),
+            "ours_fp32_blas_vs_hf_fp32": round(tps["ours-fp32-blas"] / tps["hf-fp32"], 2),
             "ours_default_vs_hf_fp32": round(tps["ours-default"] / tps["hf-fp32"], 2),
             "ours_default_vs_hf_default": round(tps["ours-default"] / tps["hf-default"], 2),
         }

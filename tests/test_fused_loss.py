@@ -7,7 +7,9 @@ import copy
 import pytest
 import torch
 
+import lmlab.nn.linear as linear_module
 from lmlab.models import Decoder, get_preset
+from lmlab.nn.linear import cpu_matmul_backend
 from lmlab.nn.mlp import SiluGate
 from lmlab.train.objectives import (
     LogitsWorkspace,
@@ -15,6 +17,16 @@ from lmlab.train.objectives import (
     linear_cross_entropy,
     token_cross_entropy,
 )
+
+
+@pytest.fixture(autouse=True, params=["onednn", "aten"])
+def matmul_backend(request, monkeypatch) -> str:
+    """Run every test with training matmuls on oneDNN and on torch's BLAS (lmlab/nn/linear.py),
+    tiny ones included."""
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", request.param)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear_module, "WIDE_GRAD_MIN_ROWS", 0)
+    return request.param
 
 
 def _pair(preset: str, **overrides):
@@ -70,7 +82,7 @@ def test_no_grad_and_autocast_paths() -> None:
     assert c.item() == pytest.approx(b.item(), abs=0.05)
 
 
-def test_linear_cross_entropy_all_ignored_and_workspace_reuse() -> None:
+def test_linear_cross_entropy_all_ignored_and_workspace_reuse(matmul_backend: str) -> None:
     h = torch.randn(6, 8, requires_grad=True)
     w = torch.randn(11, 8, requires_grad=True)
     ws = LogitsWorkspace()
@@ -80,6 +92,7 @@ def test_linear_cross_entropy_all_ignored_and_workspace_reuse() -> None:
     first = ws.buffer
     linear_cross_entropy(h, w, torch.zeros(6, dtype=torch.long), ws).backward()
     assert ws.buffer is first  # same shape: the buffer is reused
+    assert (first is None) == (cpu_matmul_backend() == "onednn")  # oneDNN computes row blocks instead
     with pytest.raises(ValueError, match="fp32"):
         linear_cross_entropy(h.bfloat16(), w, torch.zeros(6, dtype=torch.long))
 

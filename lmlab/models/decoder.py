@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from lmlab.errors import LmlabError
 from lmlab.generate import Generates
 from lmlab.nn.attention import Attention, KVCache, causal_mask
+from lmlab.nn.linear import Linear
 from lmlab.nn.mlp import GeluMLP, SwiGLU, swiglu_hidden
 from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
 from lmlab.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, rope_type
@@ -144,7 +145,7 @@ class Decoder(Generates, nn.Module):
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.gradient_checkpointing = False

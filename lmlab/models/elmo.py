@@ -30,6 +30,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generate import Generates
+from lmlab.nn.linear import Linear
 from lmlab.train.objectives import token_cross_entropy
 
 ARCH = "elmo"
@@ -215,7 +216,7 @@ class ELMo(Generates, nn.Module):
         self.bwd = nn.ModuleList(nn.LSTM(c.d_model, c.d_hidden, batch_first=True, proj_size=proj)
                                  for _ in range(c.n_layer))
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        self.head = nn.Linear(c.d_model, c.vocab_size)
+        self.head = Linear(c.d_model, c.vocab_size)
         if self.tok_emb is not None and c.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         self._chars_checked = False

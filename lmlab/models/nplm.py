@@ -24,6 +24,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generate import Generates
+from lmlab.nn.linear import Linear
 
 ARCH = "nplm"
 
@@ -71,9 +72,9 @@ class NPLM(Generates, nn.Module):
         self.config = c = config
         # Row vocab_size is the padding vector read for positions before the sequence start.
         self.emb = nn.Embedding(c.vocab_size + 1, c.d_emb)
-        self.hidden = nn.Linear(c.context * c.d_emb, c.d_hidden)  # d + H x
-        self.out = nn.Linear(c.d_hidden, c.vocab_size)  # b + U tanh(.)
-        self.direct = nn.Linear(c.context * c.d_emb, c.vocab_size, bias=False) if c.direct else None
+        self.hidden = Linear(c.context * c.d_emb, c.d_hidden)  # d + H x
+        self.out = Linear(c.d_hidden, c.vocab_size)  # b + U tanh(.)
+        self.direct = Linear(c.context * c.d_emb, c.vocab_size, bias=False) if c.direct else None
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         self.reset_parameters()
 

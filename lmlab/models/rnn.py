@@ -27,6 +27,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generate import Generates
+from lmlab.nn.linear import Linear
 
 ARCH = "rnn"
 CELLS = ("rnn", "lstm", "gru")
@@ -128,8 +129,8 @@ class RNNLM(Generates, nn.Module):
         self.drop_hid = SequenceDropout(c.dropout_hid, c.locked_dropout)
         self.drop_out = SequenceDropout(c.dropout_out, c.locked_dropout)
         d_out = c.d_emb if c.tie_embeddings else c.d_hidden
-        self.proj = nn.Linear(c.d_hidden, d_out, bias=False) if d_out != c.d_hidden else None
-        self.head = nn.Linear(d_out, c.vocab_size)
+        self.proj = Linear(c.d_hidden, d_out, bias=False) if d_out != c.d_hidden else None
+        self.head = Linear(d_out, c.vocab_size)
         if c.tie_embeddings:
             self.head.weight = self.emb.weight
         self.reset_parameters()

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.nn.linear import Linear
 from lmlab.nn.positions import apply_rope
 
 
@@ -70,8 +71,8 @@ class Attention(nn.Module):
         if n_head % n_kv_heads:
             raise ValueError(f"n_head={n_head} is not a multiple of n_kv_heads={n_kv_heads}")
         self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, head_dim
-        self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.proj = nn.Linear(n_head * head_dim, d_model, bias=bias)
+        self.qkv = Linear(d_model, (n_head + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.proj = Linear(n_head * head_dim, d_model, bias=bias)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,

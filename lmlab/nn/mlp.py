@@ -6,14 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.nn.linear import Linear
+
 
 class GeluMLP(nn.Module):
     """``proj(gelu(fc(x)))``; GPT-2 uses the tanh approximation of GELU."""
 
     def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "tanh"):
         super().__init__()
-        self.fc = nn.Linear(dim, hidden, bias=bias)
-        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.fc = Linear(dim, hidden, bias=bias)
+        self.proj = Linear(hidden, dim, bias=bias)
         self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,8 +63,8 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool = False):
         super().__init__()
         self.hidden = hidden
-        self.w13 = nn.Linear(dim, 2 * hidden, bias=bias)
-        self.w2 = nn.Linear(hidden, dim, bias=bias)
+        self.w13 = Linear(dim, 2 * hidden, bias=bias)
+        self.w2 = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the gated MLP output, same shape as ``x``."""

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from lmlab.nn.linear import mm_nt, uses_onednn, weight_grad
+
 Batch = dict[str, torch.Tensor]
 ObjectiveResult = torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor | float]]
 Objective = Callable[[torch.nn.Module, Batch], ObjectiveResult]
@@ -91,52 +93,74 @@ class LogitsWorkspace:
 class LinearCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy of ``h (N, d) @ weight (V, d)^T`` against ``targets (N,)``, fused (fp32).
 
-    Forward writes the logits into a workspace, and, when gradients are wanted, turns
-    each row chunk into ``softmax - onehot`` right after its log-sum-exp, while the chunk
-    is in cache. Backward then needs no (N, V) tensor of its own: with per-row incoming
-    gradients g, ``grad_h = (P W) * g`` and ``grad_W = P^T (h * g)``, scaling the small
-    (N, d) side instead of P. The same arithmetic as ``lm_head`` + cross-entropy, with
-    two fewer passes over the logits and one logits-sized buffer instead of two.
+    When gradients are wanted, each row chunk of logits is turned into ``softmax - onehot``
+    in place right after its log-sum-exp, while the chunk is in cache. Backward then needs
+    no (N, V) tensor of its own: with per-row incoming gradients g, ``grad_h = (P W) * g``
+    and ``grad_W = P^T (h * g)``, scaling the small (N, d) side instead of P. The same
+    arithmetic as ``lm_head`` + cross-entropy, with two fewer passes over the logits and
+    one logits-sized buffer instead of two. On the oneDNN route (``lmlab/nn/linear.py``)
+    the logits are computed as row blocks of about 8 MB, each normalised as it is made
+    (fresh blocks stay in the allocator's heap and out of page faults); otherwise one
+    logits buffer per model is reused step after step (:class:`LogitsWorkspace`).
     """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                workspace: LogitsWorkspace, want_grad: bool) -> torch.Tensor:
+                workspace: LogitsWorkspace, want_grad: bool, onednn: bool) -> torch.Tensor:
         n, vocab = h.shape[0], weight.shape[0]
         valid = targets != IGNORE_INDEX
         safe = torch.where(valid, targets, 0)[:, None]
-        logits = workspace.take(n, vocab, torch.float32, h.device)
-        torch.mm(h, weight.t(), out=logits)
+        if onednn:  # row blocks of about 8 MB, each computed, normalised and kept while in cache
+            chunk = max(64, (2 << 20) // max(vocab, 1))
+            logits = None
+            blocks = [mm_nt(h[s : s + chunk], weight) for s in range(0, n, chunk)] if not want_grad else []
+        else:
+            chunk = _chunk_rows(vocab)
+            logits = workspace.take(n, vocab, torch.float32, h.device)
+            torch.mm(h, weight.t(), out=logits)
+            blocks = [logits[s : s + chunk] for s in range(0, n, chunk)]
         rows = torch.empty(n, dtype=torch.float32, device=h.device)
-        chunk = _chunk_rows(vocab)
-        for s in range(0, n, chunk):
-            x = logits[s : s + chunk]
-            lse = torch.logsumexp(x, dim=-1)
-            rows[s : s + chunk] = lse - x.gather(1, safe[s : s + chunk]).squeeze(1)
-            if want_grad:
-                x.sub_(lse[:, None]).exp_()
-                x.scatter_add_(1, safe[s : s + chunk], torch.full_like(lse[:, None], -1.0))
+        for i, s in enumerate(range(0, n, chunk)):
+            t = safe[s : s + chunk]
+            if onednn and want_grad:
+                blocks.append(mm_nt(h[s : s + chunk], weight))
+            x = blocks[i]
+            picked = x.gather(1, t).squeeze(1)
+            if not want_grad:
+                rows[s : s + chunk] = torch.logsumexp(x, dim=-1) - picked
+                continue
+            top = x.amax(dim=-1)
+            torch.ops.aten._softmax.out(x, -1, False, out=x)  # in place: one vectorised pass
+            # the largest probability is exp(0) / sum, so log-sum-exp = top - log(max p)
+            rows[s : s + chunk] = top - x.amax(dim=-1).log_() - picked
+            x.scatter_add_(1, t, torch.full_like(picked[:, None], -1.0))  # softmax - onehot
         rows.masked_fill_(~valid, 0.0)
         if want_grad:
             ctx.save_for_backward(h, weight, valid)
-            ctx.probs, ctx.workspace = logits, workspace
-        else:
+            ctx.blocks, ctx.chunk, ctx.logits, ctx.workspace = blocks, chunk, logits, workspace
+        elif logits is not None:
             workspace.release(logits)
         return rows
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor):
         h, weight, valid = ctx.saved_tensors
-        probs = ctx.probs
         g = grad_rows.float().masked_fill(~valid, 0.0)[:, None]
         grad_h = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.mm(probs, weight).mul_(g)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.mm(probs.t(), h * g)
-        ctx.workspace.release(probs)
-        ctx.probs = None
-        return grad_h, grad_w, None, None, None
+        if ctx.logits is None:  # oneDNN row blocks
+            if ctx.needs_input_grad[0]:
+                grad_h = torch.cat([mm_nt(p, weight.t()) for p in ctx.blocks]).mul_(g)
+            if ctx.needs_input_grad[1]:
+                grad_w = weight_grad(ctx.blocks, list((h * g).split(ctx.chunk)))
+        else:
+            probs = ctx.logits
+            if ctx.needs_input_grad[0]:
+                grad_h = torch.mm(probs, weight).mul_(g)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.mm(probs.t(), h * g)
+            ctx.workspace.release(probs)
+        ctx.blocks = ctx.logits = None
+        return grad_h, grad_w, None, None, None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -151,7 +175,8 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     flat_targets = targets.reshape(-1)
     flat = h.reshape(flat_targets.shape[0], h.shape[-1])
     want_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    rows = LinearCrossEntropy.apply(flat, weight, flat_targets, workspace or LogitsWorkspace(), want_grad)
+    rows = LinearCrossEntropy.apply(flat, weight, flat_targets, workspace or LogitsWorkspace(), want_grad,
+                                    uses_onednn(flat, weight))
     return rows.sum() / (flat_targets != IGNORE_INDEX).sum().clamp_min(1)
 
 

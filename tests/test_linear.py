@@ -1,0 +1,119 @@
+"""Training matmuls on oneDNN (lmlab/nn/linear.py) give F.linear's values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import lmlab.nn.linear as linear_module
+from lmlab.errors import LmlabError
+from lmlab.nn.linear import Linear, cpu_matmul_backend, linear, uses_onednn, weight_grad
+from lmlab.train.objectives import linear_cross_entropy, token_cross_entropy
+
+needs_onednn = pytest.mark.skipif(
+    cpu_matmul_backend() != "onednn", reason="oneDNN matmuls are used on x86 CPUs with mkldnn only"
+)
+
+
+@pytest.fixture(autouse=True)
+def tiny_shapes_on_onednn(monkeypatch) -> None:
+    """Send the tests' small matmuls to oneDNN too, and wide weight gradients transposed."""
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear_module, "WIDE_GRAD_MIN_ROWS", 0)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape, out, bias", [
+    ((4, 7, 16), 48, True), ((33, 40), 8, False), ((5, 24), 24, True),
+])
+def test_linear_matches_f_linear_with_gradients(shape, out, bias) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(out, shape[-1], requires_grad=True)
+    b = torch.randn(out, requires_grad=True) if bias else None
+    assert uses_onednn(x, w)
+    y = linear(x, w, b)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, w] + ([b] if bias else []), g)
+    y_ref = F.linear(x, w, b)
+    grads_ref = torch.autograd.grad(y_ref, [x, w] + ([b] if bias else []), g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for got, ref in zip(grads, grads_ref):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+        assert got.is_contiguous()
+
+
+def test_linear_gradcheck_in_float64_takes_the_plain_path() -> None:
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert not uses_onednn(x, w)  # fp64, as every non-fp32 dtype, stays on F.linear
+    assert torch.autograd.gradcheck(linear, (x, w))
+
+
+@needs_onednn
+@pytest.mark.parametrize("wide", [True, False])
+def test_weight_grad_sums_row_blocks_in_either_orientation(wide: bool) -> None:
+    torch.manual_seed(0)
+    n_out, n_in = (40, 6) if wide else (6, 40)
+    g, x = torch.randn(50, n_out), torch.randn(50, n_in)
+    expected = g.t() @ x
+    torch.testing.assert_close(weight_grad(g, x), expected, rtol=1e-5, atol=1e-4)
+    blocks = weight_grad(list(g.split(16)), list(x.split(16)))
+    torch.testing.assert_close(blocks, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_inference_small_shapes_autocast_and_the_switch_use_f_linear(monkeypatch) -> None:
+    x = torch.randn(3, 8, requires_grad=True)
+    w = torch.randn(4, 8, requires_grad=True)
+    with torch.no_grad():
+        assert not uses_onednn(x, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn(x, w)
+    assert not uses_onednn(x.detach(), w.detach())  # nothing to differentiate
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 1 << 22)
+    big = torch.randn(512, 128, requires_grad=True)
+    assert not uses_onednn(x, w)
+    assert uses_onednn(big, torch.randn(64, 128)) == (cpu_matmul_backend() == "onednn")
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "aten")
+    assert cpu_matmul_backend() == "aten" and not uses_onednn(x, w)
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "mkl")
+    with pytest.raises(LmlabError, match="LMLAB_CPU_MATMUL='mkl'.*auto, onednn or aten"):
+        cpu_matmul_backend()
+
+
+def test_linear_module_keeps_nn_linear_state_dict() -> None:
+    layer = Linear(8, 3)
+    plain = torch.nn.Linear(8, 3)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(layer(x), plain(x))
+    assert isinstance(layer, torch.nn.Linear)
+
+
+@needs_onednn
+def test_flop_counter_counts_onednn_matmuls() -> None:
+    layer = Linear(8, 16)
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.randn(3, 5, 8))
+    assert counter.get_total_flops() == 2 * 15 * 8 * 16
+
+
+@pytest.mark.parametrize("backend", ["onednn", "aten"])
+def test_fused_loss_over_many_row_blocks(backend: str, monkeypatch) -> None:
+    """A vocabulary wide enough that the oneDNN head runs in several row blocks, with ignored rows."""
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", backend)
+    torch.manual_seed(0)
+    h = torch.randn(200, 8, requires_grad=True)
+    w = (0.3 * torch.randn(40_000, 8)).requires_grad_()
+    t = torch.randint(0, 40_000, (200,))
+    t[::7] = -100
+    loss = linear_cross_entropy(h, w, t)
+    gh, gw = torch.autograd.grad(loss, [h, w])
+    h2, w2 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = token_cross_entropy(h2 @ w2.t(), t)
+    rh, rw = torch.autograd.grad(ref, [h2, w2])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(gh, rh.float(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw, rw.float(), rtol=1e-4, atol=1e-7)
