@@ -126,3 +126,50 @@ def test_eval_cli(data_dir, tmp_path, capsys):
     shutil.copy(tmp_path / "bytes" / "tokenizer.json", run / "tokenizer.json")
     assert main(["eval", "--ckpt", str(run), "--data", str(data_dir), "--device", "cpu"]) == 2
     assert "differs from the data's" in capsys.readouterr().err
+
+
+def test_sliding_windows_match_direct_computation():
+    """With --stride each window after the first scores only its last `stride` tokens."""
+    model = tiny_decoder(40)
+    tokens = np.random.default_rng(1).integers(0, 40, size=50).astype(np.uint16)
+    r = evaluate_perplexity(model, tokens, block_size=16, batch_size=3, stride=4, split_bytes=100)
+    ids = torch.from_numpy(tokens.astype(np.int64))
+    nats, count, s = 0.0, 0, 0
+    with torch.no_grad():
+        while True:
+            first = 1 if s == 0 else s + 16 - 4 + 1  # first target this window scores
+            if first > 49:
+                break
+            x, y = ids[s : s + 16], ids[s + 1 : s + 17]
+            logp = F.log_softmax(model(x[: len(y)][None])[0], dim=-1)
+            for t in range(first, min(s + 16, 49) + 1):  # target t sits at row t - s - 1
+                nats -= logp[t - s - 1, ids[t]].item()
+                count += 1
+            s = 4 if s == 0 else s + 4
+    assert r.full_pass and r.tokens == count == 49
+    assert r.nats == pytest.approx(nats, rel=1e-5)
+    same = evaluate_perplexity(model, tokens, block_size=16, stride=16)
+    plain = evaluate_perplexity(model, tokens, block_size=16)
+    assert same.nats == pytest.approx(plain.nats, rel=1e-6) and same.windows == plain.windows
+    uniform = evaluate_perplexity(Uniform(50), np.arange(101, dtype=np.uint16) % 50, block_size=16, stride=5)
+    assert uniform.tokens == 100 and uniform.loss == pytest.approx(math.log(50))
+
+
+def test_eval_cli_stride(data_dir, tmp_path, capsys):
+    data = load_prepared(data_dir)
+    run = tmp_path / "run"
+    run.mkdir()
+    model = tiny_decoder(data.vocab_size)
+    save_model(model, run / "model.safetensors")
+    shutil.copy(data_dir / "tokenizer.json", run / "tokenizer.json")
+    args = ["eval", "--ckpt", str(run), "--data", str(data_dir), "--device", "cpu"]
+    assert main([*args, "--stride", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    direct = evaluate_perplexity(model, data.val, block_size=16, stride=4)
+    assert out["stride"] == 4 and out["full_pass"] and out["tokens"] == len(data.val) - 1
+    assert out["loss"] == pytest.approx(direct.loss, rel=1e-6)
+    assert main([*args, "--stride", "4"]) == 0
+    assert "sliding by 4" in capsys.readouterr().out
+    for bad in ("0", "17"):
+        assert main([*args, "--stride", bad]) == 2
+        assert "--stride must be between 1 and the block size 16" in capsys.readouterr().err

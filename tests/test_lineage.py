@@ -46,12 +46,14 @@ def test_lineage_end_to_end(cli, tiny_corpus: Path, tmp_path: Path) -> None:
     ngram = result["models"][0]
     assert ngram["order"] in (2, 3) and len(ngram["search"]) >= 1
     saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["eval_stride"] == 16  # half the block: every token has 16+ tokens of context
     curves = {m["name"]: m["curve"] for m in saved["models"]}
     assert all(len(curves[n]) >= 2 for n in ("nplm", "lstm", "gpt2", "llama"))  # periodic + final validation
     for name in ("report.md", "lineage.png", "config.yaml", "data/tokenizer.json", "llama/model.safetensors"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "| model |" in report and "lineage.png" in report and "the king" in report
+    assert "sliding by 16" in report
     # A second run into the same folder is refused without --overwrite.
     again = cli("lineage", "--corpus", tiny_corpus, "--budget", "3", "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
@@ -62,6 +64,7 @@ def test_lineage_end_to_end(cli, tiny_corpus: Path, tmp_path: Path) -> None:
     (["--budget", "5", "--models", "ngram,transformerxl"], "unknown lineage model"),
     (["--budget", "5", "--ngram-smoothings", "magic"], "unknown n-gram smoothing"),
     (["--budget", "5", "--ngram-orders", "0"], "orders >= 1"),
+    (["--budget", "5", "--block-size", "32", "--eval-stride", "33"], "--eval-stride must be between 1 and"),
 ])
 def test_lineage_bad_input(cli, tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "run"

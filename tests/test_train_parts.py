@@ -101,6 +101,20 @@ def test_eval_offsets_cover_every_token_once():
     assert len(sub) == 7 and sub[0] == 0 and sub[-1] + 11 <= 1000 and np.all(np.diff(sub) > 10)
 
 
+@pytest.mark.parametrize("n, block, stride", [(23, 5, 2), (23, 5, 5), (24, 5, 1), (6, 5, 3), (41, 8, 3)])
+def test_sliding_eval_offsets_score_every_token_once(n: int, block: int, stride: int):
+    starts = eval_offsets(n, block, stride=stride)
+    assert np.all(np.diff(starts) == stride) and starts[0] == 0
+    # the first window scores all its predictions, the others their last `stride`
+    first = [s + 1 + (block - stride if s else 0) for s in starts]
+    scored = [t for s, f in zip(starts, first) for t in range(f, min(s + block, n - 1) + 1)]
+    assert sorted(scored) == list(range(1, n))
+    if stride == block:
+        assert starts.tolist() == eval_offsets(n, block).tolist()
+    with pytest.raises(LmlabError, match="stride must be between 1 and the block size 5"):
+        eval_offsets(n, 5, stride=6)
+
+
 def test_checkpoint_roundtrip_and_rng(tmp_path):
     from safetensors.torch import load_file, save_file
 

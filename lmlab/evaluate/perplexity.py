@@ -2,9 +2,15 @@
 
 The split is cut into non-overlapping windows of ``block_size`` predictions; each
 token after the first is predicted exactly once, with the context available inside its
-window. Bits per byte = total nats / ln 2 / UTF-8 bytes of the evaluated text: the
-whole split's byte count for a full pass, else predicted tokens x the split's
-bytes-per-token. It compares models whose tokenizers differ; perplexity is per token.
+window. With a ``stride`` below the block size the windows slide instead (Hugging Face's
+"perplexity of fixed-length models"): each window after the first scores only its last
+``stride`` predictions, so every token still counts once but has at least ``block_size -
+stride`` tokens of context: a lower, fairer figure for a fixed-context model, at
+``block_size / stride`` times the cost.
+
+Bits per byte = total nats / ln 2 / UTF-8 bytes of the evaluated text: the whole
+split's byte count for a full pass, else predicted tokens x the split's bytes-per-token.
+It compares models whose tokenizers differ; perplexity is per token.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.train.data import eval_offsets
-from lmlab.train.objectives import token_cross_entropy
+from lmlab.train.objectives import IGNORE_INDEX, token_cross_entropy
 
 LN2 = math.log(2.0)
 
@@ -59,11 +65,14 @@ def sum_nll(
     batch_size: int,
     device: torch.device,
     precision: str = "fp32",
+    skip: int = 0,
 ) -> tuple[float, int]:
-    """Return ``(total nats, predicted tokens)`` of ``model`` over the windows at ``starts``.
+    """Return ``(total nats, scored tokens)`` of ``model`` over the windows at ``starts``.
 
     Window ``s`` feeds ``tokens[s : s+T]`` and scores ``tokens[s+1 : s+T+1]`` (shorter
-    at the end of the array). Windows of equal length are batched ``batch_size`` at a time.
+    at the end of the array), except its first ``skip`` predictions when ``s > 0``
+    (sliding windows: they are context only). Windows of equal length are batched
+    ``batch_size`` at a time.
     """
     n = len(tokens)
     lengths = np.minimum(block_size, n - 1 - starts)
@@ -78,10 +87,14 @@ def sum_nll(
                 [np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in group[i : i + batch_size]]
             )
             x = torch.from_numpy(rows).to(device)
+            targets = x[:, 1:].clone()
+            if skip:
+                later = torch.from_numpy(group[i : i + batch_size] > 0).to(device)
+                targets[later, :skip] = IGNORE_INDEX
             with autocast(device, precision):
                 logits = _logits(model, x[:, :-1])
-            total += token_cross_entropy(logits, x[:, 1:], reduction="sum").double().cpu()
-            count += int(x[:, 1:].numel())
+            total += token_cross_entropy(logits, targets, reduction="sum").double().cpu()
+            count += int((targets != IGNORE_INDEX).sum())
     return float(total), count
 
 
@@ -94,6 +107,7 @@ def evaluate_perplexity(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     max_windows: int | None = None,
+    stride: int | None = None,
     split_bytes: int | None = None,
     bytes_per_token: float | None = None,
     rank: int = 0,
@@ -104,7 +118,8 @@ def evaluate_perplexity(
 
     With ``max_windows`` None the whole array is scored (a full pass; bits per byte use
     ``split_bytes``); otherwise that many windows spread evenly over it (bits per byte
-    use ``bytes_per_token``). Under data parallelism rank ``r`` scores windows
+    use ``bytes_per_token``). ``stride`` (default ``block_size``) slides the windows
+    by that many tokens (see the module docstring). Under data parallelism rank ``r`` scores windows
     ``r::world_size`` and ``all_reduce`` (a sum over ranks) combines the totals.
     The model is put in eval mode and restored to its previous mode afterwards.
     """
@@ -117,8 +132,8 @@ def evaluate_perplexity(
             f"block size {block_size} exceeds the model's context of {model_block}; "
             f"use --block-size {model_block} or less"
         )
-    starts = eval_offsets(len(tokens), block_size, max_windows)
-    full_pass = len(starts) == len(eval_offsets(len(tokens), block_size))
+    starts = eval_offsets(len(tokens), block_size, max_windows, stride)
+    full_pass = len(starts) == len(eval_offsets(len(tokens), block_size, stride=stride))
     was_training = model.training
     model.eval()
     try:
@@ -130,6 +145,7 @@ def evaluate_perplexity(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            skip=block_size - (stride or block_size),
         )
     finally:
         model.train(was_training)

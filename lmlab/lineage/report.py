@@ -65,6 +65,16 @@ def plot_curves(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     return save_png(fig, path)
 
 
+def _scoring(settings: dict[str, Any]) -> str:
+    stride, block = settings.get("eval_stride") or settings["block_size"], settings["block_size"]
+    if stride >= block:
+        return (f"Neural models are scored on non-overlapping windows of {block} tokens (the context "
+                "restarts at each window); the n-gram scores the stream.")
+    return (f"Neural models are scored on windows of {block} tokens sliding by {stride}, each scoring its "
+            f"last {stride} tokens, so every token has at least {block - stride} tokens of context; "
+            "the n-gram scores the stream.")
+
+
 def write_report(path: Path, results: list[dict[str, Any]], settings: dict[str, Any], plot_name: str) -> Path:
     """Write report.md: settings, the table, the plot, the n-gram search and a sample per model."""
     ngram = next((r for r in results if r["name"] == "ngram"), None)
@@ -78,7 +88,8 @@ def write_report(path: Path, results: list[dict[str, Any]], settings: dict[str, 
         f"`{settings['device']}` ({settings['precision']}); neural models use windows of "
         f"{settings['block_size']} tokens, batches of {settings['batch_size']}, AdamW with warmup and a "
         "cosine schedule run on elapsed time. Validation bits per byte = total nats / ln 2 / bytes of "
-        "the whole validation split; perplexity is per token.",
+        "the whole validation split; perplexity is per token. "
+        + _scoring(settings),
         "",
         markdown_table(results),
         "",

@@ -38,6 +38,10 @@ class LineageConfig:
     models: list[str] = arg(list(DEFAULT_MODELS), f"models, oldest first, from: {', '.join(ENTRIES)}")
     size: Literal["tiny", "small"] = arg("small", "preset size of the neural models (tiny: for tests)")
     block_size: int = arg(128, "tokens per training and validation window of the neural models")
+    eval_stride: int | None = arg(
+        None, "final scores slide the windows by this many tokens, scoring each one's last STRIDE "
+        "(default: half the block, so every token has at least that much context; the block: no overlap)"
+    )
     batch_size: int = arg(16, "windows per optimizer step")
     warmup_steps: int = arg(20, "linear warmup steps of the neural models")
     evals: int = arg(8, "validations during each neural model's budget (points of its curve)")
@@ -56,6 +60,10 @@ class LineageConfig:
     json: bool = arg(False, "print the results as one JSON object")
 
 
+def _eval_stride(cfg: LineageConfig) -> int:
+    return cfg.eval_stride if cfg.eval_stride is not None else max(1, cfg.block_size // 2)
+
+
 def _check(cfg: LineageConfig) -> list[Entry]:
     if cfg.out is None:
         raise LmlabError("lineage needs --out RUN, the folder for its results")
@@ -68,6 +76,9 @@ def _check(cfg: LineageConfig) -> list[Entry]:
                          f"choose from {', '.join(ENTRIES)}")
     if cfg.block_size < 2 or cfg.batch_size < 1 or cfg.evals < 1 or cfg.sample_tokens < 0:
         raise LmlabError("--block-size must be >= 2, --batch-size and --evals >= 1, --sample-tokens >= 0")
+    if not 0 < _eval_stride(cfg) <= cfg.block_size:
+        raise LmlabError(f"--eval-stride must be between 1 and --block-size {cfg.block_size} "
+                         f"(got {cfg.eval_stride})")
     if "ngram" in cfg.models and (not cfg.ngram_orders or min(cfg.ngram_orders) < 1):
         raise LmlabError(f"--ngram-orders must be orders >= 1 (got {cfg.ngram_orders}); e.g. 2,3,4,5")
     from lmlab.classic.ngram import SMOOTHINGS
@@ -144,7 +155,8 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
     curve = [[r["elapsed"], r["val_bpb"]] for r in read_metrics(run_dir) if "val_bpb" in r and "elapsed" in r]
     model = load_any(run_dir, map_location=device)
     full = evaluate_perplexity(model, data.val, block_size=cfg.block_size, batch_size=cfg.batch_size,
-                               device=device, split_bytes=data.meta["splits"]["val"]["bytes"])
+                               device=device, split_bytes=data.meta["splits"]["val"]["bytes"],
+                               stride=_eval_stride(cfg))
     sample = generate_text(model, data.tokenizer(), cfg.prompt, cfg.sample_tokens,
                            temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)[0].text
     return {
@@ -198,7 +210,8 @@ def lineage(cfg: LineageConfig) -> int:
             "vocab_size": data.vocab_size, "train_tokens": int(len(data.train)),
             "val_tokens": int(len(data.val)), "val_bytes": int(data.meta["splits"]["val"]["bytes"]),
             "budget": cfg.budget, "device": str(device),
-            "precision": precision, "block_size": cfg.block_size, "batch_size": cfg.batch_size,
+            "precision": precision, "block_size": cfg.block_size, "eval_stride": _eval_stride(cfg),
+            "batch_size": cfg.batch_size,
             "prompt": cfg.prompt, "temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed,
             "total_seconds": round(time.perf_counter() - t_start, 1),
         }

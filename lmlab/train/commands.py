@@ -373,6 +373,10 @@ class EvalConfig:
     data: Path | None = arg(None, "prepared data folder (same tokenizer as the model)")
     split: Literal["train", "val"] = arg("val", "which split to score")
     block_size: int | None = arg(None, "tokens per window (default: the model's context)")
+    stride: int | None = arg(
+        None, "slide the windows by this many tokens and score each one's last STRIDE, so every token "
+        "has at least block-size - STRIDE tokens of context (default: the block size, no overlap)"
+    )
     batch_size: int = arg(8, "windows per forward pass")
     max_tokens: int | None = arg(
         None, "score about this many tokens spread over the split (default: the whole split)"
@@ -385,10 +389,11 @@ class EvalConfig:
 def evaluate(cfg: EvalConfig) -> int:
     """Score a model on prepared data: loss (nats/token), perplexity and bits per byte.
 
-    The split is cut into non-overlapping windows, so every token after the first is
-    predicted once; bits per byte = total nats / ln 2 / UTF-8 bytes of the scored text
-    (the split's byte count, or tokens x bytes-per-token for a partial pass with
-    --max-tokens). Example: lmlab eval --ckpt runs/tiny --data data/shk --json
+    The split is cut into non-overlapping windows (or windows sliding by --stride, each
+    scoring only its last STRIDE tokens), so every token after the first is predicted
+    once; bits per byte = total nats / ln 2 / UTF-8 bytes of the scored text (the
+    split's byte count, or tokens x bytes-per-token for a partial pass with
+    --max-tokens). Example: lmlab eval --ckpt runs/tiny --data data/shk --stride 64 --json
     """
     from lmlab.data.prepare import load_prepared
     from lmlab.device import resolve_device
@@ -408,7 +413,10 @@ def evaluate(cfg: EvalConfig) -> int:
     _check_tokenizers(Path(cfg.ckpt), Path(cfg.data))
     block = cfg.block_size or model.config.block_size
     tokens = data.train if cfg.split == "train" else data.val
-    windows = None if cfg.max_tokens is None else max(1, math.ceil(cfg.max_tokens / block))
+    stride = block if cfg.stride is None else cfg.stride
+    if not 0 < stride <= block:
+        raise LmlabError(f"--stride must be between 1 and the block size {block} (got {cfg.stride})")
+    windows = None if cfg.max_tokens is None else max(1, math.ceil(cfg.max_tokens / stride))
     r = evaluate_perplexity(
         model,
         tokens,
@@ -417,6 +425,7 @@ def evaluate(cfg: EvalConfig) -> int:
         device=device,
         precision=cfg.precision,
         max_windows=windows,
+        stride=stride,
         split_bytes=data.meta["splits"][cfg.split]["bytes"],
         bytes_per_token=data.bytes_per_token(cfg.split),
     )
@@ -430,6 +439,7 @@ def evaluate(cfg: EvalConfig) -> int:
         "windows": r.windows,
         "full_pass": r.full_pass,
         "block_size": block,
+        "stride": stride,
     }
     if cfg.json:
         print(json.dumps(figures))
@@ -437,6 +447,6 @@ def evaluate(cfg: EvalConfig) -> int:
         print(
             f"{cfg.split}: loss {r.loss:.4f} nats/token, perplexity {r.perplexity:.3f}, "
             f"bits per byte {r.bits_per_byte:.4f} ({r.tokens:,} tokens in {r.windows} windows"
-            f"{'' if r.full_pass else ', partial pass'})"
+            f"{f' sliding by {stride}' if stride < block else ''}{'' if r.full_pass else ', partial pass'})"
         )
     return 0

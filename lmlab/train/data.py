@@ -113,15 +113,26 @@ class RandomWindows:
         self.rng.bit_generator.state = state["rng"]
 
 
-def eval_offsets(n_tokens: int, block_size: int, n_windows: int | None = None) -> np.ndarray:
-    """Return starts of non-overlapping ``block_size`` windows over ``n_tokens`` tokens.
+def eval_offsets(n_tokens: int, block_size: int, n_windows: int | None = None,
+                 stride: int | None = None) -> np.ndarray:
+    """Return starts of the evaluation windows of ``block_size`` predictions over ``n_tokens`` tokens.
 
-    Window i predicts tokens ``start+1 .. start+block_size``; consecutive windows share
-    a boundary token so every token after the first is predicted once. With
-    ``n_windows`` set, that many windows are spread evenly over the split (a fixed,
-    deterministic subset for periodic validation). The last window may be shorter.
+    Window i predicts tokens ``start+1 .. start+block_size``. Without ``stride`` (or with
+    ``stride == block_size``) the windows do not overlap: consecutive ones share a
+    boundary token, so every token after the first is predicted once. With a smaller
+    ``stride`` they slide by ``stride`` tokens and every window after the first is meant
+    to score only its last ``stride`` predictions (each then has at least ``block_size -
+    stride`` tokens of context); the starts are placed so that those cover every token
+    after the first once. With ``n_windows`` set, that many full windows are spread
+    evenly over the split (a fixed, deterministic subset for periodic validation). The
+    last window may be shorter.
     """
-    starts = np.arange(0, max(n_tokens - 1, 0), block_size, dtype=np.int64)
+    stride = block_size if stride is None else stride
+    if not 0 < stride <= block_size:
+        raise LmlabError(f"the evaluation stride must be between 1 and the block size {block_size}, "
+                         f"not {stride}")
+    rest = np.arange(stride, max(n_tokens - 1 - block_size + stride, stride), stride, dtype=np.int64)
+    starts = np.concatenate([np.zeros(1 if n_tokens > 1 else 0, dtype=np.int64), rest])
     if n_windows is not None and n_windows < len(starts):
         full = starts[starts + block_size + 1 <= n_tokens]
         pick = np.linspace(0, len(full) - 1, num=n_windows).round().astype(np.int64)
