@@ -78,13 +78,19 @@ def test_matches_direct_computation():
         evaluate_perplexity(model, tokens, block_size=32)
 
 
-def test_eval_cli(data_dir, tmp_path, capsys):
+def saved_run(data_dir: Path, tmp_path: Path):
+    """A run folder with a tiny decoder for ``data_dir``'s tokenizer; returns (run, model, data)."""
     data = load_prepared(data_dir)
     run = tmp_path / "run"
     run.mkdir()
     model = tiny_decoder(data.vocab_size)
     save_model(model, run / "model.safetensors")
     shutil.copy(data_dir / "tokenizer.json", run / "tokenizer.json")
+    return run, model, data
+
+
+def test_eval_cli(data_dir, tmp_path, capsys):
+    run, model, data = saved_run(data_dir, tmp_path)
     assert main(["eval", "--ckpt", str(run), "--data", str(data_dir), "--device", "cpu", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     direct = evaluate_perplexity(
@@ -156,12 +162,7 @@ def test_sliding_windows_match_direct_computation():
 
 
 def test_eval_cli_stride(data_dir, tmp_path, capsys):
-    data = load_prepared(data_dir)
-    run = tmp_path / "run"
-    run.mkdir()
-    model = tiny_decoder(data.vocab_size)
-    save_model(model, run / "model.safetensors")
-    shutil.copy(data_dir / "tokenizer.json", run / "tokenizer.json")
+    run, model, data = saved_run(data_dir, tmp_path)
     args = ["eval", "--ckpt", str(run), "--data", str(data_dir), "--device", "cpu"]
     assert main([*args, "--stride", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
