@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -22,18 +23,38 @@ DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Dense peak FLOP/s (no sparsity) of common accelerators, by precision, from vendor data sheets.
-_GPU_PEAK = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
-    "A10G": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
-    "V100": {"bf16": 0.0, "fp16": 125e12, "fp32": 15.7e12},
-    "T4": {"bf16": 0.0, "fp16": 65e12, "fp32": 8.1e12},
-    "4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
-    "3090": {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12},
+# Dense peak FLOP/s (no structured sparsity) of common accelerators by precision, from vendor
+# data sheets: the MFU denominator in training (matched by regex in the CUDA device name) and
+# the names `lmlab scaling flops --peak-flops` takes ("h100-sxm-bf16", see PEAK_FLOPS).
+# Insertion order is match order: the H100 PCIe before the H100 SXM.
+ACCELERATORS: dict[str, tuple[str | None, dict[str, float]]] = {
+    "h100-pcie": (r"\bH100\b.*\bPCIe\b", {"bf16": 756e12, "fp16": 756e12}),
+    "h100-sxm": (r"\bH100\b", {"bf16": 989e12, "fp16": 989e12, "fp8": 1979e12, "tf32": 494.7e12,
+                               "fp32": 67e12}),
+    "h200": (r"\bH200\b", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
+    "a100": (r"\bA100\b", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    "a10g": (r"\bA10G\b", {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12}),
+    "l4": (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12}),
+    "v100": (r"\bV100\b", {"fp16": 125e12, "fp32": 15.7e12}),
+    "t4": (r"\bT4\b", {"fp16": 65e12, "fp32": 8.1e12}),
+    "rtx4090": (r"\b4090\b", {"bf16": 165.2e12, "fp16": 165.2e12, "fp32": 82.6e12}),
+    "rtx3090": (r"\b3090\b", {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12}),
+    "mi300x": (r"\bMI300X\b", {"bf16": 1307.4e12, "fp16": 1307.4e12}),
+    "tpu-v4": (None, {"bf16": 275e12}),
+    "tpu-v5e": (None, {"bf16": 197e12}),
+    "tpu-v5p": (None, {"bf16": 459e12}),
 }
+PEAK_FLOPS: dict[str, float] = {f"{name}-{precision}": flops for name, (_, table) in ACCELERATORS.items()
+                                for precision, flops in table.items()}
+
+
+def accelerator_peak(device_name: str, precision: str) -> float:
+    """Return the data-sheet peak FLOP/s of the accelerator named ``device_name`` (as
+    ``torch.cuda.get_device_name`` spells it) at ``precision``, or 0.0 when not in the table."""
+    for pattern, table in ACCELERATORS.values():
+        if pattern is not None and re.search(pattern, device_name):
+            return table.get(precision, 0.0)
+    return 0.0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -170,11 +191,7 @@ def peak_flops(device: torch.device, precision: str) -> float:
         return _PEAK_CACHE[key]
     peak = 0.0
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for model, table in _GPU_PEAK.items():
-            if model in name:
-                peak = table.get(precision, 0.0)
-                break
+        peak = accelerator_peak(torch.cuda.get_device_name(device), precision)
     if peak <= 0.0:
         peak = measure_matmul_flops(device, precision)
     _PEAK_CACHE[key] = peak

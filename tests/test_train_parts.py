@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.device import autocast, mfu, peak_flops, resolve_device, resolve_precision
+from lmlab.device import (
+    PEAK_FLOPS,
+    accelerator_peak,
+    autocast,
+    mfu,
+    peak_flops,
+    resolve_device,
+    resolve_precision,
+)
 from lmlab.errors import LmlabError
 from lmlab.models import build_model, get_preset
 from lmlab.train import checkpoint as ckpt
@@ -40,6 +48,22 @@ def test_device_and_precision(monkeypatch):
     monkeypatch.setenv("LMLAB_PEAK_FLOPS", "2e11")
     assert peak_flops(cpu, "fp32") == 2e11
     assert mfu(6e6, 1e4, 2e11) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+    ("NVIDIA H100 PCIe", "bf16", 756e12),
+    ("NVIDIA H200", "fp32", 67e12),
+    ("NVIDIA A100-SXM4-80GB", "fp32", 19.5e12),
+    ("NVIDIA L4", "bf16", 121e12),
+    ("NVIDIA L40S", "bf16", 0.0),  # not the L4: unknown, so training measures a matmul instead
+    ("Tesla V100-SXM2-16GB", "bf16", 0.0),  # no bf16 on a V100
+    ("NVIDIA GeForce RTX 4090", "bf16", 165.2e12),
+    ("AMD Instinct MI300X", "bf16", 1307.4e12),
+])
+def test_accelerator_peaks_by_device_name(name: str, precision: str, peak: float):
+    assert accelerator_peak(name, precision) == peak
+    assert PEAK_FLOPS["h100-sxm-bf16"] == 989e12 and PEAK_FLOPS["tpu-v5p-bf16"] == 459e12
 
 
 def test_param_groups_skip_norms_biases_embeddings():

@@ -192,7 +192,7 @@ class FlopsConfig:
     peak_flops: str | None = arg(None, "peak FLOP/s of one device: a number (e.g. 989e12) or a name: "
                                        "h100-sxm-bf16, h100-pcie-bf16, a100-bf16, l4-bf16, v100-fp16, "
                                        "rtx4090-bf16, mi300x-bf16, tpu-v5p-bf16, ... "
-                                       "(lmlab.scaling.flops.PEAK_FLOPS)")
+                                       "(lmlab.device.PEAK_FLOPS)")
     devices: int = arg(1, "devices the tokens/s were measured on; the peak is multiplied by this")
     json: bool = arg(False, "print the figures as one JSON object")
 

@@ -54,29 +54,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lmlab.device import PEAK_FLOPS
 from lmlab.errors import LmlabError
 from lmlab.models.decoder import DecoderConfig
-
-# Dense peak FLOP/s (no structured sparsity) from vendor data sheets, by device and precision.
-PEAK_FLOPS: dict[str, float] = {
-    "h100-sxm-bf16": 989e12,
-    "h100-sxm-fp8": 1979e12,
-    "h100-sxm-tf32": 494.7e12,
-    "h100-pcie-bf16": 756e12,
-    "h200-bf16": 989e12,
-    "a100-bf16": 312e12,
-    "a100-tf32": 156e12,
-    "a100-fp32": 19.5e12,
-    "l4-bf16": 121e12,
-    "v100-fp16": 125e12,
-    "t4-fp16": 65e12,
-    "rtx4090-bf16": 165.2e12,
-    "rtx3090-bf16": 71e12,
-    "mi300x-bf16": 1307.4e12,
-    "tpu-v4-bf16": 275e12,
-    "tpu-v5e-bf16": 197e12,
-    "tpu-v5p-bf16": 459e12,
-}
 
 METHODS = ("6N", "kaplan", "chinchilla", "palm")
 
