@@ -10,13 +10,9 @@ import torch
 import lmlab.nn.linear as linear_module
 from lmlab.models import Decoder, get_preset
 from lmlab.nn.linear import cpu_matmul_backend
+from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
 from lmlab.nn.mlp import SiluGate
-from lmlab.train.objectives import (
-    LogitsWorkspace,
-    causal_lm_loss,
-    linear_cross_entropy,
-    token_cross_entropy,
-)
+from lmlab.train.objectives import causal_lm_loss
 
 
 @pytest.fixture(autouse=True, params=["onednn", "aten"])

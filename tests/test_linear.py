@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lmlab.nn.linear as linear_module
 from lmlab.errors import LmlabError
 from lmlab.nn.linear import Linear, cpu_matmul_backend, linear, uses_onednn, weight_grad
-from lmlab.train.objectives import linear_cross_entropy, token_cross_entropy
+from lmlab.nn.losses import linear_cross_entropy, token_cross_entropy
 
 needs_onednn = pytest.mark.skipif(
     cpu_matmul_backend() != "onednn", reason="oneDNN matmuls are used on x86 CPUs with mkldnn only"

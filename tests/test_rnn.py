@@ -15,6 +15,7 @@ from lmlab.models.classic_presets import (
     save_classic,
 )
 from lmlab.models.rnn import RNNLM, RNNConfig, SequenceDropout, embedding_dropout
+from lmlab.nn.losses import token_cross_entropy
 from lmlab.train.bptt import (
     CarriedStateLoss,
     StreamWindows,
@@ -25,7 +26,6 @@ from lmlab.train.bptt import (
 )
 from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
-from lmlab.train.objectives import token_cross_entropy
 
 CPU = torch.device("cpu")
 

@@ -14,6 +14,7 @@ import torch
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.models.decoder import Decoder
+from lmlab.nn.losses import IGNORE_INDEX
 from lmlab.scaling.emergence import (
     CHARS,
     NEWLINE,
@@ -32,7 +33,6 @@ from lmlab.scaling.emergence import (
     make_data,
     teacher_forced_metrics,
 )
-from lmlab.train.objectives import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -201,7 +201,7 @@ def test_failed_weights_write_leaves_previous(tmp_path):
 def test_cross_entropy_matches_torch(dtype):
     import torch.nn.functional as F
 
-    from lmlab.train.objectives import IGNORE_INDEX, token_cross_entropy
+    from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     base = (torch.randn(3, 50, 300, generator=g) * 3).to(dtype)

@@ -24,8 +24,8 @@ import torch
 
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
+from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
 from lmlab.train.data import eval_offsets
-from lmlab.train.objectives import IGNORE_INDEX, token_cross_entropy
 
 LN2 = math.log(2.0)
 

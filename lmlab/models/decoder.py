@@ -22,10 +22,10 @@ from lmlab.errors import LmlabError
 from lmlab.generate import Generates
 from lmlab.nn.attention import Attention, KVCache, causal_mask
 from lmlab.nn.linear import Linear
+from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
 from lmlab.nn.mlp import GeluMLP, SwiGLU, swiglu_hidden
 from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
 from lmlab.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, rope_type
-from lmlab.train.objectives import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
 
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
             "pos": ("learned", "rope", "sinusoidal"), "gelu_approx": ("tanh", "none")}

@@ -31,7 +31,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.generate import Generates
 from lmlab.nn.linear import Linear
-from lmlab.train.objectives import token_cross_entropy
+from lmlab.nn.losses import token_cross_entropy
 
 ARCH = "elmo"
 # Character ids: the 256 byte values, then begin-of-word, end-of-word and padding.

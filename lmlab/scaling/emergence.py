@@ -219,7 +219,7 @@ class ProblemBatches:
         if not 1 <= batch_size <= len(data.train):
             raise LmlabError(f"--batch-size {batch_size} must be between 1 and the training set size "
                              f"{len(data.train)}; lower --batch-size or raise --train-size")
-        from lmlab.train.objectives import IGNORE_INDEX
+        from lmlab.nn.losses import IGNORE_INDEX
 
         seqs = data.tensor(data.train)
         self.inputs = seqs[:, :-1].contiguous()

@@ -22,8 +22,8 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
 from lmlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
 from lmlab.seq2seq.tasks import BOS, EOS, PAD, Pair, TaskSpec, Vocab, make_splits, task_vocabs
-from lmlab.train.objectives import IGNORE_INDEX, token_cross_entropy
 
 if TYPE_CHECKING:
     from lmlab.seq2seq.commands import TrainConfig

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.train.objectives import token_cross_entropy
+from lmlab.nn.losses import token_cross_entropy
 
 State = tuple[torch.Tensor, ...]
 
