@@ -17,6 +17,7 @@ from lmlab.scaling.fit import (
     fit_approach2,
     fit_approach3,
     fit_kaplan,
+    flops_per_param_token,
     huber_objective,
     lower_envelope,
     optimum_at,
@@ -67,6 +68,21 @@ def test_approach3_recovers_the_law_with_intervals_that_cover_it():
         assert est.lo <= getattr(LAW, k) <= est.hi
     opt = optimum_at(r, 1e23)
     assert opt["n_params"] == pytest.approx(LAW.optimal(1e23).n_params, rel=0.15)
+
+
+def test_approach3_optimum_uses_the_runs_flops_per_parameter_token():
+    """Runs whose C counts more than 6ND (attention) put the optimum at C = k N D with their own k."""
+    base = isoflop_runs(noise=0.0, seed=0)
+    table = RunTable.from_arrays(base.N, base.D, base.loss, 8.0 * base.N * base.D)
+    r = fit_approach3(table, grid=TEST_GRID, bootstrap=0)
+    assert flops_per_param_token(table) == pytest.approx(8.0)
+    assert flops_per_param_token(base) == pytest.approx(6.0)
+    opt = optimum_at(r, 1e23)
+    want = LAW.optimal(1e23, flops_per_param_token=8.0)
+    assert opt["flops_per_param_token"] == pytest.approx(8.0)
+    assert opt["n_params"] == pytest.approx(want.n_params, rel=0.05)
+    assert 8.0 * opt["n_params"] * opt["n_tokens"] == pytest.approx(1e23)
+    assert any("k = 8" in note for note in r.notes)
 
 
 def test_huber_objective_gradient_matches_finite_differences():

@@ -483,7 +483,9 @@ def fit_approach3(table: RunTable, *, grid: str | dict = "paper", bootstrap: int
             notes.append("too few converged bootstrap refits for intervals")
     else:
         notes.append("no intervals: bootstrap disabled")
-    notes.append("compute-optimal allocation under C = 6ND: N_opt = G (C/6)^a, D_opt = (C/6) / N_opt")
+    k = flops_per_param_token(table)
+    notes.append(f"compute-optimal allocation under C = k N D with k = {k:.3g}, the runs' median C/(ND) "
+                 "(6 when C is 6ND): N_opt = G (C/k)^a, D_opt = (C/k) / N_opt")
     return FitResult("3", "L(N, D) = E + A / N^alpha + B / D^beta", len(table), params, notes,
                      {"table": table, "theta": best.x, "boots": boots})
 
@@ -602,14 +604,26 @@ def run_fit(table: RunTable, approach: str, **kwargs) -> FitResult:
     raise LmlabError(f"unknown approach {approach!r}; choose 1, 2, 3 or kaplan")
 
 
+def flops_per_param_token(table: RunTable) -> float:
+    """Return the runs' median C / (N D): 6 when C was taken as 6ND, more when it counts attention."""
+    return float(np.median(table.C / (table.N * table.D)))
+
+
 def optimum_at(result: FitResult, compute: float) -> dict[str, float] | None:
     """The fitted compute-optimal N and D (and, for Approach 3, the loss) at ``compute`` FLOPs, or None for
-    fits that do not give an allocation (Kaplan)."""
+    fits that do not give an allocation (Kaplan).
+
+    Approaches 1 and 2 read N and D off their power laws in C directly. Approach 3's L(N, D)
+    is minimised under C = k N D with k the fitted runs' own FLOPs per parameter-token, so
+    the compute means what it meant in the runs (6ND or a count including attention).
+    """
     p = result.params
     if result.approach in ("1", "2"):
         n = p["k_N"].value * compute ** p["a"].value
         d = p["k_D"].value * compute ** p["b"].value
         return {"compute_flops": compute, "n_params": n, "n_tokens": d, "tokens_per_param": d / n}
     if result.approach == "3":
-        return chinchilla_from_fit(result).optimal(compute).as_dict() | {"law": "fit"}
+        k = flops_per_param_token(result.extras["table"])
+        return chinchilla_from_fit(result).optimal(compute, k).as_dict() | {"law": "fit",
+                                                                           "flops_per_param_token": k}
     return None

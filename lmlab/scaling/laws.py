@@ -88,11 +88,14 @@ class ChinchillaLaw:
         """G = (alpha A / (beta B))^(1 / (alpha + beta)), so N_opt = G (C/6)^a (Hoffmann et al., eq. 4)."""
         return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
 
-    def optimal(self, compute: float) -> Allocation:
-        """Minimise L(N, D) subject to C = 6 N D in closed form; return the allocation."""
+    def optimal(self, compute: float, flops_per_param_token: float = 6.0) -> Allocation:
+        """Minimise L(N, D) subject to C = k N D in closed form (k = ``flops_per_param_token``,
+        6 by default, more when C also counts attention); return the allocation."""
         c = _check_compute(compute)
-        n = self.G * (c / 6.0) ** self.a
-        d = (c / 6.0) / n
+        if not flops_per_param_token > 0:
+            raise LmlabError(f"FLOPs per parameter-token must be positive, got {flops_per_param_token}")
+        n = self.G * (c / flops_per_param_token) ** self.a
+        d = (c / flops_per_param_token) / n
         return Allocation(self.name, c, n, d, self.loss(n, d))
 
 

@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.plotting import figure, save_png
-from lmlab.scaling.fit import FitResult, RunTable, chinchilla_from_fit, group_by_compute, kaplan_nd_loss
+from lmlab.scaling.fit import (
+    FitResult,
+    RunTable,
+    chinchilla_from_fit,
+    flops_per_param_token,
+    group_by_compute,
+    kaplan_nd_loss,
+)
 
 
 def _plain_log_y(ax) -> None:
@@ -136,8 +143,7 @@ def plot_isoflops(result: FitResult, path: Path, tol_decades: float = 0.05) -> P
             ax.plot(t.N[g], t.loss[g], "o", color=col, ms=4)
             if len(g) < 2:
                 continue
-            # FLOPs per parameter-token of these runs: 6 when C = 6ND, more when C counts attention
-            k = float(np.median(t.C[g] / (t.N[g] * t.D[g])))
+            k = flops_per_param_token(t.subset(g))  # 6 when C = 6ND, more when C counts attention
             ns = np.logspace(math.log10(t.N[g].min()) - 0.2, math.log10(t.N[g].max()) + 0.2, 100)
             ax.plot(ns, law.loss(ns, c / (k * ns)), "-", color=col, lw=1, label=f"C = {c:.2g}")
             wide = np.logspace(math.log10(t.N.min()) - 2, math.log10(t.N.max()) + 2, 2000)
@@ -179,12 +185,13 @@ def plot_contours(result: FitResult, path: Path) -> Path:
     ax.scatter(t.N, t.D, c=t.loss, cmap=cmap, norm=norm, s=25, edgecolors="w", linewidths=0.6, zorder=3)
     fig.colorbar(cf, ax=ax, label="loss (nats/token)")
     budgets = np.unique(np.round(np.log10(t.C), 1))
+    k = flops_per_param_token(t)  # the runs' own C / (ND): IsoFLOP lines pass through their points
     for b in budgets[:: max(1, len(budgets) // 6)]:
         ns = 10**ln
-        ax.plot(ns, 10**b / (6 * ns), "w--", lw=0.7)
+        ax.plot(ns, 10**b / (k * ns), "w--", lw=0.7)
     if result.approach == "3":
-        cs = np.logspace(math.log10(6 * nn.min() * dd.min()), math.log10(6 * nn.max() * dd.max()), 200)
-        opt = [law.optimal(c) for c in cs]
+        cs = np.logspace(math.log10(k * nn.min() * dd.min()), math.log10(k * nn.max() * dd.max()), 200)
+        opt = [law.optimal(c, k) for c in cs]
         ax.plot([o.n_params for o in opt], [o.n_tokens for o in opt], "r-", lw=1.5,
                 label="compute-optimal frontier")
         ax.legend(fontsize=8, loc="upper left")
