@@ -10,8 +10,10 @@ import pytest
 import torch
 import yaml
 
+import lmlab.nn.linear as linear_module
 from lmlab.cli import main
 from lmlab.models import load_model
+from lmlab.nn.linear import cpu_matmul_backend
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import objectives
 from lmlab.train.log import read_metrics
@@ -111,6 +113,21 @@ def test_exact_resume_is_bitwise(reference_run, data_dir, tmp_path):
     # A bare --resume takes every other option from the run's config.yaml; nothing is left to do.
     assert main(["pretrain", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert ckpt.latest_step(out) == 12
+
+
+@pytest.mark.skipif(cpu_matmul_backend() != "onednn", reason="the oneDNN matmul route is x86-only")
+def test_exact_resume_on_the_onednn_matmul_route(data_dir, tmp_path, monkeypatch):
+    """With every matmul on oneDNN (lmlab/nn/linear.py), a resumed run is still bitwise exact."""
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(linear_module, "WIDE_GRAD_MIN_ROWS", 0)
+    args = ("--max-steps", "8", "--dropout", "0.1")
+    assert pretrain(data_dir, tmp_path / "ref", *args) == 0
+    assert pretrain(data_dir, tmp_path / "run", *args, "--stop-at-step", "3") == 0
+    assert pretrain(data_dir, tmp_path / "run", *args, "--resume") == 0
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "aten")  # and the route changes the numbers, so it was taken
+    assert pretrain(data_dir, tmp_path / "blas", *args) == 0
+    assert losses(tmp_path / "blas") != losses(tmp_path / "ref")
 
 
 def test_ctrl_c_saves_and_resumes_exactly(reference_run, data_dir, tmp_path, monkeypatch):
