@@ -64,23 +64,31 @@ def test_weight_grad_sums_row_blocks_in_either_orientation(wide: bool) -> None:
     torch.testing.assert_close(blocks, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_inference_small_shapes_autocast_and_the_switch_use_f_linear(monkeypatch) -> None:
+def test_small_shapes_autocast_and_the_switch_use_f_linear(monkeypatch) -> None:
     x = torch.randn(3, 8, requires_grad=True)
     w = torch.randn(4, 8, requires_grad=True)
-    with torch.no_grad():
-        assert not uses_onednn(x, w)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not uses_onednn(x, w)
-    assert not uses_onednn(x.detach(), w.detach())  # nothing to differentiate
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 1 << 22)
     big = torch.randn(512, 128, requires_grad=True)
     assert not uses_onednn(x, w)
     assert uses_onednn(big, torch.randn(64, 128)) == (cpu_matmul_backend() == "onednn")
     monkeypatch.setenv("LMLAB_CPU_MATMUL", "aten")
-    assert cpu_matmul_backend() == "aten" and not uses_onednn(x, w)
+    assert cpu_matmul_backend() == "aten" and not uses_onednn(big, torch.randn(64, 128))
     monkeypatch.setenv("LMLAB_CPU_MATMUL", "mkl")
     with pytest.raises(LmlabError, match="LMLAB_CPU_MATMUL='mkl'.*auto, onednn or aten"):
         cpu_matmul_backend()
+
+
+@needs_onednn
+def test_inference_takes_the_same_route_without_a_graph() -> None:
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 9, 16), torch.randn(24, 16, requires_grad=True), torch.randn(24)
+    with torch.no_grad():
+        y = linear(x, w, b)
+        assert uses_onednn(x, w) and y.grad_fn is None
+    torch.testing.assert_close(y, linear(x, w, b).detach(), rtol=0, atol=0)  # bitwise: same kernel
+    torch.testing.assert_close(y, F.linear(x, w, b).detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_linear_module_keeps_nn_linear_state_dict() -> None:

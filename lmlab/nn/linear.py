@@ -1,4 +1,4 @@
-"""Linear layers whose fp32 CPU training matmuls run on oneDNN instead of the BLAS.
+"""Linear layers whose fp32 CPU matmuls run on oneDNN instead of the BLAS.
 
 PyTorch sends fp32 CPU matmuls to its BLAS (MKL in the x86 wheels) and only bf16/fp16
 ones to oneDNN. MKL picks its kernels by CPU vendor: on AMD EPYC (Zen 5, AVX-512) its
@@ -7,11 +7,11 @@ instruction set, runs at 280-370 over a layer's forward and backward
 (``benchmarks/bench_matmul.py``). Both are IEEE fp32 with fp32 accumulation; only the
 summation order differs (relative errors of about 1e-6 against float64 for both).
 
-:func:`linear` computes ``x @ weight.T + bias`` and, when a gradient is wanted on an
-x86 CPU in fp32 outside autocast, for products of at least :data:`ONEDNN_MIN_MACS`
-multiply-adds, runs the forward and both backward products on oneDNN
+:func:`linear` computes ``x @ weight.T + bias``. On an x86 CPU in fp32 outside
+autocast, for products of at least :data:`ONEDNN_MIN_MACS` multiply-adds, it runs the
+forward (and, in training, both backward products) on oneDNN
 (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` emits for CPU
-linears). Everything else (inference, GPUs, bf16, ARM, torch.compile graphs) takes
+linears). Everything else (small products, GPUs, bf16, ARM, torch.compile graphs) takes
 ``F.linear`` unchanged. ``LMLAB_CPU_MATMUL=aten`` turns the oneDNN route off;
 ``=onednn`` (the default on x86) keeps it on.
 """
@@ -40,7 +40,7 @@ if _ONEDNN_LINEAR is not None:  # so torch.utils.flop_counter (MFU, profiles) co
 
 
 def cpu_matmul_backend() -> str:
-    """Return ``'onednn'`` or ``'aten'``: which library runs fp32 CPU training matmuls.
+    """Return ``'onednn'`` or ``'aten'``: which library runs large fp32 CPU matmuls.
 
     Read from ``LMLAB_CPU_MATMUL`` (``onednn``, ``aten`` or ``auto``); ``auto`` (the
     default) is oneDNN on x86 CPUs where this torch build has it, else aten (the BLAS).
@@ -63,14 +63,12 @@ WIDE_GRAD_MIN_ROWS = 256
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when ``x @ weight.T`` for training should run on oneDNN (see the module docstring)."""
+    """True when ``x @ weight.T`` should run on oneDNN (see the module docstring)."""
     return (
         x.device.type == "cpu"
         and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and cpu_matmul_backend() == "onednn"
@@ -134,7 +132,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not uses_onednn(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
-    out = OneDnnLinear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(), bias)
+    flat, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        out = OneDnnLinear.apply(flat, weight, bias)
+    else:
+        out = _ONEDNN_LINEAR(flat, weight, bias, "none", [], "")
     return out.reshape(*lead, weight.shape[0])
 
 
