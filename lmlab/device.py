@@ -151,17 +151,21 @@ def measure_matmul_flops(
     """Measure the FLOP/s of square ``size`` matmuls at ``precision`` on ``device`` for about ``seconds``.
 
     Returns FLOP/s (2 n^3 per matmul). Used as the CPU peak for MFU, since CPU data
-    sheets say little about what PyTorch reaches on a given machine.
+    sheets say little about what PyTorch reaches on a given machine. The matmuls run
+    through :func:`lmlab.nn.linear.linear`, so they take the same kernels as the models'
+    layers (oneDNN for fp32 on x86 CPUs).
     """
+    from lmlab.nn.linear import linear
+
     dtype = _DTYPES[precision]
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     for _ in range(2):
-        a @ b
+        linear(a, b)
     _sync(device)
     n, t0 = 0, time.perf_counter()
     while True:
-        a @ b
+        linear(a, b)
         n += 1
         if n % 4 == 0:
             _sync(device)

@@ -12,6 +12,7 @@ from lmlab.device import (
     PEAK_FLOPS,
     accelerator_peak,
     autocast,
+    measure_matmul_flops,
     mfu,
     peak_flops,
     resolve_device,
@@ -48,6 +49,17 @@ def test_device_and_precision(monkeypatch):
     monkeypatch.setenv("LMLAB_PEAK_FLOPS", "2e11")
     assert peak_flops(cpu, "fp32") == 2e11
     assert mfu(6e6, 1e4, 2e11) == pytest.approx(0.3)
+
+
+def test_cpu_peak_is_measured_on_the_models_matmul_route(monkeypatch):
+    """The MFU denominator times the kernels the layers use (oneDNN for fp32 on x86), not bare a @ b."""
+    import lmlab.nn.linear as linear_module
+
+    calls = []
+    real = linear_module.linear
+    monkeypatch.setattr(linear_module, "linear", lambda *a: calls.append(a[0].dtype) or real(*a))
+    flops = measure_matmul_flops(torch.device("cpu"), "fp32", size=64, seconds=0.01)
+    assert flops > 0 and calls and set(calls) == {torch.float32}
 
 
 @pytest.mark.parametrize("name, precision, peak", [

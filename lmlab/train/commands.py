@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -326,7 +327,7 @@ def pretrain(cfg: PretrainConfig) -> int:
         D.barrier(ctx)
         result = trainer.fit(resume=cfg.resume)
     finally:
-        D.shutdown(ctx)
+        D.shutdown(ctx, wait_for_peers=sys.exc_info()[0] is None)
     if not ctx.is_main:
         return 130 if result.interrupted else 0
     rec = result.last_record

@@ -68,9 +68,16 @@ def init_distributed(device: torch.device) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (if any)."""
+def shutdown(ctx: DistContext, wait_for_peers: bool = True) -> None:
+    """Leave the process group (if any), after every rank has got here when ``wait_for_peers``.
+
+    Pass ``wait_for_peers=False`` when leaving on an error: the other ranks may never
+    arrive. Without the wait, a rank that tears gloo down while a peer still talks to it
+    can abort at exit ("terminate called without an active exception").
+    """
     if ctx.enabled and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 
