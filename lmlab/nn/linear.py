@@ -75,9 +75,9 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Return ``a @ b.T`` for 2-D ``a (M, K)`` and ``b (N, K)`` (any strides), on oneDNN."""
-    return _ONEDNN_LINEAR(a, b, None, "none", [], "")
+def mm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``a @ b.T (+ bias)`` for 2-D ``a (M, K)`` and ``b (N, K)`` (any strides), on oneDNN."""
+    return _ONEDNN_LINEAR(a, b, bias, "none", [], "")
 
 
 Blocks = torch.Tensor | list[torch.Tensor]
@@ -109,7 +109,7 @@ class OneDnnLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+        return mm_nt(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -137,7 +137,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                                     (bias is not None and bias.requires_grad)):
         out = OneDnnLinear.apply(flat, weight, bias)
     else:
-        out = _ONEDNN_LINEAR(flat, weight, bias, "none", [], "")
+        out = mm_nt(flat, weight, bias)
     return out.reshape(*lead, weight.shape[0])
 
 

@@ -100,21 +100,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         n, vocab = h.shape[0], weight.shape[0]
         valid = targets != IGNORE_INDEX
         safe = torch.where(valid, targets, 0)[:, None]
-        if onednn:  # row blocks of about 8 MB, each computed, normalised and kept while in cache
+        logits = None
+        if onednn:  # row blocks of about 8 MB, each computed and normalised while in cache
             chunk = max(64, (2 << 20) // max(vocab, 1))
-            logits = None
-            blocks = [mm_nt(h[s : s + chunk], weight) for s in range(0, n, chunk)] if not want_grad else []
         else:
             chunk = _chunk_rows(vocab)
             logits = workspace.take(n, vocab, torch.float32, h.device)
             torch.mm(h, weight.t(), out=logits)
-            blocks = [logits[s : s + chunk] for s in range(0, n, chunk)]
         rows = torch.empty(n, dtype=torch.float32, device=h.device)
-        for i, s in enumerate(range(0, n, chunk)):
+        blocks = []  # kept for backward
+        for s in range(0, n, chunk):
             t = safe[s : s + chunk]
-            if onednn and want_grad:
-                blocks.append(mm_nt(h[s : s + chunk], weight))
-            x = blocks[i]
+            x = mm_nt(h[s : s + chunk], weight) if onednn else logits[s : s + chunk]
             picked = x.gather(1, t).squeeze(1)
             if not want_grad:
                 rows[s : s + chunk] = torch.logsumexp(x, dim=-1) - picked
@@ -124,6 +121,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             # the largest probability is exp(0) / sum, so log-sum-exp = top - log(max p)
             rows[s : s + chunk] = top - x.amax(dim=-1).log_() - picked
             x.scatter_add_(1, t, torch.full_like(picked[:, None], -1.0))  # softmax - onehot
+            blocks.append(x)
         rows.masked_fill_(~valid, 0.0)
         if want_grad:
             ctx.save_for_backward(h, weight, valid)
