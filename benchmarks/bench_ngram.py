@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.classic.arpa import read_arpa, write_arpa
-from lmlab.classic.ngram import SMOOTHINGS, NgramModel, corpus_from_lines, read_lines, train_ngram
+from lmlab.ngram.arpa import read_arpa, write_arpa
+from lmlab.ngram.model import SMOOTHINGS, NgramModel, corpus_from_lines, read_lines, train_ngram
 
 TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 

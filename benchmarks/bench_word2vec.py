@@ -35,7 +35,7 @@ def run_gensim(sentences, arch: str, args, seed: int) -> tuple[object, float, fl
 
 def run_lmlab(arch: str, args, vocab, corpus, seed: int):
     """Train lmlab's word2vec; return (WordVectors, TrainStats)."""
-    from lmlab.classic.word2vec import Word2Vec, Word2VecParams
+    from lmlab.word2vec.model import Word2Vec, Word2VecParams
 
     params = Word2VecParams(arch=arch, dim=args.dim, window=args.window, negative=args.negative,
                             min_count=args.min_count, epochs=args.epochs, subsample=args.subsample,
@@ -48,7 +48,7 @@ def run_lmlab(arch: str, args, vocab, corpus, seed: int):
 
 def quality(wv) -> dict:
     """Analogy accuracy (questions-words.txt) and wordsim353 Spearman of word vectors."""
-    from lmlab.classic.vector_eval import (
+    from lmlab.word2vec.evaluate import (
         ANALOGIES_FILE,
         SIMILARITY_FILE,
         evaluate_analogies,
@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from lmlab.classic.vectors import WordVectors
-    from lmlab.classic.word2vec import build_vocab, encode_corpus
-    from lmlab.classic.word2vec_commands import corpus_sentences
+    from lmlab.word2vec.vectors import WordVectors
+    from lmlab.word2vec.model import build_vocab, encode_corpus
+    from lmlab.word2vec.commands import corpus_sentences
 
     sentences = corpus_sentences(args.corpus)
     vocab, total = build_vocab(sentences, args.min_count)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.classic.ngram import corpus_from_ids, train_ngram
+from lmlab.ngram.model import corpus_from_ids, train_ngram
 from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
 
 

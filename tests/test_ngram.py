@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lmlab.classic.ngram import (
+from lmlab.ngram.model import (
     BOS_ID,
     SMOOTHINGS,
     UNK_ID,
@@ -20,7 +20,7 @@ from lmlab.classic.ngram import (
     sentence_positions,
     train_ngram,
 )
-from lmlab.classic.ngram_smoothing import good_turing_discounts, katz_discounts, simple_good_turing
+from lmlab.ngram.smoothing import good_turing_discounts, katz_discounts, simple_good_turing
 from lmlab.errors import LmlabError
 
 # Hand-checked corpus (order 2). Bigram counts: <s> a 3, a a 3, a </s> 2, a b 2, b </s> 2, and seven

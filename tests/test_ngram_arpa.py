@@ -9,8 +9,8 @@ import kenlm
 import numpy as np
 import pytest
 
-from lmlab.classic.arpa import read_arpa, write_arpa
-from lmlab.classic.ngram import SMOOTHINGS, corpus_from_lines, train_ngram
+from lmlab.ngram.arpa import read_arpa, write_arpa
+from lmlab.ngram.model import SMOOTHINGS, corpus_from_lines, train_ngram
 from lmlab.errors import LmlabError
 
 

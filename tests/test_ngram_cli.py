@@ -13,9 +13,9 @@ import pytest
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from lmlab.classic.arpa import read_arpa
-from lmlab.classic.commands import Smoothing
-from lmlab.classic.ngram import SMOOTHINGS
+from lmlab.ngram.arpa import read_arpa
+from lmlab.ngram.commands import Smoothing
+from lmlab.ngram.model import SMOOTHINGS
 from lmlab.cli import main
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.classic.vectors import load_word2vec_text
-from lmlab.classic.word2vec import (
+from lmlab.word2vec.vectors import load_word2vec_text
+from lmlab.word2vec.model import (
     MAX_SENTENCE,
     Word2Vec,
     Word2VecParams,

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.classic.vector_eval import (
+from lmlab.word2vec.evaluate import (
     ANALOGIES_FILE,
     SIMILARITY_FILE,
     evaluate_analogies,
     evaluate_similarity,
     gensim_test_file,
 )
-from lmlab.classic.vectors import WordVectors, load_word2vec_text, save_word2vec_text
+from lmlab.word2vec.vectors import WordVectors, load_word2vec_text, save_word2vec_text
 from lmlab.errors import LmlabError
 
 gensim = pytest.importorskip("gensim")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.classic.ngram import (
+from lmlab.ngram.model import (
     BOS_ID,
     EOS_ID,
     NgramModel,

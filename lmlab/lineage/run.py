@@ -81,7 +81,7 @@ def _check(cfg: LineageConfig) -> list[Entry]:
                          f"(got {cfg.eval_stride})")
     if "ngram" in cfg.models and (not cfg.ngram_orders or min(cfg.ngram_orders) < 1):
         raise LmlabError(f"--ngram-orders must be orders >= 1 (got {cfg.ngram_orders}); e.g. 2,3,4,5")
-    from lmlab.classic.ngram import SMOOTHINGS
+    from lmlab.ngram.model import SMOOTHINGS
 
     bad = [s for s in cfg.ngram_smoothings if s not in SMOOTHINGS]
     if bad or not cfg.ngram_smoothings:
@@ -110,7 +110,7 @@ def _prepare(cfg: LineageConfig, work: Path):
 
 
 def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry) -> dict[str, Any]:
-    from lmlab.classic.ngram import score_token_ids
+    from lmlab.ngram.model import score_token_ids
     from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
 
     found = search_ngram(data.train, data.eot_id, data.bytes_per_token("train"), cfg.ngram_orders,

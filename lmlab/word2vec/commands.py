@@ -73,8 +73,8 @@ def train(cfg: TrainConfig) -> None:
     The input is a text file (--text: one sentence per line, whitespace-tokenised) or a
     named corpus (--corpus). Hyperparameters and defaults follow word2vec.c / gensim.
     """
-    from lmlab.classic.vectors import save_word2vec_text
-    from lmlab.classic.word2vec import Word2Vec, Word2VecParams, build_vocab, encode_corpus
+    from lmlab.word2vec.vectors import save_word2vec_text
+    from lmlab.word2vec.model import Word2Vec, Word2VecParams, build_vocab, encode_corpus
 
     if (cfg.text is None) == (cfg.corpus is None):
         raise LmlabError("give exactly one of --text FILE or --corpus NAME")
@@ -124,14 +124,14 @@ def evaluate(cfg: EvalConfig) -> None:
     evaluate_word_analogies and evaluate_word_pairs do. Out-of-vocabulary questions and
     pairs are skipped and counted.
     """
-    from lmlab.classic.vector_eval import (
+    from lmlab.word2vec.evaluate import (
         ANALOGIES_FILE,
         SIMILARITY_FILE,
         evaluate_analogies,
         evaluate_similarity,
         gensim_test_file,
     )
-    from lmlab.classic.vectors import load_word2vec_text
+    from lmlab.word2vec.vectors import load_word2vec_text
 
     if cfg.restrict_vocab < 1:
         raise LmlabError("restrict-vocab must be at least 1")
@@ -167,7 +167,7 @@ class NeighborsConfig:
 
 def neighbors(cfg: NeighborsConfig) -> None:
     """Print the k nearest neighbours of a word by cosine similarity."""
-    from lmlab.classic.vectors import load_word2vec_text
+    from lmlab.word2vec.vectors import load_word2vec_text
 
     if not cfg.word:
         raise LmlabError("give the query word: lmlab word2vec neighbors --vectors V.txt --word WORD")

@@ -34,7 +34,7 @@ import numpy as np
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
-    from lmlab.classic.ngram import NgramCounts
+    from lmlab.ngram.counts import NgramCounts
 
 BOS_ID = 1
 INTERPOLATED = ("witten-bell", "kn", "mkn")

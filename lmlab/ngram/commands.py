@@ -38,7 +38,7 @@ def _corpus(text: Path | None, data: Path | None, split: str = "train"):
         from lmlab.data.prepare import load_prepared
 
         return None, load_prepared(data)
-    from lmlab.classic.ngram import read_lines
+    from lmlab.ngram.model import read_lines
 
     return read_lines(text), None
 
@@ -68,8 +68,8 @@ def train(cfg: NgramTrainConfig) -> None:
     a sentence scored from <s> to </s>; with --data, token ids are the words and the
     end-of-text id ends a sentence.
     """
-    from lmlab.classic.arpa import write_arpa
-    from lmlab.classic.ngram import corpus_from_ids, corpus_from_lines, train_ngram
+    from lmlab.ngram.arpa import write_arpa
+    from lmlab.ngram.model import corpus_from_ids, corpus_from_lines, train_ngram
     from lmlab.train.log import progress
 
     if cfg.out is None:
@@ -132,8 +132,8 @@ def evaluate(cfg: NgramEvalConfig) -> None:
     """
     import numpy as np
 
-    from lmlab.classic.arpa import read_arpa
-    from lmlab.classic.ngram import score_token_ids
+    from lmlab.ngram.arpa import read_arpa
+    from lmlab.ngram.model import score_token_ids
     from lmlab.train.log import progress
 
     if cfg.model is None:
@@ -185,7 +185,7 @@ class NgramGenerateConfig:
 def generate(cfg: NgramGenerateConfig) -> None:
     """Sample text from an ARPA n-gram model, word by word from its backoff distribution;
     each sentence (ended by </s>) is printed on its own line."""
-    from lmlab.classic.arpa import read_arpa
+    from lmlab.ngram.arpa import read_arpa
     from lmlab.train.log import progress
 
     if cfg.model is None:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.classic.ngram import BOS, EOS, UNK, NgramModel
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path
+from lmlab.ngram.model import BOS, EOS, UNK, NgramModel
 
 LOG_ZERO = -99.0
 UNK_MISSING_LOGPROB = -100.0  # what KenLM assigns <unk> when a model lacks it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.classic.vectors import WordVectors
+from lmlab.word2vec.vectors import WordVectors
 from lmlab.errors import LmlabError
 
 ANALOGIES_FILE = "questions-words.txt"

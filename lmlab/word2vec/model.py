@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.classic.vectors import WordVectors
+from lmlab.word2vec.vectors import WordVectors
 from lmlab.errors import LmlabError
 
 MAX_SENTENCE = 10000  # longer sentences are cut into pieces of this many words (gensim's limit)

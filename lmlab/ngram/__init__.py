@@ -1,0 +1,7 @@
+"""N-gram language models (Chen & Goodman 1998), the first branch of the lineage.
+
+``counts``: word streams and vectorised n-gram counting; ``smoothing``: mle, add-k,
+Good-Turing, Katz, Witten-Bell, Kneser-Ney and modified Kneser-Ney; ``model``: the
+backoff model, scoring, sampling and ``train_ngram``; ``arpa``: ARPA read/write
+(KenLM-compatible); ``commands``: ``lmlab ngram train|eval|generate``.
+"""
