@@ -23,13 +23,15 @@ demo: $(STAMP)
 	$(BIN)/lmlab lineage --corpus shakespeare --budget 90 --prompt "ROMEO:" --out runs/lineage --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/lint-imports
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmlab tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"

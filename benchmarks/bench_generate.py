@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from lmlab.generate import generate_ids
+
 SHAPE = ("vocab", "d_model", "layers", "heads", "kv_heads", "seed")
 
 
@@ -56,7 +58,7 @@ def run_hf(hf, prompt: torch.Tensor, n: int) -> list[int]:
 
 def run_ours(model, prompt: torch.Tensor, n: int) -> list[int]:
     """lmlab greedy generation (static KV cache); return the new tokens."""
-    return model.generate(prompt, n, temperature=0)[0, prompt.shape[1]:].tolist()
+    return generate_ids(model, prompt, n, temperature=0)[0, prompt.shape[1]:].tolist()
 
 
 def make_prompt(args: argparse.Namespace) -> torch.Tensor:

@@ -77,7 +77,7 @@ def batches(args: argparse.Namespace, n: int) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     if args.data:
         from lmlab.data.prepare import load_prepared
-        from lmlab.train.data import RandomWindows
+        from lmlab.data.windows import RandomWindows
 
         data = load_prepared(args.data)
         if data.vocab_size > args.vocab:

@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from lmlab.word2vec.vectors import WordVectors
-    from lmlab.word2vec.model import build_vocab, encode_corpus
     from lmlab.word2vec.commands import corpus_sentences
+    from lmlab.word2vec.model import build_vocab, encode_corpus
+    from lmlab.word2vec.vectors import WordVectors
 
     sentences = corpus_sentences(args.corpus)
     vocab, total = build_vocab(sentences, args.min_count)

@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 
 def load(path: str, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a run directory or a Hugging Face model folder."""
-    from lmlab.api import load as _load
+    from lmlab.loader import load as _load
 
     return _load(path, *args, **kwargs)

@@ -26,6 +26,8 @@ from lmlab.errors import LmlabError
 from lmlab.fileio import write_text
 
 T = TypeVar("T")
+# The one precision type: auto = bf16 autocast where the hardware has it, else fp32.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _MISSING = dataclasses.MISSING
 
 
@@ -183,6 +185,28 @@ def parse_config(cfg_cls: type[T], ns: argparse.Namespace) -> T:
     names = {f.name for f in dataclasses.fields(cfg_cls)}
     values.update({k: v for k, v in vars(ns).items() if k in names})
     return build_config(cfg_cls, values)
+
+
+class DictConfig:
+    """Mixin for dataclass configs: ``to_dict()`` and ``from_dict(values)``, the one pair lmlab uses.
+
+    ``from_dict`` refuses unknown keys with an LmlabError that lists the valid ones, so a
+    typo in a saved config or a ``--model-args`` item is named, not silently dropped.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-friendly dict (all fields, nested dataclasses as dicts)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+        """Build the config from ``values``; unknown keys raise LmlabError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise LmlabError(f"unknown model config keys {', '.join(unknown)} for {cls.__name__}; "
+                             f"valid keys: {', '.join(sorted(names))}")
+        return cls(**values)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

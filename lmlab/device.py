@@ -1,4 +1,4 @@
-"""One device and precision setting for the whole lab, plus model-FLOPs-utilisation helpers.
+"""One device and precision setting for the whole lab, and the accelerators' peak FLOP/s.
 
 ``--device auto`` picks CUDA, then MPS, then the CPU. ``--precision auto`` picks bf16
 autocast where the hardware runs bf16 matmuls natively (recent NVIDIA GPUs, CPUs with
@@ -10,18 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from lmlab.errors import LmlabError
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                "fp16": "float16", "float16": "float16"}
 
 # Dense peak FLOP/s (no structured sparsity) of common accelerators by precision, from vendor
 # data sheets: the MFU denominator in training (matched by regex in the CUDA device name) and
@@ -55,6 +55,15 @@ def accelerator_peak(device_name: str, precision: str) -> float:
         if pattern is not None and re.search(pattern, device_name):
             return table.get(precision, 0.0)
     return 0.0
+
+
+def parse_dtype(dtype: Any) -> Any:
+    """Return the torch dtype named by ``dtype`` (fp32/bf16/fp16 or float32/...), None for None/'auto'."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return None if dtype == "auto" else dtype
+    if dtype not in _DTYPES:
+        raise LmlabError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
+    return getattr(torch, _DTYPE_NAMES[dtype])
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -116,11 +125,6 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     return precision
 
 
-def autocast_dtype(precision: str) -> torch.dtype:
-    """Return the torch dtype that autocast uses for a concrete precision name."""
-    return _DTYPES[precision]
-
-
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
     """Context manager running the enclosed forward pass at ``precision`` on ``device``.
@@ -142,73 +146,13 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type if enabled else "cpu", enabled=enabled)
 
 
-_PEAK_CACHE: dict[tuple[str, str], float] = {}
+def set_threads(n: int) -> None:
+    """Set PyTorch's CPU thread count; raise LmlabError unless ``n`` is at least 1.
 
-
-def measure_matmul_flops(
-    device: torch.device, precision: str, size: int = 1024, seconds: float = 0.3
-) -> float:
-    """Measure the FLOP/s of square ``size`` matmuls at ``precision`` on ``device`` for about ``seconds``.
-
-    Returns FLOP/s (2 n^3 per matmul). Used as the CPU peak for MFU, since CPU data
-    sheets say little about what PyTorch reaches on a given machine. The matmuls run
-    through :func:`lmlab.nn.linear.linear`, so they take the same kernels as the models'
-    layers (oneDNN for fp32 on x86 CPUs).
+    Small models (seq2seq, emergence) default to one thread: their matrices are small,
+    and on a loaded machine extra threads mostly wait on each other (a step measured
+    15 ms on one thread and about 1 s on two busy cores).
     """
-    from lmlab.nn.linear import linear
-
-    dtype = _DTYPES[precision]
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    for _ in range(2):
-        linear(a, b)
-    _sync(device)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        linear(a, b)
-        n += 1
-        if n % 4 == 0:
-            _sync(device)
-            elapsed = time.perf_counter() - t0
-            if elapsed >= seconds:
-                return 2.0 * size**3 * n / elapsed
-
-
-def peak_flops(device: torch.device, precision: str) -> float:
-    """Return the peak FLOP/s used as the MFU denominator for ``device`` at ``precision``.
-
-    ``LMLAB_PEAK_FLOPS`` (a number) overrides. GPUs use a data-sheet table (a matmul
-    measurement for unknown models); CPUs and MPS use a short matmul measurement,
-    cached per process.
-    """
-    env = os.environ.get("LMLAB_PEAK_FLOPS")
-    if env:
-        try:
-            return float(env)
-        except ValueError:
-            raise LmlabError(
-                f"LMLAB_PEAK_FLOPS={env!r} is not a number; set it to FLOP/s, e.g. 2e11"
-            ) from None
-    precision = resolve_precision(device, precision) if precision == "auto" else precision
-    key = (str(device), precision)
-    if key in _PEAK_CACHE:
-        return _PEAK_CACHE[key]
-    peak = 0.0
-    if device.type == "cuda":
-        peak = accelerator_peak(torch.cuda.get_device_name(device), precision)
-    if peak <= 0.0:
-        peak = measure_matmul_flops(device, precision)
-    _PEAK_CACHE[key] = peak
-    return peak
-
-
-def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
-    """Return model FLOPs utilisation: achieved FLOP/s (flops_per_token * tokens_per_s) / peak."""
-    return flops_per_token * tokens_per_s / peak if peak > 0 else 0.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    if n < 1:
+        raise LmlabError(f"--threads must be at least 1, got {n}")
+    torch.set_num_threads(n)

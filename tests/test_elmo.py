@@ -12,9 +12,10 @@ import torch
 
 from lmlab.cli import main
 from lmlab.data.prepare import load_prepared, prepare
-from lmlab.embed import contextual_embeddings
+from lmlab.data.windows import RandomWindows
+from lmlab.embed.contextual import contextual_embeddings
 from lmlab.errors import LmlabError
-from lmlab.models.classic_presets import build_classic, get_classic_preset, load_classic, save_classic
+from lmlab.models import build_model, get_preset, load_model, save_model
 from lmlab.models.elmo import (
     BOW,
     EOW,
@@ -27,7 +28,6 @@ from lmlab.models.elmo import (
     word_char_ids,
 )
 from lmlab.models.nplm import NPLM, NPLMConfig
-from lmlab.train.data import RandomWindows
 from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
 
@@ -64,12 +64,12 @@ def train_run(preset: str, data, out, steps: int = 80):
     """Train ``preset`` on ``data`` through the real Trainer into the run folder ``out``; return
     the model, the logged metrics and ``out``."""
     torch.manual_seed(0)
-    model = build_classic(get_classic_preset(preset, vocab_size=data.vocab_size), data.tokenizer())
+    model = build_model(get_preset(preset, vocab_size=data.vocab_size), data.tokenizer())
     batches = RandomWindows(data.train, block_size=16, batch_size=8, seed=0)
     settings = TrainSettings(lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=steps, weight_decay=0.0,
                              precision="fp32", show_progress=False, log_interval=1)
     Trainer(model, bilm_loss, batches, settings, out_dir=out, device=torch.device("cpu"),
-            write_weights=lambda m, p: save_classic(m, p)).fit()
+            write_weights=lambda m, p: save_model(m, p)).fit()
     shutil.copy(data.dir / "tokenizer.json", out / "tokenizer.json")
     return model.eval(), read_metrics(out), out
 
@@ -202,7 +202,7 @@ def test_embed_cli(token_run, word_data, capsys, tmp_path):
     assert "2 tokens" in capsys.readouterr().out
     assert main(["embed", "--ckpt", str(run)]) == 2
     assert "needs --ckpt RUN" in capsys.readouterr().err
-    lone = save_classic(model, tmp_path / "lone.safetensors")  # no tokenizer.json beside it
+    lone = save_model(model, tmp_path / "lone.safetensors")  # no tokenizer.json beside it
     assert main(["embed", "--ckpt", str(lone), "--text", "the cat"]) == 2
     assert "no tokenizer.json" in capsys.readouterr().err
     assert main(["embed", "--ckpt", str(lone), "--tokenizer", str(run / "tokenizer.json"),
@@ -212,7 +212,7 @@ def test_embed_cli(token_run, word_data, capsys, tmp_path):
 
 def test_save_load_round_trip_keeps_the_character_table(char_run, tmp_path):
     model = char_run[0]
-    loaded = load_classic(save_classic(model, tmp_path))
+    loaded = load_model(save_model(model, tmp_path))
     assert torch.equal(loaded.token_chars, model.token_chars) and loaded.config == model.config
     ids = torch.randint(0, model.config.vocab_size, (2, 6))
     assert torch.equal(loaded(ids), model(ids))
@@ -229,9 +229,9 @@ def test_bad_inputs(token_run, word_data):
     with pytest.raises(LmlabError, match="shorter than the widest filter"):
         ElmoConfig(char_cnn=True, max_chars=4, filters=[[5, 8]])
     with pytest.raises(LmlabError, match="unknown model preset 'elmo-huge'"):
-        get_classic_preset("elmo-huge")
+        get_preset("elmo-huge")
     with pytest.raises(LmlabError, match="needs the data's tokenizer"):
-        build_classic(get_classic_preset("elmo-char-tiny", vocab_size=30))
-    bare = ELMo(get_classic_preset("elmo-char-tiny", vocab_size=30))
+        build_model(get_preset("elmo-char-tiny", vocab_size=30))
+    bare = ELMo(get_preset("elmo-char-tiny", vocab_size=30))
     with pytest.raises(LmlabError, match="no vocabulary characters"):
         bare(torch.zeros(1, 3, dtype=torch.long))

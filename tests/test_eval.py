@@ -127,7 +127,7 @@ def test_eval_cli(data_dir, tmp_path, capsys):
     assert main(["eval", "--ckpt", str(small), "--data", str(data_dir), "--device", "cpu"]) == 2
     assert "smaller than the data's" in capsys.readouterr().err
     assert main(["eval", "--ckpt", str(tmp_path / "missing"), "--data", str(data_dir)]) == 2
-    assert "no model at" in capsys.readouterr().err
+    assert "missing does not exist" in capsys.readouterr().err
     prepare(str(data_dir.parent / "corpus.txt"), tmp_path / "bytes", kind="byte")
     shutil.copy(tmp_path / "bytes" / "tokenizer.json", run / "tokenizer.json")
     assert main(["eval", "--ckpt", str(run), "--data", str(data_dir), "--device", "cpu"]) == 2

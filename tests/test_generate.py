@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.generate import IncrementalDecoder, generate_text, process_logits
+from lmlab.generate import IncrementalDecoder, generate_ids, generate_text, process_logits
 from lmlab.models import Decoder, build_model, get_preset
 
 V = 97
@@ -61,84 +61,85 @@ def test_process_logits_matches_hugging_face_processors():
 
 def test_kv_cache_gives_the_same_tokens_as_no_cache(model):
     ps = prompts((5,))
-    greedy = model.generate(ps, 40, temperature=0)
-    assert greedy == model.generate(ps, 40, temperature=0, use_cache=False)
-    sampled = model.generate(ps, 40, temperature=1.0, top_k=20, seed=3)
-    assert sampled == model.generate(ps, 40, temperature=1.0, top_k=20, seed=3, use_cache=False)
+    greedy = generate_ids(model, ps, 40, temperature=0)
+    assert greedy == generate_ids(model, ps, 40, temperature=0, use_cache=False)
+    sampled = generate_ids(model, ps, 40, temperature=1.0, top_k=20, seed=3)
+    assert sampled == generate_ids(model, ps, 40, temperature=1.0, top_k=20, seed=3, use_cache=False)
     assert len(set(sampled[0][5:])) > 5  # a varied continuation, not one repeated token
 
 
 def test_batched_prompts_of_different_lengths_equal_single_runs(model):
     ps = prompts()
-    single = [model.generate([p], 25, temperature=0)[0] for p in ps]
-    assert model.generate(ps, 25, temperature=0) == single
-    assert model.generate(ps, 25, temperature=0, use_cache=False) == single
-    assert model.generate(ps, 25, temperature=0, repetition_penalty=1.5) == \
-        [model.generate([p], 25, temperature=0, repetition_penalty=1.5)[0] for p in ps]
+    single = [generate_ids(model, [p], 25, temperature=0)[0] for p in ps]
+    assert generate_ids(model, ps, 25, temperature=0) == single
+    assert generate_ids(model, ps, 25, temperature=0, use_cache=False) == single
+    assert generate_ids(model, ps, 25, temperature=0, repetition_penalty=1.5) == \
+        [generate_ids(model, [p], 25, temperature=0, repetition_penalty=1.5)[0] for p in ps]
 
 
 def test_tensor_input_and_output(model):
     ids = torch.tensor(prompts((6, 6)))
-    out = model.generate(ids, 10, temperature=0)
+    out = generate_ids(model, ids, 10, temperature=0)
     assert out.shape == (2, 16) and torch.equal(out[:, :6], ids)
-    one = model.generate(ids[0], 10, temperature=0)
+    one = generate_ids(model, ids[0], 10, temperature=0)
     assert one.shape == (16,) and torch.equal(one, out[0])
 
 
 def test_seed_makes_sampling_reproducible(model):
     ps = prompts((4,))
-    a = model.generate(ps, 30, temperature=1.0, seed=7)
-    assert a == model.generate(ps, 30, temperature=1.0, seed=7)
-    assert a != model.generate(ps, 30, temperature=1.0, seed=8)
-    assert model.generate(ps, 30, temperature=1.0, top_k=1, seed=9) == model.generate(ps, 30, temperature=0)
+    a = generate_ids(model, ps, 30, temperature=1.0, seed=7)
+    assert a == generate_ids(model, ps, 30, temperature=1.0, seed=7)
+    assert a != generate_ids(model, ps, 30, temperature=1.0, seed=8)
+    greedy = generate_ids(model, ps, 30, temperature=0)
+    assert generate_ids(model, ps, 30, temperature=1.0, top_k=1, seed=9) == greedy
 
 
 def test_eos_and_stop_sequences_end_rows(model):
     ps = prompts((3, 8))
-    free = model.generate(ps, 20, temperature=0)
+    free = generate_ids(model, ps, 20, temperature=0)
     eos = free[0][3 + 4]  # the 5th new token of row 0
     first = free[0][3:].index(eos)
-    out = model.generate(torch.tensor([ps[0]]), 20, temperature=0, eos_id=eos)
+    out = generate_ids(model, torch.tensor([ps[0]]), 20, temperature=0, eos_id=eos)
     assert out[0, 3:].tolist() == free[0][3: 3 + first + 1]  # ends right after eos
     rows = torch.tensor(prompts((6, 6)))
-    free_rows = model.generate(rows, 20, temperature=0)
+    free_rows = generate_ids(model, rows, 20, temperature=0)
     eos = free_rows[0, 6 + 2].item()
-    out = model.generate(rows, 20, temperature=0, eos_id=eos)
+    out = generate_ids(model, rows, 20, temperature=0, eos_id=eos)
     for r in range(2):  # each row: its own tokens up to its eos, then eos filling
         new = free_rows[r, 6:].tolist()
         k = new.index(eos) + 1 if eos in new else len(new)
         assert out[r, 6:].tolist() == new[:k] + [eos] * (out.shape[1] - 6 - k)
     stop = free[1][8 + 2: 8 + 4]
-    rows = model.generate(ps, 20, temperature=0, stop=[stop])
+    rows = generate_ids(model, ps, 20, temperature=0, stop=[stop])
     assert rows[1][-2:] == stop and len(rows[1]) <= 8 + 4
     seen: list[tuple[int, int]] = []
-    model.generate(ps, 5, temperature=0, on_token=lambda r, t: seen.append((r, t)) or r == 0)
+    generate_ids(model, ps, 5, temperature=0, on_token=lambda r, t: seen.append((r, t)) or r == 0)
     assert [t for r, t in seen if r == 0] == free[0][3:4] and len([t for r, t in seen if r == 1]) == 5
 
 
 def test_context_limit_and_truncation(model):
     long = prompts((60,))
     with pytest.raises(LmlabError, match="block_size 64.*truncate"):
-        model.generate(long, 10, temperature=0)
-    out = model.generate(long, 10, temperature=0, truncate=True)
+        generate_ids(model, long, 10, temperature=0)
+    out = generate_ids(model, long, 10, temperature=0, truncate=True)
     assert out[0][:54] == long[0][6:] and len(out[0]) == 64
-    assert out == [long[0][6:] + model.generate([long[0][6:]], 10, temperature=0)[0][54:]]
+    assert out == [long[0][6:] + generate_ids(model, [long[0][6:]], 10, temperature=0)[0][54:]]
 
 
 def test_bad_settings_are_refused(model):
     for kwargs, msg in ((dict(temperature=-1), "temperature"), (dict(top_k=0), "top_k"),
                         (dict(top_p=1.5), "top_p"), (dict(repetition_penalty=0), "repetition_penalty")):
         with pytest.raises(LmlabError, match=msg):
-            model.generate(prompts((3,)), 5, **kwargs)
+            generate_ids(model, prompts((3,)), 5, **kwargs)
     with pytest.raises(LmlabError, match="empty"):
-        model.generate([[]], 5)
+        generate_ids(model, [[]], 5)
     with pytest.raises(LmlabError, match="vocabulary"):
-        model.generate([[V + 5]], 5)
+        generate_ids(model, [[V + 5]], 5)
 
 
 def test_generate_restores_training_mode(model):
     model.train()
-    model.generate(prompts((3,)), 3, temperature=0)
+    generate_ids(model, prompts((3,)), 3, temperature=0)
     assert model.training
     model.eval()
 

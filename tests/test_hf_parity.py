@@ -10,6 +10,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmlab.errors import LmlabError
+from lmlab.generate import generate_ids
 from lmlab.interop.hf import config_from_hf, export_hf, load_hf
 from lmlab.models import Decoder, DecoderConfig
 
@@ -99,7 +100,7 @@ def test_greedy_generation_matches_hf_generate(tmp_path, family):
     prompt = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(3))
     ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, min_new_tokens=40,
                       do_sample=False, pad_token_id=0)
-    assert ours.generate(prompt, 40, temperature=0).tolist() == ref.tolist()
+    assert generate_ids(ours, prompt, 40, temperature=0).tolist() == ref.tolist()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.api import load
 from lmlab.cli import main
 from lmlab.data.tokenizers import train_tokenizer
 from lmlab.generate import generate_text
+from lmlab.loader import load
 from lmlab.models import build_model, get_preset, load_model, save_model
 
 TEXT = ["ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun. "
@@ -146,9 +146,9 @@ def test_cli_errors_exit_2_with_a_fix(run_dir, tmp_path, cli, capsys):
 
 
 def test_load_dispatches_on_the_architecture(tmp_path, capsys):
-    from lmlab.models.classic_presets import build_classic, get_classic_preset, save_classic
+    from lmlab.models import build_model, get_preset, save_model
 
-    save_classic(build_classic(get_classic_preset("lstm-tiny", vocab_size=50)), tmp_path)
+    save_model(build_model(get_preset("lstm-tiny", vocab_size=50)), tmp_path)
     model, tok = load(tmp_path)
     assert type(model).__name__ == "RNNLM" and tok is None
     train_tokenizer("byte", []).save(tmp_path / "tokenizer.json")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.ngram.model import corpus_from_ids, train_ngram
 from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
+from lmlab.ngram.model import corpus_from_ids, train_ngram
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from lmlab.errors import LmlabError
 from lmlab.ngram.model import (
     BOS_ID,
     SMOOTHINGS,
@@ -21,7 +22,6 @@ from lmlab.ngram.model import (
     train_ngram,
 )
 from lmlab.ngram.smoothing import good_turing_discounts, katz_discounts, simple_good_turing
-from lmlab.errors import LmlabError
 
 # Hand-checked corpus (order 2). Bigram counts: <s> a 3, a a 3, a </s> 2, a b 2, b </s> 2, and seven
 # bigrams seen once, so n1=7 n2=3 n3=2 n4=0. Unigram continuation counts (distinct left neighbours):

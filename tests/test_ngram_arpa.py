@@ -9,9 +9,9 @@ import kenlm
 import numpy as np
 import pytest
 
+from lmlab.errors import LmlabError
 from lmlab.ngram.arpa import read_arpa, write_arpa
 from lmlab.ngram.model import SMOOTHINGS, corpus_from_lines, train_ngram
-from lmlab.errors import LmlabError
 
 
 def zipf_text(n_lines: int, seed: int, vocab: int = 2000) -> list[str]:

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from lmlab.cli import main
 from lmlab.ngram.arpa import read_arpa
 from lmlab.ngram.commands import Smoothing
 from lmlab.ngram.model import SMOOTHINGS
-from lmlab.cli import main
 
 
 def zipf_text(n_lines: int, seed: int, vocab: int = 2000) -> list[str]:

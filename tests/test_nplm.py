@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from lmlab.data.windows import RandomWindows
 from lmlab.errors import LmlabError
-from lmlab.models.classic_presets import (
-    build_classic,
-    get_classic_preset,
-    load_any,
-    load_classic,
-    save_classic,
-)
+from lmlab.models import build_model, get_preset, load_model, save_model
 from lmlab.models.nplm import NPLM, NPLMConfig
-from lmlab.train.data import RandomWindows
 from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
 from lmlab.train.objectives import causal_lm_loss
@@ -77,7 +71,7 @@ def test_parameter_count_follows_the_paper():
 
 def test_nplm_training_loss_falls_through_the_trainer(char_data, tmp_path):
     torch.manual_seed(0)
-    model = build_classic(get_classic_preset("nplm-tiny", vocab_size=char_data.vocab_size))
+    model = build_model(get_preset("nplm-tiny", vocab_size=char_data.vocab_size))
     batches = RandomWindows(char_data.train, block_size=32, batch_size=8, seed=0)
     settings = TrainSettings(lr=2e-2, min_lr=2e-3, warmup_steps=5, max_steps=60, weight_decay=0.0,
                              precision="fp32", show_progress=False, log_interval=1)
@@ -90,38 +84,36 @@ def test_nplm_training_loss_falls_through_the_trainer(char_data, tmp_path):
 
 def test_save_load_round_trip_and_load_any(tmp_path):
     torch.manual_seed(0)
-    model = build_classic(get_classic_preset("nplm-tiny", vocab_size=60)).eval()
-    path = save_classic(model, tmp_path)
+    model = build_model(get_preset("nplm-tiny", vocab_size=60)).eval()
+    path = save_model(model, tmp_path)
     assert path == tmp_path / "model.safetensors"
-    loaded = load_classic(tmp_path)
+    loaded = load_model(tmp_path)
     assert isinstance(loaded, NPLM) and loaded.config == model.config
     ids = torch.randint(0, 60, (2, 10))
     assert torch.equal(loaded(ids), model(ids))
-    assert isinstance(load_any(path), NPLM)
+    assert isinstance(load_model(path), NPLM)
 
 
-def test_load_any_still_loads_decoders(tmp_path):
+def test_one_loader_loads_decoders_too(tmp_path):
     from lmlab.models import Decoder, build_model, get_preset, save_model
 
     dec = build_model(get_preset("gpt2-tiny", vocab_size=32, block_size=8, n_layer=1, d_model=16))
     save_model(dec, tmp_path)
-    assert isinstance(load_any(tmp_path), Decoder)
-    with pytest.raises(LmlabError, match="not an NPLM, RNN or ELMo"):
-        load_classic(tmp_path)
+    assert isinstance(load_model(tmp_path), Decoder)
 
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(LmlabError, match="unknown model preset 'nplm-huge'"):
-        get_classic_preset("nplm-huge")
+        get_preset("nplm-huge")
     with pytest.raises(LmlabError, match="context must be a positive integer"):
         NPLMConfig(context=0)
-    with pytest.raises(LmlabError, match="unknown NPLM config keys order"):
-        get_classic_preset("nplm-tiny", order=3)
+    with pytest.raises(LmlabError, match="unknown model config keys order"):
+        get_preset("nplm-tiny", order=3)
     model = NPLM(NPLMConfig(vocab_size=10, context=2, d_emb=4, d_hidden=4))
     with pytest.raises(LmlabError, match=r"shape \(batch, time\)"):
         model(torch.zeros(5, dtype=torch.long))
     with pytest.raises(LmlabError, match="no model at"):
-        load_classic(tmp_path / "missing")
+        load_model(tmp_path / "missing")
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(LmlabError, match="damaged"):
-        load_classic(tmp_path / "bad.safetensors")
+        load_model(tmp_path / "bad.safetensors")

@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.models.classic_presets import (
-    CLASSIC_PRESETS,
-    build_classic,
-    get_classic_preset,
-    load_classic,
-    save_classic,
-)
+from lmlab.models import build_model, get_preset, load_model, save_model
+from lmlab.models.registry import preset_names
 from lmlab.models.rnn import RNNLM, RNNConfig, SequenceDropout, embedding_dropout
 from lmlab.nn.losses import token_cross_entropy
 from lmlab.train.bptt import (
@@ -170,7 +165,7 @@ def test_state_round_trips_through_json_text_exactly():
 def test_carried_state_changes_training(char_data, tmp_path):
     def run(carry: bool):
         torch.manual_seed(0)
-        model = build_classic(get_classic_preset("lstm-tiny", vocab_size=char_data.vocab_size))
+        model = build_model(get_preset("lstm-tiny", vocab_size=char_data.vocab_size))
         bptt = TruncatedBPTT(char_data.train, block_size=16, batch_size=4, carry=carry)
         Trainer(model, bptt.objective, bptt, settings(6), out_dir=tmp_path / str(carry), device=CPU).fit()
         return model, [r["loss"] for r in read_metrics(tmp_path / str(carry))]
@@ -185,7 +180,7 @@ def test_carried_state_changes_training(char_data, tmp_path):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_training_loss_falls_through_the_trainer(cell, char_data, tmp_path):
     torch.manual_seed(0)
-    model = build_classic(get_classic_preset(f"{cell}-tiny", vocab_size=char_data.vocab_size))
+    model = build_model(get_preset(f"{cell}-tiny", vocab_size=char_data.vocab_size))
     bptt = TruncatedBPTT(char_data.train, block_size=32, batch_size=8)
     Trainer(model, bptt.objective, bptt, settings(100), out_dir=tmp_path, device=CPU).fit()
     losses = [r["loss"] for r in read_metrics(tmp_path)]
@@ -199,7 +194,7 @@ def test_training_loss_falls_through_the_trainer(cell, char_data, tmp_path):
 def test_exact_resume_restores_the_carried_state(char_data, tmp_path):
     def trainer(out, **kw):
         torch.manual_seed(0)
-        model = build_classic(get_classic_preset("gru-tiny", vocab_size=char_data.vocab_size))
+        model = build_model(get_preset("gru-tiny", vocab_size=char_data.vocab_size))
         bptt = TruncatedBPTT(char_data.train, block_size=16, batch_size=4)
         return model, bptt, Trainer(model, bptt.objective, bptt, settings(8, **kw), out_dir=out, device=CPU)
 
@@ -228,11 +223,11 @@ def test_stream_nll_does_not_depend_on_the_window_length():
 # ---------------------------------------------------------------- presets and files
 def test_presets_and_bad_inputs(tmp_path):
     for name in ("rnn-small", "lstm-small", "gru-small"):
-        cfg = get_classic_preset(name, vocab_size=100)
+        cfg = get_preset(name, vocab_size=100)
         assert isinstance(cfg, RNNConfig) and cfg.cell == name.split("-")[0]
-    assert {"nplm-small", "rnn-small", "lstm-small", "gru-small", "elmo-small"} <= set(CLASSIC_PRESETS)
+    assert {"nplm-small", "rnn-small", "lstm-small", "gru-small", "elmo-small"} <= set(preset_names())
     with pytest.raises(LmlabError, match="unknown model preset 'lstm-big'.*lstm-small"):
-        get_classic_preset("lstm-big")
+        get_preset("lstm-big")
     with pytest.raises(LmlabError, match="cell 'transformer' is not one of rnn, lstm, gru"):
         RNNConfig(cell="transformer")
     with pytest.raises(LmlabError, match=r"dropout_out=1.5 must be in \[0, 1\)"):
@@ -245,40 +240,40 @@ def test_presets_and_bad_inputs(tmp_path):
 def test_save_load_round_trip(tmp_path, tie):
     torch.manual_seed(0)
     model = tiny("lstm", tie_embeddings=tie).eval()
-    f = save_classic(model, tmp_path / "m.safetensors")
-    loaded = load_classic(f)
+    f = save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(f)
     assert loaded.config == model.config
     assert (loaded.head.weight is loaded.emb.weight) == tie
     ids = torch.randint(0, 40, (2, 6))
     assert torch.equal(loaded(ids), model(ids))
     other = RNNLM(RNNConfig(vocab_size=40, cell="gru", n_layer=2, d_emb=8, d_hidden=12))
-    save_classic(other, tmp_path / "gru.safetensors")
-    from lmlab.models.classic_presets import load_weights
+    save_model(other, tmp_path / "gru.safetensors")
+    from lmlab.models.io import load_weights
 
     with pytest.raises(LmlabError, match="do not"):
         load_weights(model, tmp_path / "gru.safetensors")
 
 
 def test_training_parts_pick_the_objective_and_batches_per_model(tmp_path):
-    from lmlab.models import DecoderConfig, get_preset
-    from lmlab.models.classic_presets import build_any, load_any, save_any, training_parts
+    from lmlab.data.windows import RandomWindows
+    from lmlab.models import DecoderConfig, build_model, get_preset, load_model, save_model
     from lmlab.models.elmo import bilm_loss
-    from lmlab.train.data import RandomWindows
     from lmlab.train.objectives import causal_lm_loss
+    from lmlab.train.parts import training_parts
 
     tokens = np.arange(500) % 40
     kw = dict(block_size=8, batch_size=2, seed=0)
     objective, batches = training_parts(tiny(), tokens, **kw)
     assert isinstance(batches, TruncatedBPTT) and objective is batches.objective
     for preset, expect in (("nplm-tiny", causal_lm_loss), ("elmo-tiny", bilm_loss)):
-        model = build_any(get_classic_preset(preset, vocab_size=40))
+        model = build_model(get_preset(preset, vocab_size=40))
         objective, batches = training_parts(model, tokens, **kw)
         assert objective is expect and isinstance(batches, RandomWindows)
-    decoder = build_any(get_preset("gpt2-tiny", vocab_size=40, block_size=8, n_layer=1, d_model=16))
+    decoder = build_model(get_preset("gpt2-tiny", vocab_size=40, block_size=8, n_layer=1, d_model=16))
     assert isinstance(decoder.config, DecoderConfig)
     assert training_parts(decoder, tokens, **kw)[0] is causal_lm_loss
-    assert type(load_any(save_any(decoder, tmp_path / "dec"))) is type(decoder)
-    assert isinstance(load_any(save_any(tiny(), tmp_path / "rnn")), RNNLM)
+    assert type(load_model(save_model(decoder, tmp_path / "dec"))) is type(decoder)
+    assert isinstance(load_model(save_model(tiny(), tmp_path / "rnn")), RNNLM)
 
 
 def test_pretrain_and_eval_cli_train_recurrent_and_nplm_presets(cli, text_corpus, tmp_path):

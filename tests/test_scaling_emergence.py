@@ -235,7 +235,7 @@ def test_cli_end_to_end(cli, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "exact" in r.stdout and "loglik" in r.stdout
     assert not (out / "models" / "d32").exists()  # the earlier run's files were replaced
-    from lmlab.models.io import load_model
+    from lmlab.models import load_model
 
     model = load_model(out / "models" / "d16")
     assert model.config.d_model == 16 and model.config.vocab_size == VOCAB_SIZE

@@ -10,16 +10,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmlab.cli import main
 from lmlab.errors import LmlabError
-from lmlab.models import PRESETS, Decoder, DecoderConfig, get_preset, save_model
+from lmlab.models import PRESETS, Decoder, DecoderConfig, build_model, get_preset, save_model
 from lmlab.scaling.flops import (
     PEAK_FLOPS,
     chinchilla_terms,
     count_params,
     flop_counts,
-    mfu,
     resolve_peak_flops,
     train_flops_per_token,
 )
+from lmlab.train.mfu import mfu
 
 # GPT-2 style: LayerNorm with bias, GELU, learned positions, biases, tied head.
 GPT = DecoderConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, d_model=8, d_ff=32, norm="layernorm",
@@ -215,9 +215,7 @@ def test_cli_run_folder_and_refusals(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["params"]["total"] == count_params(cfg).total and res["seq_len"] == cfg.block_size
 
-    from lmlab.models.classic_presets import build_classic, get_classic_preset, save_classic
-
-    save_classic(build_classic(get_classic_preset("nplm-tiny", vocab_size=50)), tmp_path / "nplm")
+    save_model(build_model(get_preset("nplm-tiny", vocab_size=50)), tmp_path / "nplm")
     cases = [(["--model", str(tmp_path / "nplm")], "holds a nplm model"),
              (["--model", "nplm-tiny"], "pre-Transformer preset"),
              (["--model", "gpt5"], "neither a decoder preset"),

@@ -16,9 +16,8 @@ from lmlab.cli import main
 from lmlab.config import load_yaml
 from lmlab.errors import LmlabError
 from lmlab.models import Decoder, load_model
-from lmlab.scaling.commands import SweepConfig
 from lmlab.scaling.flops import count_params, train_flops_per_token
-from lmlab.scaling.sweep import COLUMNS, budget_tag, family_config, plan_grid, pretrain_config
+from lmlab.scaling.sweep import COLUMNS, SweepConfig, budget_tag, family_config, plan_grid, pretrain_config
 
 # 2 budgets x 2 sizes of a llama-style family with 8-wide heads: about 110 training steps in all.
 TINY = ["--budgets", "2e8,6e8", "--sizes", "16,32", "--head-dim", "8", "--block-size", "32",
@@ -207,7 +206,7 @@ def test_fit_reads_the_sweep(sweep, capsys):
 def test_interrupted_run_is_resumed_and_matches(sweep, char_data, tmp_path, capsys):
     """A run stopped halfway is resumed by the rerun, and ends where the uninterrupted one did."""
     from lmlab.train import checkpoint as ckpt
-    from lmlab.train.commands import pretrain
+    from lmlab.train.pretrain import pretrain
 
     ref = {r["name"]: r for r in read_csv(sweep[0] / "runs.csv")}
     out = tmp_path / "sw"
@@ -220,7 +219,7 @@ def test_interrupted_run_is_resumed_and_matches(sweep, char_data, tmp_path, caps
                     batch_size=4).runs[0]
     half = run.steps // 2
     pcfg = pretrain_config(cfg, run, vocab_size=char_data.vocab_size, resume=False)
-    assert pretrain(dataclasses.replace(pcfg, stop_at_step=half, json=False)) == 0
+    assert not pretrain(dataclasses.replace(pcfg, stop_at_step=half, json=False)).interrupted
     capsys.readouterr()
     assert ckpt.latest_step(out / "runs" / run.name) == half
 

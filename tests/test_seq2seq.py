@@ -13,9 +13,9 @@ import torch
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
-from lmlab.seq2seq.commands import TrainConfig
 from lmlab.seq2seq.tasks import BOS, EOS, TASKS, TaskSpec, Vocab, make_splits, task_vocabs
 from lmlab.seq2seq.train import (
+    TrainConfig,
     beam_decode,
     evaluate,
     greedy_decode,

@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmlab.device import (
-    PEAK_FLOPS,
-    accelerator_peak,
-    autocast,
-    measure_matmul_flops,
-    mfu,
-    peak_flops,
-    resolve_device,
-    resolve_precision,
-)
+from lmlab.data.windows import RandomWindows, eval_offsets
+from lmlab.device import PEAK_FLOPS, accelerator_peak, autocast, resolve_device, resolve_precision
 from lmlab.errors import LmlabError
 from lmlab.models import build_model, get_preset
 from lmlab.train import checkpoint as ckpt
-from lmlab.train.data import RandomWindows, eval_offsets
+from lmlab.train.mfu import measure_matmul_flops, mfu, peak_flops
 from lmlab.train.optim import Schedule, build_adamw, param_groups, set_lr
 
 

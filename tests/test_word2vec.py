@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.word2vec.vectors import load_word2vec_text
+from lmlab.cli import main
+from lmlab.errors import LmlabError
 from lmlab.word2vec.model import (
     MAX_SENTENCE,
     Word2Vec,
@@ -22,8 +23,7 @@ from lmlab.word2vec.model import (
     skipgram_step,
     train_word2vec,
 )
-from lmlab.cli import main
-from lmlab.errors import LmlabError
+from lmlab.word2vec.vectors import load_word2vec_text
 
 GROUPS = 4
 PER_GROUP = 8

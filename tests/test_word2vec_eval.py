@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmlab.errors import LmlabError
 from lmlab.word2vec.evaluate import (
     ANALOGIES_FILE,
     SIMILARITY_FILE,
@@ -15,7 +16,6 @@ from lmlab.word2vec.evaluate import (
     gensim_test_file,
 )
 from lmlab.word2vec.vectors import WordVectors, load_word2vec_text, save_word2vec_text
-from lmlab.errors import LmlabError
 
 gensim = pytest.importorskip("gensim")
 from gensim.models import KeyedVectors  # noqa: E402

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.console import progress
 from lmlab.data.corpora import Corpus, get_corpus
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
-from lmlab.train.log import progress
 
 FORMAT = 1
 FILES = ("tokenizer.json", "train.bin", "val.bin", "meta.json")

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from lmlab.data.windows import eval_offsets
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
-from lmlab.train.data import eval_offsets
 
 LN2 = math.log(2.0)
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from lmlab.config import arg, save_config
+from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
-
-DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -18,7 +15,7 @@ class ImportHfConfig:
     src: Path | None = arg(None, "Hugging Face model folder: config.json + model.safetensors or "
                                  "pytorch_model.bin (+ tokenizer.json)")
     out: Path | None = arg(None, "run folder to write (model.safetensors, tokenizer.json, config.yaml)")
-    dtype: DtypeName = arg("auto", "weights dtype (auto: as stored)")
+    dtype: Precision = arg("auto", "weights dtype (auto: as stored)")
     overwrite: bool = arg(False, "replace a model already in --out")
     json: bool = arg(False, "print the result as one JSON object")
 
@@ -31,9 +28,10 @@ def import_hf(cfg: ImportHfConfig) -> None:
     special_tokens_map.json and generation_config.json when present. Example:
     lmlab import hf --src ~/models/Llama-3.2-1B --out runs/llama1b
     """
-    from lmlab.api import parse_dtype
+    from lmlab.device import parse_dtype
     from lmlab.interop.hf import copy_tokenizer_files, load_hf, read_hf_config
-    from lmlab.models.io import WEIGHTS, save_model
+    from lmlab.models.io import WEIGHTS
+    from lmlab.models.registry import save_model
 
     if cfg.src is None or cfg.out is None:
         raise LmlabError("give both --src HF_FOLDER and --out RUN_FOLDER")
@@ -61,7 +59,7 @@ def import_hf(cfg: ImportHfConfig) -> None:
 class ExportHfConfig:
     ckpt: Path | None = arg(None, "run folder or model.safetensors to export")
     out: Path | None = arg(None, "Hugging Face folder to write")
-    dtype: DtypeName = arg("auto", "weights dtype (auto: as stored)")
+    dtype: Precision = arg("auto", "weights dtype (auto: as stored)")
     overwrite: bool = arg(False, "replace a model already in --out")
     json: bool = arg(False, "print the result as one JSON object")
 
@@ -74,10 +72,10 @@ def export_hf(cfg: ExportHfConfig) -> None:
     AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) load
     it. Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
     """
-    from lmlab.api import parse_dtype
+    from lmlab.device import parse_dtype
     from lmlab.interop.hf import export_hf as write_hf
     from lmlab.interop.hf import hf_family
-    from lmlab.models.io import load_model
+    from lmlab.models.registry import load_model
 
     if cfg.ckpt is None or cfg.out is None:
         raise LmlabError("give both --ckpt RUN and --out HF_FOLDER")

@@ -9,8 +9,6 @@ results.json, lineage.png, report.md, config.yaml, the prepared data and each mo
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmlab.config import arg, save_config
+from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
 from lmlab.lineage.entries import DEFAULT_MODELS, ENTRIES, Entry
@@ -54,7 +52,7 @@ class LineageConfig:
     top_k: int = arg(50, "sample among the k most likely tokens")
     seed: int = arg(1337, "seed of inits, data order and samples")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = arg("auto", "training precision (neural models)")
+    precision: Precision = arg("auto", "training precision (neural models)")
     overwrite: bool = arg(False, "replace an existing lineage run in --out")
     progress: bool = arg(True, "show progress bars (--no-progress hides them)")
     json: bool = arg(False, "print the results as one JSON object")
@@ -110,8 +108,8 @@ def _prepare(cfg: LineageConfig, work: Path):
 
 
 def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry) -> dict[str, Any]:
-    from lmlab.ngram.model import score_token_ids
     from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
+    from lmlab.ngram.model import score_token_ids
 
     found = search_ngram(data.train, data.eot_id, data.bytes_per_token("train"), cfg.ngram_orders,
                          cfg.ngram_smoothings, cfg.budget)
@@ -132,28 +130,25 @@ def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry) -> dict[str, Any]:
 def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Path, device) -> dict[str, Any]:
     from lmlab.evaluate.perplexity import evaluate_perplexity
     from lmlab.generate import generate_text
-    from lmlab.models.classic_presets import load_any
-    from lmlab.train.commands import PretrainConfig, pretrain
+    from lmlab.loader import load_model_any
     from lmlab.train.log import read_metrics
+    from lmlab.train.pretrain import PretrainConfig, pretrain
 
     pc = PretrainConfig(
         model=entry.preset(cfg.size), data=data_dir, out=run_dir, model_args=list(entry.model_args),
         block_size=cfg.block_size, batch_size=cfg.batch_size, lr=entry.lr, min_lr=entry.lr / 10,
         warmup_steps=cfg.warmup_steps, precision=cfg.precision, seed=cfg.seed, device=cfg.device,
         time_budget=cfg.budget, eval_interval_s=cfg.budget / cfg.evals, eval_iters=cfg.eval_iters,
-        log_interval=10, progress=cfg.progress, json=True,
+        log_interval=10, progress=cfg.progress,
     )
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stdout(captured):
-            status = pretrain(pc)
+        result = pretrain(pc)
     except LmlabError as e:
         raise LmlabError(f"{entry.name}: {e}") from None
-    if status != 0:
+    if result.interrupted:
         raise KeyboardInterrupt
-    summary = json.loads(captured.getvalue().strip().splitlines()[-1])
     curve = [[r["elapsed"], r["val_bpb"]] for r in read_metrics(run_dir) if "val_bpb" in r and "elapsed" in r]
-    model = load_any(run_dir, map_location=device)
+    model = load_model_any(run_dir, device)
     full = evaluate_perplexity(model, data.val, block_size=cfg.block_size, batch_size=cfg.batch_size,
                                device=device, split_bytes=data.meta["splits"]["val"]["bytes"],
                                stride=_eval_stride(cfg))
@@ -161,7 +156,7 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
                            temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed)[0].text
     return {
         "name": entry.name, "label": entry.label, "preset": pc.model, "params": model.num_params(),
-        "train_seconds": summary["elapsed_s"], "tokens_seen": summary["tokens"], "steps": summary["step"],
+        "train_seconds": result.elapsed_s, "tokens_seen": result.tokens, "steps": result.step,
         "val_bpb": full.bits_per_byte, "val_ppl": math.exp(full.loss), "val_loss": full.loss,
         "curve": curve, "sample": sample,
     }

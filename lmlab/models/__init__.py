@@ -1,13 +1,8 @@
-"""lmlab.models: model classes, presets and their files."""
+"""lmlab.models: model classes, their presets and their files (one registry of families)."""
 
 from lmlab.models.decoder import Decoder, DecoderConfig
-from lmlab.models.io import load_model, save_model
-from lmlab.models.presets import PRESETS, get_preset
+from lmlab.models.presets import PRESETS
+from lmlab.models.registry import FAMILIES, build_model, family_of, get_preset, load_model, save_model
 
-
-def build_model(cfg: DecoderConfig) -> Decoder:
-    """Return a freshly initialised :class:`Decoder` for ``cfg``."""
-    return Decoder(cfg)
-
-
-__all__ = ["Decoder", "DecoderConfig", "PRESETS", "get_preset", "build_model", "save_model", "load_model"]
+__all__ = ["Decoder", "DecoderConfig", "FAMILIES", "PRESETS", "build_model", "family_of", "get_preset",
+           "load_model", "save_model"]

@@ -9,7 +9,6 @@ usual combinations.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
-from lmlab.generate import Generates
 from lmlab.nn.attention import Attention, KVCache, causal_mask
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
@@ -32,7 +31,7 @@ _CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(DictConfig):
     """Shape and variant of a decoder-only Transformer.
 
     ``n_kv_heads``, ``d_ff`` and ``head_dim`` left as None are derived: ``n_head``,
@@ -88,19 +87,6 @@ class DecoderConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"dropout={self.dropout} must be in [0, 1)")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as a JSON-friendly dict (all fields, derived ones resolved)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DecoderConfig:
-        """Build a config from a dict; unknown keys raise LmlabError listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise LmlabError(f"unknown model config keys {', '.join(unknown)}; "
-                             f"valid keys: {', '.join(sorted(names))}")
-        return cls(**values)
 
 
 class Block(nn.Module):
@@ -127,7 +113,7 @@ class Block(nn.Module):
         return x + (self.drop(m) if self.drop is not None else m)
 
 
-class Decoder(Generates, nn.Module):
+class Decoder(nn.Module):
     """A decoder-only Transformer language model: token ids ``(B, T)`` -> logits ``(B, T, V)``."""
 
     def __init__(self, config: DecoderConfig):

@@ -18,7 +18,6 @@ returns the forward LM's logits, so perplexity code treats it as a causal LM;
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
-from lmlab.generate import Generates
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import token_cross_entropy
 
@@ -40,7 +39,7 @@ N_CHARS = 259
 
 
 @dataclass
-class ElmoConfig:
+class ElmoConfig(DictConfig):
     """Shape of an ELMo biLM: token input or character CNN, LSTM layers, dropout."""
 
     vocab_size: int = 4096
@@ -75,19 +74,6 @@ class ElmoConfig:
                 raise LmlabError(f"ELMo max_chars={self.max_chars} is shorter than the widest filter "
                                  f"({widest}) or the 3 characters of a marked one-byte word; raise max_chars")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as a JSON-friendly dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ElmoConfig:
-        """Build a config from a dict; unknown keys raise LmlabError listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise LmlabError(f"unknown ELMo config keys {', '.join(unknown)}; "
-                             f"valid keys: {', '.join(sorted(names))}")
-        return cls(**values)
 
 
 # ---------------------------------------------------------------- characters of tokens
@@ -194,7 +180,7 @@ class CharCNN(nn.Module):
 
 
 # ---------------------------------------------------------------- the biLM
-class ELMo(Generates, nn.Module):
+class ELMo(nn.Module):
     """ELMo's biLM. ``model(ids)`` -> forward-LM logits ``(B, T, V)``; ``model(ids, bidirectional=True)``
     -> ``(forward logits, backward logits)``; :meth:`layers` -> the per-layer contextual vectors."""
 
@@ -415,3 +401,16 @@ class ScalarMix(nn.Module):
             raise LmlabError(f"ScalarMix has {self.weights.numel()} weights, got {layers.size(0)} layers")
         s = torch.softmax(self.weights, dim=0).to(layers.dtype)
         return self.gamma.to(layers.dtype) * torch.einsum("l,l...->...", s, layers)
+
+
+_TINY_FILTERS = [[1, 16], [2, 16], [3, 32]]
+
+# Preset name -> config values (vocab_size usually comes from the data).
+PRESETS: dict[str, dict[str, Any]] = {
+    "elmo-small": dict(n_layer=2, d_model=256, d_hidden=512, dropout=0.1, block_size=128),
+    "elmo-char-small": dict(n_layer=2, d_model=256, d_hidden=512, char_cnn=True, max_chars=20, dropout=0.1,
+                            block_size=128),
+    "elmo-tiny": dict(n_layer=2, d_model=32, d_hidden=64, dropout=0.0, block_size=32),
+    "elmo-char-tiny": dict(n_layer=2, d_model=32, d_hidden=64, char_cnn=True, max_chars=12, d_char=8,
+                           filters=_TINY_FILTERS, n_highway=1, dropout=0.0, block_size=32),
+}

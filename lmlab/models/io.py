@@ -1,8 +1,9 @@
-"""Save and load decoders as self-describing safetensors files.
+"""The model file: self-describing safetensors.
 
-``model.safetensors`` holds the weights plus, in its metadata, ``lmlab_arch: decoder``
-and ``lmlab_config`` (the :class:`DecoderConfig` as JSON), so the file alone rebuilds the
-model. A tied output head is stored once (as the token embedding).
+``model.safetensors`` holds the weights plus, in its metadata, ``lmlab_arch`` (the family:
+decoder, nplm, rnn, elmo) and ``lmlab_config`` (the model config as JSON), so the file
+alone rebuilds the model (see :mod:`lmlab.models.registry`). A tied output head is stored
+once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path
@@ -28,8 +30,8 @@ def model_file(path: str | os.PathLike) -> Path:
     return p / WEIGHTS if p.is_dir() else p
 
 
-def save_model(model: Decoder, path: str | os.PathLike) -> Path:
-    """Atomically write ``model`` to ``path`` (a ``.safetensors`` file, or a folder that gets
+def save_decoder(model: Decoder, path: str | os.PathLike) -> Path:
+    """Atomically write the decoder ``model`` to ``path`` (a ``.safetensors`` file, or a folder that gets
     ``model.safetensors``); return the file written."""
     from safetensors.torch import save_file
 
@@ -82,8 +84,8 @@ def _check_exists(path: str | os.PathLike) -> Path:
     return f
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> Decoder:
+def load_decoder(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> Decoder:
     """Rebuild a :class:`Decoder` from a file written by :func:`save_model` (or its folder).
 
     Returns the model in eval mode on ``map_location`` (cast to ``dtype`` if given). A
@@ -91,11 +93,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """
     from safetensors.torch import load_file
 
-    from lmlab.models.classic_presets import ARCHS, load_classic
-
-    if read_arch(path)[0] in ARCHS:  # NPLM / RNN / ELMo runs load through their own configs
-        m = load_classic(path, map_location)
-        return m.to(dtype=dtype) if dtype is not None else m
     f = _check_exists(path)
     cfg = read_config(f)
     try:
@@ -154,3 +151,34 @@ def _rebuild_buffers(model: Decoder, device: torch.device) -> None:
             model.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
         if isinstance(model.pos_emb, SinusoidalPositions):
             model.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
+
+
+def save_module(model: nn.Module, path: str | os.PathLike, arch: str, config: dict[str, Any]) -> Path:
+    """Atomically write any ``model`` to ``path`` (a ``.safetensors`` file, or a folder that gets
+    ``model.safetensors``) with ``arch`` and ``config`` in the metadata; return the file written."""
+    from safetensors.torch import save_model
+
+    p = Path(path)
+    if p.is_dir() or p.suffix != ".safetensors":
+        p = p / WEIGHTS
+    metadata = {"format": "pt", "lmlab_arch": arch, "lmlab_config": json.dumps(config)}
+    with atomic_path(p) as tmp:
+        save_model(model, str(tmp), metadata=metadata)  # stores a tied matrix once
+    return p
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors file into ``model`` (names and shapes must match); raise LmlabError if not."""
+    from safetensors.torch import load_model
+
+    f = _check_exists(path)
+    try:
+        missing, unexpected = load_model(model, str(f), strict=False, device="cpu")
+    except RuntimeError as e:  # shape mismatch
+        raise LmlabError(f"weights in {f} do not fit the model ({str(e).splitlines()[0]}); "
+                         "the file is from another model or damaged: re-save it") from None
+    except Exception as e:  # a damaged file
+        raise LmlabError(f"{f} is damaged ({e}); re-save or re-train the model") from None
+    if missing or unexpected:
+        raise LmlabError(f"weights in {f} do not match the model config (missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}); the file is from another model: re-save it")

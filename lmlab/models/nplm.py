@@ -15,22 +15,21 @@ evaluates with the same code as a Transformer decoder.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
-from lmlab.generate import Generates
 from lmlab.nn.linear import Linear
 
 ARCH = "nplm"
 
 
 @dataclass
-class NPLMConfig:
+class NPLMConfig(DictConfig):
     """Shape of an NPLM: vocabulary, context length (n-1), embedding and hidden sizes."""
 
     vocab_size: int = 4096
@@ -49,22 +48,9 @@ class NPLMConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"NPLM dropout={self.dropout} must be in [0, 1)")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as a JSON-friendly dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> NPLMConfig:
-        """Build a config from a dict; unknown keys raise LmlabError listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise LmlabError(f"unknown NPLM config keys {', '.join(unknown)}; "
-                             f"valid keys: {', '.join(sorted(names))}")
-        return cls(**values)
 
 
-class NPLM(Generates, nn.Module):
+class NPLM(nn.Module):
     """Bengio et al.'s feed-forward LM: token ids ``(B, T)`` -> next-token logits ``(B, T, V)``."""
 
     def __init__(self, config: NPLMConfig):
@@ -117,3 +103,11 @@ class NPLM(Generates, nn.Module):
     def flops_per_token(self, seq_len: int) -> float:  # noqa: ARG002 - same signature as the decoder's
         """Return training FLOPs per token (forward + backward): 6 x the parameters used in matmuls."""
         return 6.0 * self.num_params(non_embedding=True)
+
+
+# Preset name -> config values (vocab_size usually comes from the data).
+PRESETS: dict[str, dict[str, Any]] = {
+    # Bengio et al. 2003: order-6 model (5 tokens of context), direct connections on.
+    "nplm-small": dict(context=5, d_emb=64, d_hidden=512, direct=True, dropout=0.1, block_size=128),
+    "nplm-tiny": dict(context=3, d_emb=16, d_hidden=64, direct=True, block_size=32),
+}

@@ -1,4 +1,4 @@
-"""Named decoder configurations: the GPT-2 and LLaMA families, from CPU toys to real shapes.
+"""The decoder family's presets: the GPT-2 and LLaMA families, from CPU toys to real shapes.
 
 ``vocab_size`` and ``block_size`` are usually overridden from the prepared data
 (``get_preset("llama-small", vocab_size=4096, block_size=256)``).
@@ -7,9 +7,6 @@
 from __future__ import annotations
 
 from typing import Any
-
-from lmlab.errors import LmlabError
-from lmlab.models.decoder import DecoderConfig
 
 _GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu", gelu_approx="tanh", pos="learned", bias=True,
              tie_embeddings=True)
@@ -43,16 +40,3 @@ PRESETS: dict[str, dict[str, Any]] = {
                      rope_scaling=dict(_LLAMA31_ROPE, factor=8.0), tie_embeddings=False),
 }
 
-
-def get_preset(name: str, **overrides: Any) -> DecoderConfig:
-    """Return the :class:`DecoderConfig` of preset ``name`` with ``overrides`` applied.
-
-    Unknown names or override keys raise LmlabError listing the valid ones.
-    """
-    if name not in PRESETS:
-        raise LmlabError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    values = dict(PRESETS[name])
-    if values.get("rope_scaling"):
-        values["rope_scaling"] = dict(values["rope_scaling"])
-    values.update(overrides)
-    return DecoderConfig.from_dict(values)

@@ -17,7 +17,6 @@ embedding size a linear projection maps one to the other.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
-from lmlab.generate import Generates
 from lmlab.nn.linear import Linear
 
 ARCH = "rnn"
@@ -36,7 +35,7 @@ State = tuple[torch.Tensor, ...]
 
 
 @dataclass
-class RNNConfig:
+class RNNConfig(DictConfig):
     """Shape and regularisation of a recurrent LM."""
 
     vocab_size: int = 4096
@@ -62,19 +61,6 @@ class RNNConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise LmlabError(f"RNN {name}={getattr(self, name)} must be in [0, 1)")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the config as a JSON-friendly dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RNNConfig:
-        """Build a config from a dict; unknown keys raise LmlabError listing the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise LmlabError(f"unknown RNN config keys {', '.join(unknown)}; "
-                             f"valid keys: {', '.join(sorted(names))}")
-        return cls(**values)
 
 
 class SequenceDropout(nn.Module):
@@ -115,7 +101,7 @@ def _recurrent(cell: str, d_in: int, d_hidden: int) -> nn.RNNBase:
     return nn.RNN(d_in, d_hidden, nonlinearity="tanh", batch_first=True)
 
 
-class RNNLM(Generates, nn.Module):
+class RNNLM(nn.Module):
     """A recurrent LM: token ids ``(B, T)`` -> logits ``(B, T, V)`` (and the final state on request)."""
 
     def __init__(self, config: RNNConfig):
@@ -231,3 +217,18 @@ class RNNLM(Generates, nn.Module):
         c = self.config
         d_out = c.d_emb if c.tie_embeddings else c.d_hidden
         return 6.0 * (self.num_params(non_embedding=True) + c.vocab_size * d_out)
+
+
+_SMALL_RNN = dict(n_layer=2, d_emb=256, d_hidden=512, tie_embeddings=True, dropout_emb=0.05, dropout_in=0.1,
+                  dropout_hid=0.1, dropout_out=0.2, block_size=128)
+_TINY_RNN = dict(n_layer=1, d_emb=32, d_hidden=48, tie_embeddings=True, block_size=32)
+
+# Preset name -> config values (vocab_size usually comes from the data).
+PRESETS: dict[str, dict[str, Any]] = {
+    "rnn-small": dict(_SMALL_RNN, cell="rnn"),
+    "lstm-small": dict(_SMALL_RNN, cell="lstm"),
+    "gru-small": dict(_SMALL_RNN, cell="gru"),
+    "rnn-tiny": dict(_TINY_RNN, cell="rnn"),
+    "lstm-tiny": dict(_TINY_RNN, cell="lstm"),
+    "gru-tiny": dict(_TINY_RNN, cell="gru"),
+}

@@ -68,9 +68,9 @@ def train(cfg: NgramTrainConfig) -> None:
     a sentence scored from <s> to </s>; with --data, token ids are the words and the
     end-of-text id ends a sentence.
     """
+    from lmlab.console import progress
     from lmlab.ngram.arpa import write_arpa
     from lmlab.ngram.model import corpus_from_ids, corpus_from_lines, train_ngram
-    from lmlab.train.log import progress
 
     if cfg.out is None:
         raise LmlabError("--out is required: the ARPA file to write, e.g. --out runs/ngram/mkn3.arpa")
@@ -132,9 +132,9 @@ def evaluate(cfg: NgramEvalConfig) -> None:
     """
     import numpy as np
 
+    from lmlab.console import progress
     from lmlab.ngram.arpa import read_arpa
     from lmlab.ngram.model import score_token_ids
-    from lmlab.train.log import progress
 
     if cfg.model is None:
         raise LmlabError("--model is required: an ARPA file from 'lmlab ngram train'")
@@ -185,8 +185,8 @@ class NgramGenerateConfig:
 def generate(cfg: NgramGenerateConfig) -> None:
     """Sample text from an ARPA n-gram model, word by word from its backoff distribution;
     each sentence (ended by </s>) is printed on its own line."""
+    from lmlab.console import progress
     from lmlab.ngram.arpa import read_arpa
-    from lmlab.train.log import progress
 
     if cfg.model is None:
         raise LmlabError("--model is required: an ARPA file from 'lmlab ngram train'")

@@ -11,16 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 from lmlab.config import arg, save_config
+from lmlab.console import human, short, si
 from lmlab.errors import LmlabError
+from lmlab.scaling.sweep import SweepConfig
 
 LawName = Literal["hoffmann", "hoffmann-exact", "epoch", "kaplan", "all"]
-
-def human(x: float) -> str:
-    """Format a count with a K/M/B/T suffix (3 significant digits)."""
-    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:.3g}"
 
 
 @dataclass
@@ -112,9 +107,6 @@ def default_fit_out(source: Path, approach: str) -> Path:
     return source.parent / f"{source.stem}-fit-{approach}"
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.4e}"
-
 
 def fit(cfg: FitConfig) -> None:
     """Fit scaling laws to a table of training runs and plot them.
@@ -167,8 +159,8 @@ def fit(cfg: FitConfig) -> None:
     width = max(len(k) for k in result.params)
     for name, est in result.params.items():
         has_ci = est.lo is not None and math.isfinite(est.lo)
-        ci = f"   95% CI [{_fmt(est.lo)}, {_fmt(est.hi)}]" if has_ci else ""
-        print(f"  {name:<{width}}  {_fmt(est.value):>11}{ci}")
+        ci = f"   95% CI [{short(est.lo)}, {short(est.hi)}]" if has_ci else ""
+        print(f"  {name:<{width}}  {short(est.value):>11}{ci}")
     if optimum:
         line = (f"at the largest budget here, C = {c_max:.3g}: N_opt = {human(optimum['n_params'])}, "
                 f"D_opt = {human(optimum['n_tokens'])} ({optimum['tokens_per_param']:.1f} tokens/param)")
@@ -201,30 +193,22 @@ _METHOD_TITLES = {"6N": "6N (Kaplan N)", "kaplan": "Kaplan 2020", "chinchilla": 
                   "palm": "PaLM 2022"}
 
 
-def si(x: float, unit: str = "") -> str:
-    """Format a number with an SI prefix (k, M, G, T, P, E) and 3 significant digits."""
-    sep = " " if unit else ""
-    for div, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{sep}{prefix}{unit}"
-    return f"{x:.3g}{sep}{unit}"
-
 
 def _flops_model(spec: str, model_args: list[str]):
     """Return ``(DecoderConfig, label)`` for a preset name or a run folder / model file, with overrides."""
-    from lmlab.models.classic_presets import ARCHS, is_classic_preset
     from lmlab.models.decoder import DecoderConfig
     from lmlab.models.io import ARCH, read_arch
-    from lmlab.models.presets import PRESETS, get_preset
-    from lmlab.train.commands import _parse_model_args
+    from lmlab.models.presets import PRESETS
+    from lmlab.models.registry import FAMILIES, get_preset, preset_names
+    from lmlab.train.pretrain import parse_model_args
 
-    overrides = _parse_model_args(model_args)
+    overrides = parse_model_args(model_args)
     if spec in PRESETS:
         return get_preset(spec, **overrides), spec
     path = Path(spec)
     if path.exists():
         arch, values = read_arch(path)
-        if arch in ARCHS:
+        if arch in FAMILIES and arch != ARCH:
             raise LmlabError(f"{path} holds a {arch} model; these counts (Kaplan, Chinchilla, PaLM) are for "
                              "Transformer decoders; its training FLOPs/token (6 x matmul parameters) and MFU "
                              "are in its metrics.jsonl from 'lmlab pretrain'")
@@ -232,7 +216,7 @@ def _flops_model(spec: str, model_args: list[str]):
             raise LmlabError(f"{path} has no lmlab decoder config in its metadata; for a Hugging Face "
                              "checkpoint run 'lmlab import hf --src DIR --out RUN' first")
         return DecoderConfig.from_dict({**values, **overrides}), str(path)
-    if is_classic_preset(spec):
+    if spec in preset_names():
         raise LmlabError(f"{spec!r} is a pre-Transformer preset; these counts are for decoder presets: "
                          f"{', '.join(PRESETS)}")
     raise LmlabError(f"--model {spec!r} is neither a decoder preset ({', '.join(PRESETS)}) nor an "
@@ -257,7 +241,8 @@ def flops(cfg: FlopsConfig) -> None:
       lmlab scaling flops --model llama-8b --seq-len 8192 --tokens-per-s 3500 --peak-flops h100-sxm-bf16
       lmlab scaling flops --model runs/tiny --json
     """
-    from lmlab.scaling.flops import METHODS, flop_counts, mfu, resolve_peak_flops
+    from lmlab.scaling.flops import METHODS, flop_counts, resolve_peak_flops
+    from lmlab.train.mfu import mfu
 
     if cfg.model is None:
         raise LmlabError("give --model: a decoder preset (e.g. gpt2-124m, llama-8b) or a run folder")
@@ -327,46 +312,6 @@ def flops(cfg: FlopsConfig) -> None:
               f"{throughput['tokens_per_s_at_peak']['palm']:,.0f} tokens/s at 100% MFU by PaLM's count")
 
 
-FlopsMethod = Literal["chinchilla", "kaplan", "palm", "6N"]
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
-
-
-@dataclass
-class SweepConfig:
-    data: Path | None = arg(None, "prepared data folder (from 'lmlab data prepare')")
-    out: Path | None = arg(None, "sweep folder: config.yaml, runs.csv and runs/NAME/ (one pretrain run each)")
-    budgets: list[float] = arg([], "training compute budgets C in FLOPs, comma-separated, e.g. 1e12,3e12")
-    sizes: list[str] = arg(["xs", "s", "m", "l"], "model widths: d_model values or names (2xs=16, xs=32, "
-                                                   "s=48, m=64, l=96, xl=128, 2xl=192, 3xl=256), "
-                                                   "comma-separated")
-    family: Literal["llama", "gpt2"] = arg("llama", "llama: RMSNorm, SwiGLU (d_ff 8/3 d_model rounded "
-                                                    "up to 16), RoPE, no biases; gpt2: LayerNorm, GELU "
-                                                    "(d_ff 4 d_model), learned positions, biases; both "
-                                                    "MHA with a tied head")
-    head_dim: int = arg(16, "width of each attention head: n_head = d_model / head_dim")
-    aspect: int = arg(32, "d_model per layer: n_layer = max(1, round(d_model / aspect))")
-    flops: FlopsMethod = arg("chinchilla", "FLOP count that turns a budget into tokens, D = C / (training "
-                                           "FLOPs per token at --block-size); see 'lmlab scaling flops'")
-    block_size: int = arg(64, "tokens per training window (the models' context)")
-    batch_size: int = arg(8, "windows per optimizer step")
-    lr: float = arg(3e-3, "peak learning rate of every run")
-    min_lr: float = arg(3e-4, "final learning rate of each run's cosine decay")
-    warmup: float = arg(0.05, "linear warmup as a fraction of each run's steps (at least 1 step)")
-    weight_decay: float = arg(0.1, "AdamW weight decay")
-    eval_tokens: int = arg(16384, "validation tokens each run is scored on: the same windows for every run "
-                                  "(the whole split when it is smaller)")
-    vocab_size: int | None = arg(None, "model vocabulary (default: the data's); lets --dry-run work "
-                                       "without --data")
-    seed: int = arg(1337, "seed of every run's init and data order")
-    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    precision: PrecisionName = arg("auto", "training precision; auto = bf16 where the hardware has it, "
-                                           "else fp32 (scoring is always fp32)")
-    log_interval: int = arg(10, "log each run's metrics every N steps")
-    save_interval: int = arg(0, "checkpoint every N steps within a run, so a killed run resumes from there "
-                                "(0: only at its end and on Ctrl-C)")
-    dry_run: bool = arg(False, "print the grid (name, N, D, steps, C) and exit without training")
-    progress: bool = arg(True, "show each run's progress bar")
-    json: bool = arg(False, "print the grid or the results as one JSON object")
 
 
 def sweep(cfg: SweepConfig) -> int:

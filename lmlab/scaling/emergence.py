@@ -72,12 +72,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from lmlab.config import arg, save_config
+from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
 
 CHARS = "0123456789+=\n"
@@ -369,7 +369,7 @@ def build_model(d_model: int, n_layer: int, head_dim: int, digits: int) -> nn.Mo
     context of one whole line and the addition vocabulary.
     """
     from lmlab.models.decoder import Decoder
-    from lmlab.models.presets import get_preset
+    from lmlab.models.registry import get_preset
 
     n_head = d_model // head_dim
     cfg = get_preset("llama-tiny", vocab_size=VOCAB_SIZE, block_size=3 * digits + 4, n_layer=n_layer,
@@ -379,7 +379,6 @@ def build_model(d_model: int, n_layer: int, head_dim: int, digits: int) -> nn.Mo
 
 # ---------------------------------------------------------------- command
 
-PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass
@@ -400,7 +399,7 @@ class EmergenceConfig:
     test_size: int = arg(1000, "held-out test problems, never trained on")
     seed: int = arg(0, "seed of the data split, the initial weights and the batch order")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    precision: PrecisionName = arg("fp32", "autocast precision of training (auto: bf16 where supported)")
+    precision: Precision = arg("fp32", "autocast precision of training (auto: bf16 where supported)")
     threads: int = arg(1, "CPU threads for PyTorch (these small models run fastest on one)")
     save_models: bool = arg(False, "keep each model's weights as models/dWIDTH/model.safetensors")
     overwrite: bool = arg(False, "replace the results already in --out")
@@ -452,7 +451,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def _train_one(cfg: EmergenceConfig, data: AdditionData, d_model: int, device: torch.device,
                index: int, count: int) -> dict[str, Any]:
     """Train the model of width ``d_model`` and score it on the test set; return its results row."""
-    from lmlab.models.io import save_model
+    from lmlab.models.registry import save_model
     from lmlab.train.distributed import unwrap_model
     from lmlab.train.loop import Trainer, TrainSettings
     from lmlab.train.objectives import causal_lm_loss
@@ -593,9 +592,8 @@ def emergence(cfg: EmergenceConfig) -> int:
       lmlab scaling emergence --out runs/emergence
       lmlab scaling emergence --out runs/em2 --digits 2 --sizes 16,32,64 --steps 800 --json
     """
-    from lmlab.device import resolve_device
+    from lmlab.device import resolve_device, set_threads
     from lmlab.fileio import write_json
-    from lmlab.seq2seq.train import set_threads
 
     sizes = _check_config(cfg)
     data = make_data(cfg.digits, cfg.test_size, cfg.train_size, cfg.seed, cfg.reverse)

@@ -431,7 +431,7 @@ def fit_approach3(table: RunTable, *, grid: str | dict = "paper", bootstrap: int
     results = []
     it = starts
     if progress:
-        from lmlab.train.log import progress as bar
+        from lmlab.console import progress as bar
 
         it = bar(starts, desc="approach 3 starts", unit="start")
     for th in it:
@@ -455,7 +455,7 @@ def fit_approach3(table: RunTable, *, grid: str | dict = "paper", bootstrap: int
         rng = np.random.default_rng(seed)
         it = range(bootstrap)
         if progress:
-            from lmlab.train.log import progress as bar
+            from lmlab.console import progress as bar
 
             it = bar(it, desc="bootstrap", unit="fit")
         n = len(table)

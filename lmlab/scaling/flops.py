@@ -268,21 +268,6 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int | None = None,
     return flop_counts(cfg, seq_len).counts[method].train_per_token
 
 
-def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
-    """Return model FLOPs utilisation: ``flops_per_token * tokens_per_s / peak_flops`` (a fraction).
-
-    ``flops_per_token`` are training FLOPs (forward + backward) per token, ``tokens_per_s`` the
-    measured throughput and ``peak_flops`` the peak FLOP/s of the hardware it ran on (summed
-    over devices). Non-positive or non-finite inputs raise LmlabError.
-    """
-    for name, value in (("flops per token", flops_per_token), ("tokens/s", tokens_per_s),
-                        ("peak FLOP/s", peak_flops)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value <= 0:
-            raise LmlabError(f"{name} must be a positive number, got {value!r}")
-    return float(flops_per_token) * float(tokens_per_s) / float(peak_flops)
-
-
 def resolve_peak_flops(value: str | float) -> tuple[float, str]:
     """Return ``(FLOP/s, label)`` for a number (``989e12``) or a name from :data:`PEAK_FLOPS`
     (``h100-sxm-bf16``, case-insensitive); anything else raises LmlabError listing the names."""

@@ -30,7 +30,6 @@ had finished. Each run's cosine schedule is fitted to its own number of steps.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -39,14 +38,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from lmlab.config import Precision, arg
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
     from lmlab.models.decoder import DecoderConfig
-    from lmlab.scaling.commands import SweepConfig
-    from lmlab.train.commands import PretrainConfig
+    from lmlab.train.pretrain import PretrainConfig
 
 # Named widths (d_model) of the family.
 SIZES: dict[str, int] = {"2xs": 16, "xs": 32, "s": 48, "m": 64, "l": 96, "xl": 128, "2xl": 192, "3xl": 256}
@@ -56,6 +55,46 @@ COLUMNS = ["name", "N", "D", "C", "loss", "budget", "params_total", "N_nonembedd
 # Options that change what a run trains or how it is scored: a sweep folder keeps them fixed.
 FIXED_OPTIONS = ("family", "head_dim", "aspect", "flops", "block_size", "batch_size", "lr", "min_lr",
                  "warmup", "weight_decay", "eval_tokens", "vocab_size", "seed", "precision", "data")
+
+FlopsMethod = Literal["chinchilla", "kaplan", "palm", "6N"]
+
+
+@dataclass
+class SweepConfig:
+    data: Path | None = arg(None, "prepared data folder (from 'lmlab data prepare')")
+    out: Path | None = arg(None, "sweep folder: config.yaml, runs.csv and runs/NAME/ (one pretrain run each)")
+    budgets: list[float] = arg([], "training compute budgets C in FLOPs, comma-separated, e.g. 1e12,3e12")
+    sizes: list[str] = arg(["xs", "s", "m", "l"], "model widths: d_model values or names (2xs=16, xs=32, "
+                                                   "s=48, m=64, l=96, xl=128, 2xl=192, 3xl=256), "
+                                                   "comma-separated")
+    family: Literal["llama", "gpt2"] = arg("llama", "llama: RMSNorm, SwiGLU (d_ff 8/3 d_model rounded "
+                                                    "up to 16), RoPE, no biases; gpt2: LayerNorm, GELU "
+                                                    "(d_ff 4 d_model), learned positions, biases; both "
+                                                    "MHA with a tied head")
+    head_dim: int = arg(16, "width of each attention head: n_head = d_model / head_dim")
+    aspect: int = arg(32, "d_model per layer: n_layer = max(1, round(d_model / aspect))")
+    flops: FlopsMethod = arg("chinchilla", "FLOP count that turns a budget into tokens, D = C / (training "
+                                           "FLOPs per token at --block-size); see 'lmlab scaling flops'")
+    block_size: int = arg(64, "tokens per training window (the models' context)")
+    batch_size: int = arg(8, "windows per optimizer step")
+    lr: float = arg(3e-3, "peak learning rate of every run")
+    min_lr: float = arg(3e-4, "final learning rate of each run's cosine decay")
+    warmup: float = arg(0.05, "linear warmup as a fraction of each run's steps (at least 1 step)")
+    weight_decay: float = arg(0.1, "AdamW weight decay")
+    eval_tokens: int = arg(16384, "validation tokens each run is scored on: the same windows for every run "
+                                  "(the whole split when it is smaller)")
+    vocab_size: int | None = arg(None, "model vocabulary (default: the data's); lets --dry-run work "
+                                       "without --data")
+    seed: int = arg(1337, "seed of every run's init and data order")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: Precision = arg("auto", "training precision; auto = bf16 where the hardware has it, "
+                                           "else fp32 (scoring is always fp32)")
+    log_interval: int = arg(10, "log each run's metrics every N steps")
+    save_interval: int = arg(0, "checkpoint every N steps within a run, so a killed run resumes from there "
+                                "(0: only at its end and on Ctrl-C)")
+    dry_run: bool = arg(False, "print the grid (name, N, D, steps, C) and exit without training")
+    progress: bool = arg(True, "show each run's progress bar")
+    json: bool = arg(False, "print the grid or the results as one JSON object")
 
 
 def parse_size(size: str | int) -> int:
@@ -76,7 +115,7 @@ def parse_size(size: str | int) -> int:
 def family_config(family: str, d_model: int, *, head_dim: int, aspect: int, vocab_size: int,
                   block_size: int) -> DecoderConfig:
     """Return the :class:`DecoderConfig` of the family member of width ``d_model`` (see the module doc)."""
-    from lmlab.models.presets import get_preset
+    from lmlab.models.registry import get_preset
     from lmlab.nn.mlp import swiglu_hidden
 
     if family not in FAMILIES:
@@ -237,7 +276,7 @@ def _cell(v: Any) -> Any:
 
 def pretrain_config(cfg: SweepConfig, run: SweepRun, *, vocab_size: int, resume: bool) -> PretrainConfig:
     """Return the ``lmlab pretrain`` config that trains ``run`` of the sweep ``cfg`` into its run folder."""
-    from lmlab.train.commands import PretrainConfig
+    from lmlab.train.pretrain import PretrainConfig
 
     warmup = max(1, round(cfg.warmup * run.steps)) if cfg.warmup > 0 else 0
     return PretrainConfig(
@@ -259,8 +298,8 @@ def _train(cfg: SweepConfig, run: SweepRun, vocab_size: int) -> tuple[str, float
 
     Raises KeyboardInterrupt when the run was interrupted (its checkpoint is saved)."""
     from lmlab.train import checkpoint as ckpt
-    from lmlab.train.commands import pretrain
     from lmlab.train.log import read_metrics
+    from lmlab.train.pretrain import pretrain
 
     folder = run_dir(cfg, run)
     latest = ckpt.latest_step(folder)
@@ -268,23 +307,17 @@ def _train(cfg: SweepConfig, run: SweepRun, vocab_size: int) -> tuple[str, float
         elapsed = [r["elapsed"] for r in read_metrics(folder) if "elapsed" in r]
         return "evaluated (training had finished)", (elapsed[-1] if elapsed else None)
     pcfg = pretrain_config(cfg, run, vocab_size=vocab_size, resume=latest is not None)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = pretrain(pcfg)
-    if rc == 130:
+    result = pretrain(pcfg)
+    if result.interrupted:
         raise KeyboardInterrupt
-    if rc != 0:
-        raise LmlabError(f"training {run.name} failed (status {rc}); see {folder}")
-    summary = next((json.loads(line) for line in reversed(buf.getvalue().splitlines())
-                    if line.startswith("{")), {})
     what = f"resumed from step {latest}" if latest is not None else "trained"
-    return what, summary.get("elapsed_s")
+    return what, result.elapsed_s
 
 
 def _evaluate(cfg: SweepConfig, run: SweepRun, data: Any, device: Any) -> tuple[float, float | None, int]:
     """Score a trained run on the sweep's fixed validation windows; return ``(loss, bpb, tokens)``."""
     from lmlab.evaluate.perplexity import evaluate_perplexity
-    from lmlab.models.io import load_model
+    from lmlab.models.registry import load_model
 
     model = load_model(run_dir(cfg, run), map_location=device)
     r = evaluate_perplexity(model, data.val, block_size=cfg.block_size, batch_size=cfg.batch_size,
@@ -363,7 +396,7 @@ def _row(run: SweepRun, loss: float, bpb: float | None, eval_tokens: int, second
 
 def print_grid(grid: Grid, flops: str) -> None:
     """Print the planned grid as a table: name, shape, N, FLOPs/token, D, steps, C and C/budget."""
-    from lmlab.scaling.commands import human
+    from lmlab.console import human
 
     print(f"{len(grid.runs)} runs, {grid.tokens_per_step} tokens per step; C = FLOPs/token ({flops}) x D")
     print(f"  {'name':<18}{'d_model':>8}{'layers':>7}{'heads':>6}{'N':>9}{'N non-emb':>10}{'FLOPs/tok':>11}"

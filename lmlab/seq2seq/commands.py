@@ -10,31 +10,7 @@ from typing import Literal
 
 from lmlab.config import arg
 from lmlab.errors import LmlabError
-
-
-@dataclass
-class TrainConfig:
-    task: str = arg("reverse", "task: reverse, sort, addition or date")
-    out: Path | None = arg(None, "run folder to write (model.safetensors, attention.png, metrics.jsonl, ...)")
-    steps: int = arg(1500, "optimiser steps")
-    batch_size: int = arg(64, "examples per step")
-    hidden: int = arg(64, "GRU state size (each encoder direction, and the decoder)")
-    emb: int = arg(32, "character embedding size")
-    attn: int | None = arg(None, "hidden size of the alignment model (default: --hidden)")
-    dropout: float = arg(0.1, "dropout on embeddings and before the output layer")
-    lr: float = arg(3e-3, "peak Adam learning rate (short warmup, cosine decay to a tenth)")
-    clip: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
-    seed: int = arg(0, "seed of the data and of the initial weights")
-    train_size: int = arg(10000, "training examples")
-    test_size: int = arg(500, "held-out test examples (no test input occurs in training)")
-    min_len: int | None = arg(None, "shortest input: letters, digits per operand, chars (default per task)")
-    max_len: int | None = arg(None, "longest input, same unit as --min-len (default per task)")
-    eval_every: int = arg(250, "held-out exact match every N steps (0: only at the end)")
-    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    threads: int = arg(1, "CPU threads for PyTorch (this model's small matrices run fastest on one)")
-    resume: bool = arg(False, "continue the run in --out from its last checkpoint")
-    overwrite: bool = arg(False, "replace a trained model already in --out")
-    json: bool = arg(False, "print the summary as one JSON object")
+from lmlab.seq2seq.train import TrainConfig
 
 
 def train(cfg: TrainConfig) -> None:
@@ -92,10 +68,10 @@ def evaluate(cfg: EvalConfig) -> None:
     """
     import time
 
-    from lmlab.device import resolve_device
+    from lmlab.device import resolve_device, set_threads
     from lmlab.seq2seq.tasks import make_splits
     from lmlab.seq2seq.train import evaluate as run_eval
-    from lmlab.seq2seq.train import load_run, set_threads
+    from lmlab.seq2seq.train import load_run
 
     ckpt = _require_ckpt(cfg.ckpt)
     for flag, value in (("--beam", cfg.beam), ("--batch-size", cfg.batch_size)):
@@ -144,9 +120,9 @@ def translate(cfg: TranslateConfig) -> None:
     """
     import torch
 
-    from lmlab.device import resolve_device
+    from lmlab.device import resolve_device, set_threads
     from lmlab.seq2seq.tasks import EOS, get_task, resolve_lengths
-    from lmlab.seq2seq.train import attention_plot, decode, encode_source, load_run, pad_batch, set_threads
+    from lmlab.seq2seq.train import attention_plot, decode, encode_source, load_run, pad_batch
 
     ckpt = _require_ckpt(cfg.ckpt)
     if not cfg.input:

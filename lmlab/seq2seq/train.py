@@ -14,21 +14,46 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from lmlab.config import arg
+from lmlab.device import set_threads
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
 from lmlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
 from lmlab.seq2seq.tasks import BOS, EOS, PAD, Pair, TaskSpec, Vocab, make_splits, task_vocabs
 
-if TYPE_CHECKING:
-    from lmlab.seq2seq.commands import TrainConfig
-
 RUN_FILES = ("model.safetensors", "model.json", "vocab.json", "task.json")
+
+
+@dataclass
+class TrainConfig:
+    task: str = arg("reverse", "task: reverse, sort, addition or date")
+    out: Path | None = arg(None, "run folder to write (model.safetensors, attention.png, metrics.jsonl, ...)")
+    steps: int = arg(1500, "optimiser steps")
+    batch_size: int = arg(64, "examples per step")
+    hidden: int = arg(64, "GRU state size (each encoder direction, and the decoder)")
+    emb: int = arg(32, "character embedding size")
+    attn: int | None = arg(None, "hidden size of the alignment model (default: --hidden)")
+    dropout: float = arg(0.1, "dropout on embeddings and before the output layer")
+    lr: float = arg(3e-3, "peak Adam learning rate (short warmup, cosine decay to a tenth)")
+    clip: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
+    seed: int = arg(0, "seed of the data and of the initial weights")
+    train_size: int = arg(10000, "training examples")
+    test_size: int = arg(500, "held-out test examples (no test input occurs in training)")
+    min_len: int | None = arg(None, "shortest input: letters, digits per operand, chars (default per task)")
+    max_len: int | None = arg(None, "longest input, same unit as --min-len (default per task)")
+    eval_every: int = arg(250, "held-out exact match every N steps (0: only at the end)")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = arg(1, "CPU threads for PyTorch (this model's small matrices run fastest on one)")
+    resume: bool = arg(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = arg(False, "replace a trained model already in --out")
+    json: bool = arg(False, "print the summary as one JSON object")
+
 
 
 # ---------------------------------------------------------------- batches
@@ -410,18 +435,6 @@ def parameter_count(model: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------- training
-
-
-def set_threads(n: int) -> None:
-    """Set PyTorch's CPU thread count; raise LmlabError unless ``n`` is at least 1.
-
-    One thread is the default here: the model's matrices are small, and on a loaded
-    machine extra threads mostly wait on each other (a step measured 15 ms on one
-    thread and about 1 s on two busy cores).
-    """
-    if n < 1:
-        raise LmlabError(f"--threads must be at least 1, got {n}")
-    torch.set_num_threads(n)
 
 
 def _check_options(cfg: TrainConfig) -> None:

@@ -1,7 +1,7 @@
 """Multi-process data parallelism under ``torchrun``: DDP (gloo on CPU, NCCL on CUDA), optionally FSDP.
 
 Launch any training command with ``torchrun --nproc-per-node N -m lmlab.cli pretrain ...``.
-Each rank draws its own rows of every global batch (see :mod:`lmlab.train.data`), so the
+Each rank draws its own rows of every global batch (see :mod:`lmlab.data.windows`), so the
 global batch is ``world_size * batch_size * grad_accum`` windows; gradients are
 averaged across ranks; only rank 0 logs and writes files.
 """

@@ -1,4 +1,4 @@
-"""Run logging: ``metrics.jsonl`` always, TensorBoard when installed, tqdm progress bars."""
+"""Run logging: ``metrics.jsonl`` always, TensorBoard when installed."""
 
 from __future__ import annotations
 
@@ -9,18 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from lmlab.fileio import write_text
-
-
-def progress(iterable=None, *, total: int | float | None = None, desc: str | None = None,
-             unit: str = "it", unit_scale: bool = False, disable: bool | None = None, **kwargs) -> tqdm:
-    """Return a tqdm progress bar showing throughput; ``LMLAB_PROGRESS=0`` turns bars off."""
-    if disable is None:
-        disable = os.environ.get("LMLAB_PROGRESS", "") == "0"
-    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale,
-                disable=disable, dynamic_ncols=True, **kwargs)
 
 
 def _clean(v: Any) -> Any:

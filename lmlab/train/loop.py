@@ -23,11 +23,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lmlab.device import autocast, grad_scaler, mfu, peak_flops, resolve_precision
+from lmlab.console import progress
+from lmlab.device import autocast, grad_scaler, resolve_precision
 from lmlab.errors import LmlabError
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as D
-from lmlab.train.log import RunLogger, progress
+from lmlab.train.log import RunLogger
+from lmlab.train.mfu import mfu, peak_flops
 from lmlab.train.objectives import Objective
 from lmlab.train.optim import Schedule, build_adamw, set_lr
 
@@ -302,7 +304,7 @@ class Trainer:
                         tps = interval_tokens / interval_time if interval_time > 0 else 0.0
                         record.update(loss=st.loss, lr=lr, tokens=tokens, tokens_per_s=round(tps, 1))
                         record.update(grad_norm=st.grad_norm, **st.metrics)
-                        if self.flops_per_token and peak:
+                        if self.flops_per_token and peak and tps > 0:
                             record["mfu"] = round(mfu(self.flops_per_token, tps, peak * dist.world_size), 5)
                         interval_tokens, interval_time = 0, 0.0
                         extra = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}

@@ -73,8 +73,8 @@ def train(cfg: TrainConfig) -> None:
     The input is a text file (--text: one sentence per line, whitespace-tokenised) or a
     named corpus (--corpus). Hyperparameters and defaults follow word2vec.c / gensim.
     """
-    from lmlab.word2vec.vectors import save_word2vec_text
     from lmlab.word2vec.model import Word2Vec, Word2VecParams, build_vocab, encode_corpus
+    from lmlab.word2vec.vectors import save_word2vec_text
 
     if (cfg.text is None) == (cfg.corpus is None):
         raise LmlabError("give exactly one of --text FILE or --corpus NAME")

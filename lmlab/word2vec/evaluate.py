@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmlab.word2vec.vectors import WordVectors
 from lmlab.errors import LmlabError
+from lmlab.word2vec.vectors import WordVectors
 
 ANALOGIES_FILE = "questions-words.txt"
 SIMILARITY_FILE = "wordsim353.tsv"

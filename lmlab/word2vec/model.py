@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.word2vec.vectors import WordVectors
 from lmlab.errors import LmlabError
+from lmlab.word2vec.vectors import WordVectors
 
 MAX_SENTENCE = 10000  # longer sentences are cut into pieces of this many words (gensim's limit)
 CHUNK_WORDS = 32768  # vocabulary words per unit of work; a chunk never splits a sentence piece
@@ -398,7 +398,7 @@ class Word2Vec:
             stats.compile_seconds = time.perf_counter() - t0
             stats.compiled = step is not _EAGER[p.arch]
             if on_progress is None and progress:
-                from lmlab.train.log import progress as make_bar
+                from lmlab.console import progress as make_bar
 
                 bar = make_bar(total=total_raw, desc=f"word2vec {p.arch}", unit="w", unit_scale=True)
                 on_progress = bar.update

@@ -1,4 +1,9 @@
-"""``lmlab.load``: one call from a run directory or a Hugging Face folder to a model and tokenizer."""
+"""The one loader: a run folder, a model file or a Hugging Face folder -> model and tokenizer.
+
+Every command that reads a model (generate, eval, embed, lineage, pretrain --init, and
+the ones to come) goes through :func:`load_model_any`; ``lmlab.load(path)`` is
+:func:`load`.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lmlab.device import parse_dtype
 from lmlab.errors import LmlabError
-
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
-
-
-def parse_dtype(dtype: Any) -> Any:
-    """Return the torch dtype named by ``dtype`` (fp32/bf16/fp16 or float32/...), None for None/'auto'."""
-    import torch
-
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return None if dtype == "auto" else dtype
-    if dtype not in _DTYPES:
-        raise LmlabError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
-    return getattr(torch, _DTYPES[dtype])
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
@@ -38,8 +30,8 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
 def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> Any:
     """Return the model in ``path`` (an lmlab run dir / model file of any architecture, or a Hugging
     Face folder) in eval mode on ``device``, cast to ``dtype`` (None or 'auto' keeps the stored dtype)."""
-    from lmlab.models.classic_presets import ARCHS, load_classic, read_arch
-    from lmlab.models.io import WEIGHTS, load_model
+    from lmlab.models.io import WEIGHTS
+    from lmlab.models.registry import load_model
 
     p = Path(path)
     if not p.exists():
@@ -50,10 +42,6 @@ def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = No
         from lmlab.interop.hf import load_hf
 
         model = load_hf(p, dt)
-    elif read_arch(p)[0] in ARCHS:  # NPLM, RNN LM, ELMo
-        model = load_classic(p)
-        if dt is not None:
-            model.to(dtype=dt)
     else:
         model = load_model(p, map_location="cpu", dtype=dt)
     return model.to(device).eval()
@@ -109,3 +97,16 @@ def load(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> tup
     """
     model = load_model_any(path, device, dtype)
     return model, load_tokenizer_any(path)
+
+
+def check_same_tokenizer(model_path: str | os.PathLike, data_dir: str | os.PathLike) -> None:
+    """Refuse a model whose run folder holds another tokenizer than the data's (when both files exist)."""
+    from lmlab.data.tokenizers import load_tokenizer
+
+    src = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    a, b = src / "tokenizer.json", Path(data_dir) / "tokenizer.json"
+    if a.is_file() and b.is_file() and load_tokenizer(a).hf.get_vocab() != load_tokenizer(b).hf.get_vocab():
+        raise LmlabError(
+            f"the model's tokenizer {a} differs from the data's {b}; "
+            f"prepare the data with 'lmlab data prepare --tokenizer-file {a}'"
+        )

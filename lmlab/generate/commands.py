@@ -1,0 +1,102 @@
+"""CLI command ``lmlab generate``: text from a run or a Hugging Face folder, streamed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab.config import Precision, arg
+from lmlab.errors import LmlabError
+
+
+@dataclass
+class GenerateConfig:
+    ckpt: Path | None = arg(None, "run folder, model.safetensors, or Hugging Face model folder")
+    prompt: str = arg("", "prompt text ('' starts a new document from the end-of-text token)")
+    prompt_file: Path | None = arg(None, "file with one prompt per line, generated as one batch "
+                                         "(instead of --prompt)")
+    max_new_tokens: int = arg(200, "tokens to generate per prompt")
+    temperature: float = arg(0.8, "sampling temperature; 0 = greedy")
+    top_k: int | None = arg(200, "sample among the k most likely tokens (none: all)")
+    top_p: float | None = arg(None, "sample among the most likely tokens holding this probability mass")
+    repetition_penalty: float = arg(1.0, "divide the logits of tokens already present by this (1: off)")
+    stop: list[str] = arg([], "stop strings, comma-separated; \\n is a newline")
+    seed: int | None = arg(None, "random seed for reproducible sampling")
+    truncate: bool = arg(False, "keep the end of a prompt that is too long for a Transformer's context "
+                                "(recurrent LMs, ELMo and the NPLM have no limit)")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    dtype: Precision = arg("auto", "model dtype (auto: as stored)")
+    json: bool = arg(False, "print completions and speed as one JSON object instead of streaming text")
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def run(cfg: GenerateConfig) -> None:
+    """Generate text from a trained or imported model, streaming it to the terminal.
+
+    Loads CKPT (an lmlab run folder or a Hugging Face folder with tokenizer.json), encodes
+    the prompt(s) and decodes; prints tokens/s on stderr. Works for Transformer decoders
+    (GPT-2/LLaMA runs, Hugging Face folders: KV cache, context limited to block_size) and
+    the pre-Transformer LMs: RNN/LSTM/GRU runs (carried recurrent state), ELMo (its
+    forward LM) and the NPLM (its last `context` tokens); these have no context limit.
+    Several prompts (--prompt-file) run as one batch; each row decodes as if alone. Example:
+    lmlab generate --ckpt runs/tiny --prompt "ROMEO:" --max-new-tokens 100 --seed 1
+    """
+    import sys
+    import time
+
+    from lmlab.device import resolve_device
+    from lmlab.generate.steps import family
+    from lmlab.generate.text import generate_text
+    from lmlab.loader import eos_ids, load_model_any, load_tokenizer_any
+
+    if cfg.ckpt is None:
+        raise LmlabError("give --ckpt RUN (a run folder or a Hugging Face folder)")
+    if not Path(cfg.ckpt).exists():
+        raise LmlabError(f"{cfg.ckpt} does not exist; give a run directory, a model.safetensors or a "
+                         "Hugging Face folder")
+    if cfg.prompt_file is not None:
+        if not Path(cfg.prompt_file).is_file():
+            raise LmlabError(f"prompt file {cfg.prompt_file} does not exist; check --prompt-file")
+        prompts = [line for line in Path(cfg.prompt_file).read_text(encoding="utf-8").splitlines() if line]
+        if not prompts:
+            raise LmlabError(f"{cfg.prompt_file} holds no prompts; write one prompt per line")
+    else:
+        prompts = [_unescape(cfg.prompt)]
+    tokenizer = load_tokenizer_any(cfg.ckpt)
+    if tokenizer is None:
+        raise LmlabError(f"no tokenizer.json beside {cfg.ckpt}; "
+                         "copy the tokenizer the model was trained with there")
+    model = load_model_any(cfg.ckpt, resolve_device(cfg.device), cfg.dtype)
+    family(model)  # refuse a model that cannot generate before printing anything
+    streaming = len(prompts) == 1 and not cfg.json
+    if streaming:
+        print(prompts[0], end="", flush=True)
+
+    def stream(row: int, piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    t0 = time.perf_counter()
+    results = generate_text(model, tokenizer, prompts, cfg.max_new_tokens,
+                            stop=[_unescape(s) for s in cfg.stop],
+                            eos_id=eos_ids(cfg.ckpt, tokenizer) or None, stream=stream if streaming else None,
+                            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                            repetition_penalty=cfg.repetition_penalty, seed=cfg.seed, truncate=cfg.truncate)
+    seconds = time.perf_counter() - t0
+    n_new = sum(len(r.ids) for r in results)
+    speed = {"new_tokens": n_new, "seconds": round(seconds, 4),
+             "tokens_per_s": round(n_new / max(seconds, 1e-9), 2)}
+    if cfg.json:
+        rows = [{"prompt": p, "text": r.text, "finish_reason": r.finish_reason, "tokens": len(r.ids)}
+                for p, r in zip(prompts, results)]
+        print(json.dumps({"completions": rows, **speed}, ensure_ascii=False))
+        return
+    if streaming:
+        print()
+    else:
+        for i, (p, r) in enumerate(zip(prompts, results)):
+            print(("" if i == 0 else "-----\n") + p + r.text)
+    print(f"[{n_new} tokens in {seconds:.2f}s, {speed['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)

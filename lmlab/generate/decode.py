@@ -1,0 +1,117 @@
+"""The decode loop shared by every lmlab language model.
+
+:func:`generate_ids` continues token-id prompts (batched, different lengths allowed);
+:func:`decode` runs one sampling loop for all models, with a per-model strategy from
+:mod:`lmlab.generate.steps` that reads the prompts and appends each new token.
+``temperature == 0`` is greedy decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.generate.sampling import check_settings, process_logits, select_next
+from lmlab.generate.steps import context_limit, fit_prompts, steps_for
+
+
+@torch.inference_mode()
+def decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
+           eos_id: int | Sequence[int] | None = None, stop: Sequence[Sequence[int]] | None = None,
+           seed: int | None = None, on_token: Callable[[int, int], bool | None] | None = None,
+           use_cache: bool = True, truncate: bool = False) -> list[list[int]]:
+    """Continue each id list in ``prompts``; return the new tokens of each row.
+
+    ``model``: a Transformer ``Decoder`` (KV cache; left-padded batch), a recurrent
+    ``RNNLM`` (rnn/lstm/gru: carries the recurrent state), an ``ELMo`` (its forward LM,
+    carrying the LSTM state) or an ``NPLM`` (reads the last ``context`` tokens). A row
+    ends after it emits ``eos_id`` (one id or several), after its output ends with one
+    of the ``stop`` id sequences (both kept in the output), when ``on_token(row, token)``
+    returns True, or after ``max_new_tokens``. ``seed`` makes sampling reproducible.
+    ``use_cache=False`` recomputes the whole sequence every step (slow; the reference the
+    cache and the carried state are tested against). A decoder raises LmlabError when a
+    prompt plus ``max_new_tokens`` exceeds ``block_size`` unless ``truncate`` keeps the
+    prompt's tail; the other models have no context limit.
+    """
+    check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    prompts = fit_prompts([list(map(int, p)) for p in prompts], max_new_tokens, context_limit(model),
+                           truncate)
+    B = len(prompts)
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+        raise LmlabError(f"token id {bad[0]} is outside the model's vocabulary (0..{vocab - 1}); "
+                         "use the tokenizer the model was trained with")
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
+        for r, p in enumerate(prompts):
+            seen[r, torch.tensor(p, device=device)] = True
+    generator = None
+    if seed is not None and temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    eos = set() if eos_id is None else ({int(eos_id)} if isinstance(eos_id, int) else set(map(int, eos_id)))
+    stops = [list(map(int, s)) for s in (stop or []) if len(s)]
+
+    was_training = model.training
+    model.eval()
+    try:
+        steps = steps_for(model, prompts, max_new_tokens, use_cache, device)
+        logits = steps.prefill()
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        plain_greedy = temperature == 0 and repetition_penalty == 1.0
+        for step in range(max_new_tokens):
+            if not plain_greedy:
+                logits = process_logits(logits.float(), seen, temperature, top_k, top_p, repetition_penalty)
+            nxt = select_next(logits, temperature, generator)
+            for r, t in enumerate(nxt.tolist()):
+                if done[r]:
+                    continue
+                out[r].append(t)
+                if on_token is not None and on_token(r, t):
+                    done[r] = True
+                elif t in eos or (stops and any(out[r][-len(s):] == s for s in stops)):
+                    done[r] = True
+            if all(done) or step == max_new_tokens - 1:
+                break
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], True)
+            logits = steps.step(nxt, step)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def generate_ids(model: nn.Module, ids: Any, max_new_tokens: int, **kwargs: Any) -> Any:
+    """Continue ``ids`` with :func:`decode`'s options; return prompt + new tokens in the input's form.
+
+    ``ids``: LongTensor ``(B, T)`` -> LongTensor ``(B, T + n)`` (rows that stopped early are
+    filled with ``eos_id``, or 0 without one); ``(T,)`` -> ``(T + n,)``; a list of id lists
+    -> a list of id lists. With ``truncate`` the returned prompts are the kept tails (only
+    a Transformer decoder has a context limit; other models keep the prompts whole).
+    """
+    is_tensor = isinstance(ids, torch.Tensor)
+    if is_tensor and ids.dim() not in (1, 2):
+        raise LmlabError(f"ids must have shape (T,) or (B, T), got {tuple(ids.shape)}")
+    rows = ids.reshape(-1, ids.shape[-1]).tolist() if is_tensor else [list(map(int, r)) for r in ids]
+    check_settings(max_new_tokens, kwargs.get("temperature", 1.0), kwargs.get("top_k"), kwargs.get("top_p"),
+                    kwargs.get("repetition_penalty", 1.0))
+    rows = fit_prompts(rows, max_new_tokens, context_limit(model), bool(kwargs.get("truncate")))
+    new = decode(model, rows, max_new_tokens, **kwargs)
+    if not is_tensor:
+        return [p + x for p, x in zip(rows, new)]
+    eos = kwargs.get("eos_id")
+    fill = 0 if eos is None else (int(eos) if isinstance(eos, int) else int(list(eos)[0]))
+    n = max(len(x) for x in new)
+    full = [p + x + [fill] * (n - len(x)) for p, x in zip(rows, new)]
+    result = torch.tensor(full, dtype=torch.long, device=ids.device)
+    return result[0] if ids.dim() == 1 else result

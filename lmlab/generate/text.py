@@ -1,0 +1,113 @@
+"""Text in, text out: streaming detokenisation, string stop sequences and :func:`generate_text`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.generate.decode import decode
+
+
+class IncrementalDecoder:
+    """Turn a growing list of token ids into text pieces for streaming.
+
+    Decodes the whole output each time and emits what is new, holding back text that
+    ends in an incomplete UTF-8 character (U+FFFD), so multi-token characters print whole.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token: int) -> str:
+        """Add ``token``; return the newly completed text (possibly empty)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[len(self.text):]
+        self.text = text
+        return piece
+
+    def flush(self) -> str:
+        """Return the text still held back (an incomplete character at the end), decoded as is."""
+        text = self.tokenizer.decode(self.ids)
+        piece = text[len(self.text):]
+        self.text = text
+        return piece
+
+
+@dataclass
+class Completion:
+    """One row of :func:`generate_text`: the new text, its token ids and why it ended."""
+
+    text: str
+    ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "length", "eos" or "stop"
+
+
+def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str], max_new_tokens: int,
+                  stop: Sequence[str] | None = None, eos_id: int | Sequence[int] | None = None,
+                  stream: Callable[[int, str], None] | None = None, **kwargs: Any) -> list[Completion]:
+    """Continue text ``prompts`` (one string or several); return one :class:`Completion` per prompt.
+
+    ``eos_id`` defaults to the tokenizer's end-of-text id; generation of a row stops at
+    it or when its text contains a ``stop`` string (the text is cut before the stop
+    string; the eos token is not part of the text). ``stream(row, piece)`` receives text
+    as it is produced. An empty prompt starts from the end-of-text token. Other keyword
+    arguments are :func:`decode`'s.
+    """
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if eos_id is None:
+        eos_id = getattr(tokenizer, "eot_id", None)
+    eos = set() if eos_id is None else ({int(eos_id)} if isinstance(eos_id, int) else set(map(int, eos_id)))
+    encoded = []
+    for t in texts:
+        # the tokenizer.json's own post-processing applies (Llama 3's adds <|begin_of_text|>;
+        # lmlab's tokenizers add nothing)
+        ids = tokenizer.hf.encode(t).ids if hasattr(tokenizer, "hf") else list(tokenizer.encode(t))
+        if not ids:
+            if not eos:
+                raise LmlabError("an empty prompt needs an end-of-text token to start from; give some text")
+            ids = [min(eos)]
+        encoded.append(ids)
+    decoders = [IncrementalDecoder(tokenizer) for _ in texts]
+    results = [Completion(text="") for _ in texts]
+    pending = [""] * len(texts)  # decoded text held back because it may start a stop string
+    stops = [s for s in (stop or []) if s]
+
+    def emit(row: int, piece: str) -> None:
+        if piece:
+            results[row].text += piece
+            if stream is not None:
+                stream(row, piece)
+
+    def on_token(row: int, token: int) -> bool:
+        res = results[row]
+        res.ids.append(token)
+        if token in eos:
+            res.finish_reason = "eos"
+            return True
+        tail = pending[row] + decoders[row].push(token)
+        text = res.text + tail
+        cuts = [c for c in (text.find(s, max(0, len(res.text) - len(s))) for s in stops) if c >= 0]
+        if cuts:
+            emit(row, text[len(res.text):min(cuts)])
+            pending[row], res.finish_reason = "", "stop"
+            return True
+        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        hold = min(hold, len(tail))
+        emit(row, tail[: len(tail) - hold])
+        pending[row] = tail[len(tail) - hold:]
+        return False
+
+    decode(model, encoded, max_new_tokens, eos_id=eos_id, on_token=on_token, **kwargs)
+    for row in range(len(texts)):
+        if results[row].finish_reason == "length":
+            emit(row, pending[row] + decoders[row].flush())
+    return results

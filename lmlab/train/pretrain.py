@@ -1,0 +1,360 @@
+"""Pretraining as a function: ``pretrain(PretrainConfig) -> RunResult``.
+
+Every gradient-trained LM family (decoders, NPLM, RNN/LSTM/GRU, ELMo) trains here through
+the one :class:`~lmlab.train.loop.Trainer`. ``lmlab pretrain`` prints the result; the
+lineage, sweeps and other packages call :func:`pretrain` and read the result, never stdout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmlab.config import Precision, arg, build_config, load_yaml, save_config
+from lmlab.errors import LmlabError
+from lmlab.loader import check_same_tokenizer
+
+# Explicit model flags of PretrainConfig -> DecoderConfig field.
+MODEL_FLAGS = ("vocab_size", "n_layer", "n_head", "n_kv_heads", "d_model", "d_ff", "dropout")
+# Options a resumed run takes from the command line, never from the run's saved config.yaml.
+NOT_INHERITED = ("resume", "overwrite", "stop_at_step", "json", "out", "device", "progress")
+
+
+@dataclass
+class PretrainConfig:
+    model: str | None = arg(
+        None, "model preset, e.g. gpt2-tiny, llama-tiny, gpt2-small, llama-small (all: lmlab.models.PRESETS)"
+    )
+    data: Path | None = arg(None, "prepared data folder (from 'lmlab data prepare')")
+    out: Path | None = arg(
+        None, "run folder: config.yaml, model.safetensors, tokenizer.json, metrics.jsonl, state/"
+    )
+    init: Path | None = arg(
+        None,
+        "start from these weights (a run folder or a model.safetensors, e.g. an "
+        "imported Hugging Face model) instead of a random init",
+    )
+    resume: bool = arg(
+        False,
+        "continue the run in --out from its latest checkpoint; options left at "
+        "their defaults take the run's saved values",
+    )
+    overwrite: bool = arg(False, "start a new run in an --out that already holds one")
+    # model shape (None: the preset's value)
+    vocab_size: int | None = arg(None, "model vocabulary (default: the data's)")
+    n_layer: int | None = arg(None, "number of blocks (default: the preset's)")
+    n_head: int | None = arg(None, "attention heads (default: the preset's)")
+    n_kv_heads: int | None = arg(None, "key/value heads: 1 = MQA, < n-head = GQA (default: the preset's)")
+    d_model: int | None = arg(None, "model width (default: the preset's)")
+    d_ff: int | None = arg(None, "MLP hidden width (default: derived from d-model)")
+    dropout: float | None = arg(None, "dropout probability (default: the preset's)")
+    model_args: list[str] = arg(
+        [],
+        "other model config fields as KEY=VALUE (YAML values), e.g. rope_theta=500000,tie_embeddings=false",
+    )
+    # batches and optimisation
+    block_size: int | None = arg(
+        None, "tokens per training window, also the model context (default: the preset's)"
+    )
+    batch_size: int = arg(8, "windows per micro-batch per process")
+    grad_accum: int = arg(1, "micro-batches per optimizer step (global batch = processes x batch x this)")
+    lr: float = arg(1e-3, "peak learning rate")
+    min_lr: float = arg(1e-4, "final learning rate of the cosine decay")
+    warmup_steps: int = arg(100, "linear warmup steps")
+    weight_decay: float = arg(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)")
+    beta1: float = arg(0.9, "AdamW beta1")
+    beta2: float = arg(0.95, "AdamW beta2")
+    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: off)")
+    precision: Precision = arg("auto", "auto = bf16 autocast where the hardware has it, else fp32")
+    seed: int = arg(1337, "seed of the init, the data order and dropout")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    # length
+    max_steps: int | None = arg(None, "stop after this many optimizer steps")
+    max_tokens: int | None = arg(None, "stop after this many training tokens")
+    time_budget: float | None = arg(
+        None, "stop after this many seconds of training; the lr schedule runs on elapsed time (Cramming)"
+    )
+    stop_at_step: int | None = arg(
+        None, "end this session at this step with a resumable checkpoint, without shortening the schedule"
+    )
+    # bookkeeping
+    eval_interval: int = arg(0, "validate every N steps (0: only at the end)")
+    eval_interval_s: float = arg(0.0, "also validate every this many seconds of training (0: off)")
+    eval_iters: int = arg(20, "validation batches per evaluation (0: no validation)")
+    log_interval: int = arg(10, "log to metrics.jsonl every N steps")
+    save_interval: int = arg(0, "checkpoint every N steps (0: only at the end and on Ctrl-C)")
+    grad_checkpointing: bool = arg(False, "recompute activations in backward (less memory, slower)")
+    compile: bool = arg(False, "torch.compile the model")
+    fsdp: bool = arg(False, "shard parameters with FSDP instead of DDP (under torchrun)")
+    progress: bool = arg(True, "show a progress bar (--no-progress hides it)")
+    json: bool = arg(False, "print the final figures as one JSON object")
+
+
+@dataclass
+class RunResult:
+    """How a pretraining run ended: its last step, tokens, seconds and figures, and its folder."""
+
+    step: int
+    tokens: int
+    elapsed_s: float
+    loss: float | None
+    val_loss: float | None
+    val_bpb: float | None
+    params: int
+    interrupted: bool
+    out: str
+    is_main: bool = True  # False on the other ranks of a torchrun job
+
+    def summary(self) -> dict[str, Any]:
+        """Return the figures as a JSON-friendly dict (what ``lmlab pretrain --json`` prints)."""
+        d = dataclasses.asdict(self)
+        d.pop("is_main")
+        return d
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """Return ``--model-args`` KEY=VALUE items as a dict (values read as JSON, else YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LmlabError(f"--model-args item {item!r} is not KEY=VALUE; write e.g. rope_theta=500000")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            # YAML for bare words (norm=rmsnorm); JSON first because YAML reads 1e-05 as a string
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def _inherit_saved(cfg: PretrainConfig) -> PretrainConfig:
+    """On --resume, fill options left at their defaults from the run's saved config.yaml."""
+    path = Path(cfg.out) / "config.yaml"
+    if not path.is_file():
+        return cfg
+    saved = build_config(PretrainConfig, load_yaml(path))
+    defaults = PretrainConfig()
+    changes = {
+        f.name: getattr(saved, f.name)
+        for f in dataclasses.fields(cfg)
+        if f.name not in NOT_INHERITED and getattr(cfg, f.name) == getattr(defaults, f.name)
+    }
+    return dataclasses.replace(cfg, **changes)
+
+
+def _model_config(cfg: PretrainConfig, data_vocab: int):
+    """Return ``(DecoderConfig, init model or None)`` for the run, checking vocabulary and context."""
+    from lmlab.loader import load_model_any
+    from lmlab.models.io import read_arch
+    from lmlab.models.registry import config_from_dict, get_preset
+
+    overrides = parse_model_args(cfg.model_args)
+    flags = {k: getattr(cfg, k) for k in MODEL_FLAGS if getattr(cfg, k) is not None}
+    init_model = None
+    if cfg.init is not None and not cfg.resume:
+        shaping = sorted(k for k in {**overrides, **flags} if k not in ("dropout", "vocab_size"))
+        if shaping:
+            raise LmlabError(f"--init fixes the model shape; drop {', '.join(shaping)}")
+        init_model = load_model_any(cfg.init)
+        values = init_model.config.to_dict()
+        if "dropout" in flags:
+            values["dropout"] = flags["dropout"]
+        mc = type(init_model.config).from_dict(values)
+        if "vocab_size" in flags and flags["vocab_size"] != mc.vocab_size:
+            raise LmlabError(
+                f"--vocab-size {flags['vocab_size']} differs from the --init model's "
+                f"{mc.vocab_size}; drop --vocab-size"
+            )
+    else:
+        values = {**overrides, **flags}
+        values.setdefault("vocab_size", data_vocab)
+        if cfg.block_size is not None:
+            values["block_size"] = cfg.block_size
+        if cfg.model is not None:
+            mc = get_preset(cfg.model, **values)
+        elif cfg.resume:  # a run started from --init: its saved model_args hold the whole config
+            arch, _ = read_arch(cfg.out)
+            mc = config_from_dict(arch, values)
+        else:
+            raise LmlabError(
+                "no model given; pass --model PRESET (e.g. gpt2-tiny, llama-tiny) or --init PATH"
+            )
+    if mc.vocab_size < data_vocab:
+        raise LmlabError(
+            f"the model's vocabulary ({mc.vocab_size}) is smaller than the data's ({data_vocab}); "
+            "use data prepared with the model's tokenizer, or a larger --vocab-size"
+        )
+    if cfg.block_size is not None and cfg.block_size > mc.block_size:
+        raise LmlabError(
+            f"--block-size {cfg.block_size} exceeds the model's context of {mc.block_size}; "
+            f"use --block-size {mc.block_size} or less"
+        )
+    return mc, init_model
+
+
+def pretrain(cfg: PretrainConfig) -> RunResult:
+    """Pretrain a model on prepared data; return the :class:`RunResult` (on every rank).
+
+    Writes OUT/config.yaml (resolved, with the full model config in model_args),
+    OUT/model.safetensors, OUT/tokenizer.json, OUT/metrics.jsonl (step, loss, lr, tokens,
+    tokens_per_s, mfu, val_loss, val_bpb) and OUT/state/ (optimizer, RNG, data position)
+    for an exact --resume. Ctrl-C saves a checkpoint and exits with status 130. Runs
+    data-parallel under torchrun, e.g.:
+
+      lmlab data prepare --corpus shakespeare --tokenizer char --out data/shk
+      lmlab pretrain --model llama-tiny --data data/shk --out runs/tiny --block-size 128 --max-steps 300
+      torchrun --standalone --nproc-per-node 2 -m lmlab.cli pretrain ... (same options)
+    """
+    import torch
+
+    from lmlab.data.prepare import load_prepared
+    from lmlab.device import resolve_device, resolve_precision
+    from lmlab.evaluate.perplexity import evaluate_perplexity
+    from lmlab.fileio import write_bytes
+    from lmlab.models.decoder import Decoder
+    from lmlab.models.io import load_state, load_weights
+    from lmlab.models.registry import build_model, save_model
+    from lmlab.train import checkpoint as ckpt
+    from lmlab.train import distributed as D
+    from lmlab.train.loop import Trainer, TrainSettings
+    from lmlab.train.parts import training_parts
+
+    if cfg.resume and cfg.out is not None:
+        cfg = _inherit_saved(cfg)
+    if cfg.data is None or cfg.out is None:
+        raise LmlabError("pretrain needs --data DIR (prepared data) and --out RUN (the run folder)")
+    out = Path(cfg.out)
+    if cfg.resume and ckpt.latest_step(out) is None:
+        raise LmlabError(f"{out} has no checkpoint to resume; drop --resume to start a new run there")
+    if not cfg.resume and ckpt.latest_step(out) is not None and not cfg.overwrite:
+        raise LmlabError(
+            f"{out} already holds a run (checkpoint at step {ckpt.latest_step(out)}); "
+            "pass --resume to continue it, --overwrite to start over, or another --out"
+        )
+
+    data = load_prepared(cfg.data)
+    device = resolve_device(cfg.device)
+    ctx = D.init_distributed(device)
+    device = ctx.device
+    try:
+        torch.manual_seed(cfg.seed)
+        mc, init_model = _model_config(cfg, data.vocab_size)
+        if cfg.init is not None and not cfg.resume:
+            check_same_tokenizer(cfg.init, Path(cfg.data))
+        model = build_model(mc, data.tokenizer()) if init_model is None else init_model.train()
+        del init_model
+        if cfg.grad_checkpointing and not isinstance(model, Decoder):
+            raise LmlabError(f"--grad-checkpointing is for Transformers; drop it for {cfg.model}")
+        if cfg.grad_checkpointing:
+            model.set_gradient_checkpointing(True)
+        # Dropout masks differ per rank; the init above is the same on every rank.
+        torch.manual_seed(cfg.seed + ctx.rank)
+        block = cfg.block_size or mc.block_size
+        objective, batches = training_parts(
+            model,
+            data.train,
+            block_size=block,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            device=device,
+        )
+        precision = resolve_precision(device, cfg.precision)
+        bpt = data.bytes_per_token("val")
+
+        def evaluator(m: torch.nn.Module) -> dict[str, float]:
+            r = evaluate_perplexity(
+                m,
+                data.val,
+                block_size=block,
+                batch_size=cfg.batch_size,
+                device=device,
+                precision=precision,
+                max_windows=cfg.eval_iters * cfg.batch_size * ctx.world_size,
+                bytes_per_token=bpt,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
+                all_reduce=lambda t: D.all_reduce_sum(t, ctx),
+            )
+            return {"val_loss": round(r.loss, 6), "val_bpb": round(r.bits_per_byte or float("nan"), 6)}
+
+        settings = TrainSettings(
+            lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay,
+            beta1=cfg.beta1,
+            beta2=cfg.beta2,
+            grad_accum=cfg.grad_accum,
+            grad_clip=cfg.grad_clip,
+            precision=precision,
+            max_steps=cfg.max_steps,
+            max_tokens=cfg.max_tokens,
+            time_budget=cfg.time_budget,
+            stop_at_step=cfg.stop_at_step,
+            eval_interval=cfg.eval_interval,
+            eval_interval_s=cfg.eval_interval_s,
+            log_interval=cfg.log_interval,
+            save_interval=cfg.save_interval,
+            compile=cfg.compile,
+            show_progress=cfg.progress,
+        )
+        trainer = Trainer(
+            model,
+            objective,
+            batches,
+            settings,
+            out_dir=out,
+            device=device,
+            dist=ctx,
+            evaluator=evaluator if cfg.eval_iters > 0 else None,
+            write_weights=lambda m, p: save_model(m, p),
+            read_weights=lambda m, p: (_read_weights(m, p, load_state) if isinstance(m, Decoder)
+                                       else load_weights(m, p)),
+            model_config={"preset": cfg.model, **mc.to_dict()},
+            flops_per_token=model.flops_per_token(block),
+            fsdp=cfg.fsdp,
+        )
+        if ctx.is_main:
+            resolved = dataclasses.replace(  # session-only options are not part of the run's config
+                cfg,
+                resume=False,
+                overwrite=False,
+                stop_at_step=None,
+                precision=precision,
+                block_size=block,
+                vocab_size=mc.vocab_size,
+                model_args=[f"{k}={json.dumps(v)}" for k, v in mc.to_dict().items()],
+            )
+            save_config(resolved, out / "config.yaml")
+            write_bytes(out / "tokenizer.json", (Path(cfg.data) / "tokenizer.json").read_bytes())
+            if not cfg.resume and (out / ckpt.STATE_DIR).exists():
+                shutil.rmtree(out / ckpt.STATE_DIR)
+        D.barrier(ctx)
+        result = trainer.fit(resume=cfg.resume)
+    finally:
+        D.shutdown(ctx, wait_for_peers=sys.exc_info()[0] is None)
+    rec = result.last_record
+    return RunResult(
+        step=result.step, tokens=result.tokens, elapsed_s=round(result.elapsed, 2), loss=rec.get("loss"),
+        val_loss=rec.get("val_loss"), val_bpb=rec.get("val_bpb"), params=model.num_params(),
+        interrupted=result.interrupted, out=str(out), is_main=ctx.is_main,
+    )
+
+
+def _read_weights(model, path: Path, load_state) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own types for a damaged file
+        raise LmlabError(f"{path} is damaged ({e}); restore it or start over without --resume") from None
+    load_state(model, state, path)
