@@ -2,7 +2,11 @@
 
 Every command takes one dataclass config. Its fields become flags (``--vocab-size``);
 ``--config file.yaml`` supplies values, and flags given on the command line override
-them: dataclass defaults < YAML < flags. ``--print-config`` prints the resolved config
+them: dataclass defaults < YAML < flags. A field whose type is itself a dataclass (an
+options group shared by several commands, e.g. :class:`lmlab.train.options.OptimOptions`)
+contributes its fields as flags of their own names (``--lr``); in YAML they may be given
+flat (``lr: 3e-4``) or under the group's name (``optim: {lr: 3e-4}``), and the resolved
+config is saved nested. ``--print-config`` prints the resolved config
 as YAML and exits; :func:`save_config` writes it beside a command's outputs.
 
 We use a small argparse layer instead of jsonargparse because it keeps ``lmlab --help``
@@ -38,6 +42,8 @@ def arg(default: Any = _MISSING, help: str = "", *, positional: bool = False) ->
     instance. ``positional=True`` makes the field a positional argument on the CLI.
     """
     meta = {"help": help, "positional": positional}
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return dataclasses.field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -111,19 +117,32 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cfg_cls: type) -> None:
-    """Add one flag per dataclass field of ``cfg_cls`` plus ``--config``/``--print-config``."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
+    return None
+
+
+def _is_group(tp: Any) -> bool:
+    """True for a field type that is an options group (a dataclass)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cfg_cls: type, *, with_config: bool = True,
+                         defaults: Any = None) -> None:
+    """Add one flag per dataclass field of ``cfg_cls`` (an options group's fields flat, with the
+    defaults of the group the command embeds) plus ``--config``/``--print-config``."""
     hints = typing.get_type_hints(cfg_cls)
     for f in dataclasses.fields(cfg_cls):
         tp = hints[f.name]
         inner, _ = _unwrap_optional(tp)
         help_text = f.metadata.get("help", "")
-        if f.default is not _MISSING:
-            default = f.default
-        elif f.default_factory is not _MISSING:
-            default = f.default_factory()
-        else:
-            default = None
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
+        if _is_group(inner):
+            add_config_arguments(parser, inner, with_config=False, defaults=default)
+            continue
         if default is not None and default != "" and "%(default)" not in help_text:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             help_text = f"{help_text} (default: {shown})".strip()
@@ -137,6 +156,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cfg_cls: type) -> None
         else:
             metavar = f.name.upper() if "choices" not in kwargs else None
             parser.add_argument(_flag(f.name), dest=f.name, metavar=metavar, **kwargs)
+    if not with_config:
+        return
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="read option values from a YAML file; flags given here override it")
     parser.add_argument("--print-config", action="store_true",
@@ -165,16 +186,31 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
     Unknown keys raise LmlabError listing the valid ones; values are type-checked.
     """
     hints = typing.get_type_hints(cfg_cls)
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    inner = {name: _unwrap_optional(hints[name])[0] for name in fields}
+    groups = {name: tp for name, tp in inner.items() if _is_group(tp)}
+    member_of = {sub.name: g for g, g_cls in groups.items() for sub in dataclasses.fields(g_cls)}
+    kwargs: dict[str, Any] = {}
+    group_values: dict[str, dict[str, Any]] = {g: {} for g in groups}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in names:
-            valid = ", ".join(sorted(n.replace("_", "-") for n in names))
+        if name in groups:
+            if not isinstance(value, dict):
+                raise LmlabError(f"option {key!r} is a group of options; give it a mapping, e.g. "
+                                 f"{key}: {{{next(iter(member_of))}: ...}}")
+            group_values[name].update({str(k).replace("-", "_"): v for k, v in value.items()})
+        elif name in fields:
+            kwargs[name] = coerce(value, hints[name], name.replace("_", "-"))
+        elif name in member_of:
+            group_values[member_of[name]][name] = value
+        else:
+            valid = ", ".join(sorted(n.replace("_", "-") for n in [*fields, *member_of] if n not in groups))
             raise LmlabError(f"unknown option {key!r}; valid options are: {valid}")
-        kwargs[name] = coerce(value, hints[name], name.replace("_", "-"))
-    cfg = cfg_cls(**kwargs)
-    return cfg
+    for g, given in group_values.items():
+        if given:
+            base = to_dict(_default(fields[g]))
+            kwargs[g] = build_config(groups[g], {**base, **given})
+    return cfg_cls(**kwargs)
 
 
 def parse_config(cfg_cls: type[T], ns: argparse.Namespace) -> T:
@@ -182,8 +218,7 @@ def parse_config(cfg_cls: type[T], ns: argparse.Namespace) -> T:
     values: dict[str, Any] = {}
     if getattr(ns, "config", None):
         values.update({str(k).replace("-", "_"): v for k, v in load_yaml(ns.config).items()})
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    values.update({k: v for k, v in vars(ns).items() if k in names})
+    values.update({k: v for k, v in vars(ns).items() if k not in ("config", "print_config")})
     return build_config(cfg_cls, values)
 
 

@@ -76,3 +76,40 @@ def test_cli_unknown_yaml_key_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("vocab: 300\n")
     assert main(["data", "prepare", "--config", str(tmp_path / "c.yaml")]) == 2
     assert "unknown option 'vocab'" in capsys.readouterr().err
+
+
+@dataclass
+class Group:
+    lr: float = arg(1e-3, "learning rate")
+    warmup: int = arg(100, "warmup steps")
+
+
+@dataclass
+class WithGroup:
+    steps: int = arg(10, "steps")
+    optim: Group = arg(Group(lr=3e-3), "the optimizer options")
+
+
+def test_option_groups_flat_nested_flags_and_saved_nested(tmp_path):
+    import argparse
+
+    from lmlab.config import add_config_arguments, parse_config
+
+    assert build_config(WithGroup, {}).optim == Group(lr=3e-3)  # the command's own default group
+    assert build_config(WithGroup, {"lr": "0.5"}).optim == Group(lr=0.5)  # flat, as old saved configs
+    assert build_config(WithGroup, {"optim": {"warmup": 7}}).optim == Group(lr=3e-3, warmup=7)
+    with pytest.raises(LmlabError, match="unknown option .nope."):
+        build_config(WithGroup, {"nope": 1})
+    with pytest.raises(LmlabError, match="group of options"):
+        build_config(WithGroup, {"optim": 3})
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, WithGroup)
+    assert "(default: 0.003)" in parser.format_help()  # the group's flags show the command's defaults
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("optim:\n  lr: 0.25\n  warmup: 3\n")
+    cfg = parse_config(WithGroup, parser.parse_args(["--config", str(yaml_file), "--lr", "0.125"]))
+    assert cfg.optim == Group(lr=0.125, warmup=3)  # flags beat YAML, field by field
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_yaml(tmp_path / "saved.yaml")["optim"] == {"lr": 0.125, "warmup": 3}
+    assert build_config(WithGroup, load_yaml(tmp_path / "saved.yaml")) == cfg
+    assert WithGroup().optim is not WithGroup().optim  # each config gets its own group

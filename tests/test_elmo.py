@@ -30,6 +30,7 @@ from lmlab.models.elmo import (
 from lmlab.models.nplm import NPLM, NPLMConfig
 from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
+from lmlab.train.options import OptimOptions
 
 NOUNS = {"cat": ("chases", "mouse"), "dog": ("guards", "house"), "bird": ("eats", "seed"),
          "cow": ("eats", "grass")}
@@ -66,8 +67,8 @@ def train_run(preset: str, data, out, steps: int = 80):
     torch.manual_seed(0)
     model = build_model(get_preset(preset, vocab_size=data.vocab_size), data.tokenizer())
     batches = RandomWindows(data.train, block_size=16, batch_size=8, seed=0)
-    settings = TrainSettings(lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=steps, weight_decay=0.0,
-                             precision="fp32", show_progress=False, log_interval=1)
+    settings = TrainSettings(optim=OptimOptions(lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.0),
+                             max_steps=steps, precision="fp32", show_progress=False, log_interval=1)
     Trainer(model, bilm_loss, batches, settings, out_dir=out, device=torch.device("cpu"),
             write_weights=lambda m, p: save_model(m, p)).fit()
     shutil.copy(data.dir / "tokenizer.json", out / "tokenizer.json")

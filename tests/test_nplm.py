@@ -13,6 +13,7 @@ from lmlab.models.nplm import NPLM, NPLMConfig
 from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
 from lmlab.train.objectives import causal_lm_loss
+from lmlab.train.options import OptimOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,8 +74,8 @@ def test_nplm_training_loss_falls_through_the_trainer(char_data, tmp_path):
     torch.manual_seed(0)
     model = build_model(get_preset("nplm-tiny", vocab_size=char_data.vocab_size))
     batches = RandomWindows(char_data.train, block_size=32, batch_size=8, seed=0)
-    settings = TrainSettings(lr=2e-2, min_lr=2e-3, warmup_steps=5, max_steps=60, weight_decay=0.0,
-                             precision="fp32", show_progress=False, log_interval=1)
+    settings = TrainSettings(optim=OptimOptions(lr=2e-2, min_lr=2e-3, warmup_steps=5, weight_decay=0.0),
+                             max_steps=60, precision="fp32", show_progress=False, log_interval=1)
     Trainer(model, causal_lm_loss, batches, settings, out_dir=tmp_path, device=torch.device("cpu")).fit()
     losses = [r["loss"] for r in read_metrics(tmp_path)]
     assert losses[0] > np.log(char_data.vocab_size) - 0.5  # starts near uniform

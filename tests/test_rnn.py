@@ -21,6 +21,7 @@ from lmlab.train.bptt import (
 )
 from lmlab.train.log import read_metrics
 from lmlab.train.loop import Trainer, TrainSettings
+from lmlab.train.options import OptimOptions
 
 CPU = torch.device("cpu")
 
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def settings(steps: int, **kw) -> TrainSettings:
-    values = dict(lr=1e-2, min_lr=1e-3, warmup_steps=5, max_steps=steps, weight_decay=0.0, precision="fp32",
-                  show_progress=False, log_interval=1)
+    values = dict(optim=OptimOptions(lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.0), max_steps=steps,
+                  precision="fp32", show_progress=False, log_interval=1)
     return TrainSettings(**{**values, **kw})
 
 

@@ -258,7 +258,7 @@ def test_cli_end_to_end(cli, tmp_path: Path) -> None:
 def test_bad_input(tmp_path: Path, changes: dict, message: str) -> None:
     cfg = EmergenceConfig(out=tmp_path / "em", steps=1, sizes=[16])
     for k, v in changes.items():
-        setattr(cfg, k, v)
+        setattr(cfg.optim if hasattr(cfg.optim, k) else cfg, k, v)
     with pytest.raises(LmlabError, match=message):
         emergence(cfg)
     assert not (tmp_path / "em").exists()  # nothing written before the input is checked

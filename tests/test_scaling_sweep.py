@@ -113,7 +113,8 @@ def test_bad_grid_input(tmp_path, capsys):
     cases = [([*base, "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "s")], "does not exist"),
              ([*base, "--dry-run"], "needs --vocab-size"),
              ([*base], "needs --data DIR"),
-             ([*base, "--vocab-size", "64", "--dry-run", "--warmup", "1.5"], "--warmup is a fraction"),
+             ([*base, "--vocab-size", "64", "--dry-run", "--warmup-fraction", "1.5"],
+              "--warmup-fraction is a fraction"),
              (["scaling", "sweep", "--budgets", "0", "--vocab-size", "64", "--dry-run"], "positive numbers")]
     for args, msg in cases:
         assert main(args) == 2

@@ -132,12 +132,14 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
     from lmlab.generate import generate_text
     from lmlab.loader import load_model_any
     from lmlab.train.log import read_metrics
+    from lmlab.train.options import OptimOptions
     from lmlab.train.pretrain import PretrainConfig, pretrain
 
     pc = PretrainConfig(
         model=entry.preset(cfg.size), data=data_dir, out=run_dir, model_args=list(entry.model_args),
-        block_size=cfg.block_size, batch_size=cfg.batch_size, lr=entry.lr, min_lr=entry.lr / 10,
-        warmup_steps=cfg.warmup_steps, precision=cfg.precision, seed=cfg.seed, device=cfg.device,
+        block_size=cfg.block_size, batch_size=cfg.batch_size,
+        optim=OptimOptions(lr=entry.lr, min_lr=entry.lr / 10, warmup_steps=cfg.warmup_steps),
+        precision=cfg.precision, seed=cfg.seed, device=cfg.device,
         time_budget=cfg.budget, eval_interval_s=cfg.budget / cfg.evals, eval_iters=cfg.eval_iters,
         log_interval=10, progress=cfg.progress,
     )

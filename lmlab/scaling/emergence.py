@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -79,6 +80,7 @@ from torch import nn
 
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
+from lmlab.train.options import OptimOptions
 
 CHARS = "0123456789+=\n"
 VOCAB_SIZE = len(CHARS)
@@ -393,8 +395,8 @@ class EmergenceConfig:
     head_dim: int = arg(16, "width of one attention head: each model has d_model / head_dim heads")
     steps: int = arg(1500, "optimizer steps, the same for every model")
     batch_size: int = arg(128, "problems per step")
-    lr: float = arg(3e-3, "peak AdamW learning rate (warmup, cosine decay to a tenth)")
-    weight_decay: float = arg(0.1, "AdamW weight decay")
+    optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.98),
+                              "AdamW and its schedule (warmup capped at a tenth of --steps)")
     train_size: int | None = arg(None, "training problems (default: all not in the test set, at most 200000)")
     test_size: int = arg(1000, "held-out test problems, never trained on")
     seed: int = arg(0, "seed of the data split, the initial weights and the batch order")
@@ -428,10 +430,7 @@ def _check_config(cfg: EmergenceConfig) -> list[int]:
                          f"{4 * cfg.head_dim} or change --head-dim")
     if len(set(cfg.sizes)) != len(cfg.sizes):
         raise LmlabError(f"--sizes {','.join(map(str, cfg.sizes))} lists a width twice; give each once")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise LmlabError(f"--lr must be positive, got {cfg.lr}; try 3e-3")
-    if not cfg.weight_decay >= 0:
-        raise LmlabError(f"--weight-decay must not be negative, got {cfg.weight_decay}")
+    cfg.optim.check()
     return sorted(cfg.sizes)
 
 
@@ -464,8 +463,8 @@ def _train_one(cfg: EmergenceConfig, data: AdditionData, d_model: int, device: t
         print(f"model {index}/{count}: d_model {d_model}, {cfg.n_layer} layers, {heads}, "
               f"{params:,} parameters ({non_emb:,} non-embedding)", flush=True)
     batches = ProblemBatches(data, cfg.batch_size, cfg.seed, device)
-    settings = TrainSettings(lr=cfg.lr, min_lr=cfg.lr / 10, warmup_steps=min(100, cfg.steps // 10),
-                             weight_decay=cfg.weight_decay, beta1=0.9, beta2=0.98, grad_clip=1.0,
+    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, cfg.steps // 10))
+    settings = TrainSettings(optim=optim,
                              precision=cfg.precision, max_steps=cfg.steps, log_interval=50,
                              show_progress=cfg.progress)
     run_dir = Path(cfg.out) / MODELS_DIR / f"d{d_model}"

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lmlab.config import Precision, arg
 from lmlab.errors import LmlabError
+from lmlab.train.options import OptimOptions
 
 if TYPE_CHECKING:
     from lmlab.models.decoder import DecoderConfig
@@ -54,7 +55,8 @@ COLUMNS = ["name", "N", "D", "C", "loss", "budget", "params_total", "N_nonembedd
            "C_6ND", "d_model", "n_layer", "n_head", "d_ff", "steps", "seconds", "val_bpb", "eval_tokens"]
 # Options that change what a run trains or how it is scored: a sweep folder keeps them fixed.
 FIXED_OPTIONS = ("family", "head_dim", "aspect", "flops", "block_size", "batch_size", "lr", "min_lr",
-                 "warmup", "weight_decay", "eval_tokens", "vocab_size", "seed", "precision", "data")
+                 "warmup_steps", "warmup_fraction", "weight_decay", "beta1", "beta2", "grad_clip",
+                 "eval_tokens", "vocab_size", "seed", "precision", "data")
 
 FlopsMethod = Literal["chinchilla", "kaplan", "palm", "6N"]
 
@@ -77,10 +79,8 @@ class SweepConfig:
                                            "FLOPs per token at --block-size); see 'lmlab scaling flops'")
     block_size: int = arg(64, "tokens per training window (the models' context)")
     batch_size: int = arg(8, "windows per optimizer step")
-    lr: float = arg(3e-3, "peak learning rate of every run")
-    min_lr: float = arg(3e-4, "final learning rate of each run's cosine decay")
-    warmup: float = arg(0.05, "linear warmup as a fraction of each run's steps (at least 1 step)")
-    weight_decay: float = arg(0.1, "AdamW weight decay")
+    optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=0, warmup_fraction=0.05),
+                              "every run's AdamW and schedule (warmup: a fraction of each run's steps)")
     eval_tokens: int = arg(16384, "validation tokens each run is scored on: the same windows for every run "
                                   "(the whole split when it is smaller)")
     vocab_size: int | None = arg(None, "model vocabulary (default: the data's); lets --dry-run work "
@@ -278,12 +278,11 @@ def pretrain_config(cfg: SweepConfig, run: SweepRun, *, vocab_size: int, resume:
     """Return the ``lmlab pretrain`` config that trains ``run`` of the sweep ``cfg`` into its run folder."""
     from lmlab.train.pretrain import PretrainConfig
 
-    warmup = max(1, round(cfg.warmup * run.steps)) if cfg.warmup > 0 else 0
     return PretrainConfig(
         model=FAMILIES[cfg.family], data=Path(cfg.data), out=run_dir(cfg, run), resume=resume,
         vocab_size=vocab_size, d_model=run.d_model, n_layer=run.n_layer, n_head=run.n_head,
         n_kv_heads=run.n_head, d_ff=run.d_ff, block_size=cfg.block_size, batch_size=cfg.batch_size,
-        lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=warmup, weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
         precision=cfg.precision, seed=cfg.seed, device=cfg.device, max_steps=run.steps, eval_iters=0,
         log_interval=cfg.log_interval, save_interval=cfg.save_interval, progress=cfg.progress, json=True)
 
@@ -336,9 +335,11 @@ def _check_same_sweep(cfg: SweepConfig, out: Path) -> None:
     if not path.is_file():
         return
     saved = load_yaml(path)
+    saved = {**saved, **(saved.get("optim") or {})}  # the optimizer options are saved as a group
+    mine_all = {**vars(cfg), **vars(cfg.optim)}
     diffs = []
     for key in FIXED_OPTIONS:
-        mine, theirs = getattr(cfg, key), saved.get(key)
+        mine, theirs = mine_all[key], saved.get(key)
         if key == "data":
             same = theirs is not None and Path(str(theirs)).resolve() == Path(str(mine)).resolve()
         elif isinstance(mine, float) and isinstance(theirs, (int, float)):
@@ -376,8 +377,9 @@ def resolve_vocab(cfg: SweepConfig) -> int:
 
 def plan_from_config(cfg: SweepConfig, vocab_size: int) -> Grid:
     """Plan the grid of a sweep config (see :func:`plan_grid`)."""
-    if not 0.0 <= cfg.warmup < 1.0:
-        raise LmlabError(f"--warmup is a fraction of each run's steps in [0, 1), got {cfg.warmup}")
+    if not 0.0 <= cfg.optim.warmup_fraction < 1.0:
+        raise LmlabError(f"--warmup-fraction is a fraction of each run's steps in [0, 1), "
+                         f"got {cfg.optim.warmup_fraction}")
     if cfg.eval_tokens < 1:
         raise LmlabError(f"--eval-tokens must be positive, got {cfg.eval_tokens}")
     return plan_grid(list(cfg.budgets), list(cfg.sizes), family=cfg.family, head_dim=cfg.head_dim,

@@ -26,6 +26,7 @@ from lmlab.fileio import write_json
 from lmlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
 from lmlab.seq2seq.tasks import BOS, EOS, PAD, Pair, TaskSpec, Vocab, make_splits, task_vocabs
+from lmlab.train.options import OptimOptions
 
 RUN_FILES = ("model.safetensors", "model.json", "vocab.json", "task.json")
 
@@ -40,8 +41,9 @@ class TrainConfig:
     emb: int = arg(32, "character embedding size")
     attn: int | None = arg(None, "hidden size of the alignment model (default: --hidden)")
     dropout: float = arg(0.1, "dropout on embeddings and before the output layer")
-    lr: float = arg(3e-3, "peak Adam learning rate (short warmup, cosine decay to a tenth)")
-    clip: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
+    optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.0,
+                                           beta2=0.999),
+                              "Adam (weight decay 0) and its schedule (warmup capped at a tenth of --steps)")
     seed: int = arg(0, "seed of the data and of the initial weights")
     train_size: int = arg(10000, "training examples")
     test_size: int = arg(500, "held-out test examples (no test input occurs in training)")
@@ -444,10 +446,9 @@ def _check_options(cfg: TrainConfig) -> None:
                         ("--emb", cfg.emb), ("--attn", cfg.attn or 1)):
         if value < 1:
             raise LmlabError(f"{flag} must be at least 1, got {value}")
-    if not cfg.lr > 0:
-        raise LmlabError(f"--lr must be positive, got {cfg.lr}; try 3e-3")
-    if cfg.clip < 0 or cfg.eval_every < 0:
-        raise LmlabError("--clip and --eval-every must not be negative (0 turns them off)")
+    cfg.optim.check()
+    if cfg.eval_every < 0:
+        raise LmlabError("--eval-every must not be negative (0 turns it off)")
 
 
 def _check_resumable(out: Path, model_cfg: Seq2SeqConfig, spec: TaskSpec) -> None:
@@ -497,8 +498,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = Seq2Seq(model_cfg)
     batches = PairBatches(splits.train, src_vocab, tgt_vocab, cfg.batch_size, cfg.seed, device)
-    settings = TrainSettings(lr=cfg.lr, min_lr=cfg.lr / 10, warmup_steps=min(50, cfg.steps // 10),
-                             weight_decay=0.0, beta1=0.9, beta2=0.999, grad_clip=cfg.clip, precision="fp32",
+    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, cfg.steps // 10))
+    settings = TrainSettings(optim=optim, precision="fp32",
                              max_steps=cfg.steps, eval_interval=cfg.eval_every, log_interval=10)
 
     def evaluator(m: nn.Module) -> dict[str, float]:

@@ -32,6 +32,7 @@ from lmlab.train.log import RunLogger
 from lmlab.train.mfu import mfu, peak_flops
 from lmlab.train.objectives import Objective
 from lmlab.train.optim import Schedule, build_adamw, set_lr
+from lmlab.train.options import OptimOptions
 
 
 class BatchSource(Protocol):
@@ -48,14 +49,8 @@ class BatchSource(Protocol):
 class TrainSettings:
     """Optimisation and bookkeeping settings of one run (the loop's part of a command config)."""
 
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    optim: OptimOptions = field(default_factory=OptimOptions)
     grad_accum: int = 1
-    grad_clip: float = 1.0  # 0 turns clipping off
     precision: str = "auto"
     max_steps: int | None = None
     max_tokens: int | None = None
@@ -152,6 +147,10 @@ class Trainer:
                 raise LmlabError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if settings.grad_accum < 1:
             raise LmlabError("--grad-accum must be at least 1")
+        settings.optim.check()
+        if settings.optim.warmup_fraction and settings.max_steps is None:
+            raise LmlabError("--warmup-fraction needs --max-steps; with --max-tokens or --time-budget "
+                             "give --warmup-steps")
         self._stop_requested = False
 
     # ---------------------------------------------------------------- schedule
@@ -248,7 +247,7 @@ class Trainer:
         Ctrl-C / SIGTERM (then ``interrupted`` is True). A non-finite loss raises
         LmlabError naming the step, without overwriting the last checkpoint.
         """
-        s, dist = self.s, self.dist
+        s, o, dist = self.s, self.s.optim, self.dist
         loaded = None
         if resume:
             loaded = ckpt.load_checkpoint(self.out_dir)
@@ -257,7 +256,7 @@ class Trainer:
         self.raw_model.to(self.device)
         model = D.wrap_model(self.raw_model, dist, fsdp=self.fsdp)
         optimizer = build_adamw(
-            model, lr=s.lr, weight_decay=s.weight_decay, betas=(s.beta1, s.beta2), device=self.device
+            model, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), device=self.device
         )
         step, tokens, elapsed = 0, 0, 0.0
         if loaded is not None:
@@ -265,7 +264,10 @@ class Trainer:
         if s.compile:
             model = _compile(model)
         scaler = grad_scaler(self.device, self.precision)
-        schedule = Schedule(lr=s.lr, min_lr=s.min_lr, warmup_steps=s.warmup_steps)
+        warmup = o.warmup_steps
+        if o.warmup_fraction and s.max_steps is not None:
+            warmup = max(1, round(o.warmup_fraction * s.max_steps))
+        schedule = Schedule(lr=o.lr, min_lr=o.min_lr, warmup_steps=warmup)
         peak = peak_flops(self.device, self.precision) if self.flops_per_token and dist.is_main else 0.0
         params = [p for p in model.parameters() if p.requires_grad]
 
@@ -285,7 +287,7 @@ class Trainer:
                 while not self._finished(step, tokens, elapsed):
                     frac = self.progress_fraction(step, tokens, elapsed)
                     lr = schedule(step, frac)
-                    set_lr(optimizer, lr, s.lr)
+                    set_lr(optimizer, lr, o.lr)
                     st = self._train_step(model, optimizer, scaler, params, elapsed)
                     elapsed = st.elapsed
                     if not math.isfinite(st.loss):
@@ -410,9 +412,9 @@ class Trainer:
     ) -> float:
         """Clip, step and zero the gradients; return the gradient norm before clipping (0 if not measured)."""
         grad_norm = 0.0
-        if self.s.grad_clip > 0:
+        if self.s.optim.grad_clip > 0:
             scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.s.optim.grad_clip))
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

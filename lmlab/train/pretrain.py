@@ -20,6 +20,7 @@ import yaml
 from lmlab.config import Precision, arg, build_config, load_yaml, save_config
 from lmlab.errors import LmlabError
 from lmlab.loader import check_same_tokenizer
+from lmlab.train.options import OptimOptions
 
 # Explicit model flags of PretrainConfig -> DecoderConfig field.
 MODEL_FLAGS = ("vocab_size", "n_layer", "n_head", "n_kv_heads", "d_model", "d_ff", "dropout")
@@ -65,13 +66,7 @@ class PretrainConfig:
     )
     batch_size: int = arg(8, "windows per micro-batch per process")
     grad_accum: int = arg(1, "micro-batches per optimizer step (global batch = processes x batch x this)")
-    lr: float = arg(1e-3, "peak learning rate")
-    min_lr: float = arg(1e-4, "final learning rate of the cosine decay")
-    warmup_steps: int = arg(100, "linear warmup steps")
-    weight_decay: float = arg(0.1, "AdamW weight decay (not applied to norms, biases, embeddings)")
-    beta1: float = arg(0.9, "AdamW beta1")
-    beta2: float = arg(0.95, "AdamW beta2")
-    grad_clip: float = arg(1.0, "clip the global gradient norm to this (0: off)")
+    optim: OptimOptions = arg(OptimOptions(), "AdamW and its schedule")
     precision: Precision = arg("auto", "auto = bf16 autocast where the hardware has it, else fp32")
     seed: int = arg(1337, "seed of the init, the data order and dropout")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -139,13 +134,20 @@ def _inherit_saved(cfg: PretrainConfig) -> PretrainConfig:
     path = Path(cfg.out) / "config.yaml"
     if not path.is_file():
         return cfg
-    saved = build_config(PretrainConfig, load_yaml(path))
-    defaults = PretrainConfig()
-    changes = {
-        f.name: getattr(saved, f.name)
-        for f in dataclasses.fields(cfg)
-        if f.name not in NOT_INHERITED and getattr(cfg, f.name) == getattr(defaults, f.name)
-    }
+    return _inherit(cfg, build_config(PretrainConfig, load_yaml(path)), PretrainConfig())
+
+
+def _inherit(cfg: Any, saved: Any, defaults: Any) -> Any:
+    """Return ``cfg`` with each field still at its default replaced by the saved one (groups per field)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
+        if f.name in NOT_INHERITED:
+            continue
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = _inherit(value, getattr(saved, f.name), default)
+        elif value == default:
+            changes[f.name] = getattr(saved, f.name)
     return dataclasses.replace(cfg, **changes)
 
 
@@ -287,14 +289,8 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
             return {"val_loss": round(r.loss, 6), "val_bpb": round(r.bits_per_byte or float("nan"), 6)}
 
         settings = TrainSettings(
-            lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay,
-            beta1=cfg.beta1,
-            beta2=cfg.beta2,
+            optim=cfg.optim,
             grad_accum=cfg.grad_accum,
-            grad_clip=cfg.grad_clip,
             precision=precision,
             max_steps=cfg.max_steps,
             max_tokens=cfg.max_tokens,
