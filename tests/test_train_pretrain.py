@@ -12,6 +12,7 @@ import yaml
 
 import lmlab.nn.linear as linear_module
 from lmlab.cli import main
+from lmlab.errors import LmlabError
 from lmlab.models import load_model
 from lmlab.nn.linear import cpu_matmul_backend
 from lmlab.train import checkpoint as ckpt
@@ -394,3 +395,71 @@ def test_deterministic_resume_matches_an_uninterrupted_run(data_dir, tmp_path, m
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")
     assert not torch.are_deterministic_algorithms_enabled()  # the global flag is restored too
 
+
+def test_half_written_metrics_line_is_dropped_on_resume(reference_run, data_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 13, "loss": 2.71')  # the process died mid-write
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 13))
+    assert pretrain(data_dir, out, "--max-steps", "14", "--dropout", "0.1", "--eval-interval", "4",
+                    "--resume") == 0
+    assert "half-written last line" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 15))
+    assert losses(out).items() >= losses(reference_run).items()
+    # a damaged line that is not the last one is an error naming it
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+    with pytest.raises(LmlabError, match=r"metrics.jsonl:2 is not a JSON object"):
+        read_metrics(out)
+
+
+def test_kill_9_at_random_moments_then_resume(data_dir, tmp_path):
+    """SIGKILL a run at a few seeded random moments after a checkpoint exists; --resume finishes it."""
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(9)
+    out = tmp_path / "run"
+    env = {**os.environ, "LMLAB_PEAK_FLOPS": "1e11", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lmlab.cli", "pretrain", *TINY, "--data", str(data_dir), "--out", str(out),
+           "--max-steps", "20", "--save-interval", "1", "--eval-iters", "0"]
+    kills = 0
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            latest = out / "state" / "latest.json"
+            start = ckpt.latest_step(out) or 0
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and (ckpt.latest_step(out) or 0) <= start:
+                assert time.monotonic() < deadline, "no checkpoint written"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.15))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert latest.is_file()
+    assert kills >= 1
+    assert pretrain(data_dir, out, "--max-steps", "20", "--save-interval", "1", "--eval-iters", "0",
+                    "--resume") == 0
+    assert ckpt.latest_step(out) == 20
+    loaded = ckpt.load_checkpoint(out)  # verifies sizes and checksums
+    assert loaded.trainer_state["step"] == 20
+    load_model(out)
+    records = read_metrics(out)
+    assert [rec["step"] for rec in records] == list(range(1, 21))
+    assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    # what killed saves left behind (staging folders, temporary files) is cleared by later saves
+    assert not [p.name for p in (out / "state").iterdir() if p.name.startswith(".")]
+    assert not list(out.glob(".*.tmp"))
