@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/lmlab lineage --corpus shakespeare --budget 90 --prompt "ROMEO:" --out runs/lineage --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
