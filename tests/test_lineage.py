@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
 from lmlab.ngram.model import corpus_from_ids, train_ngram
@@ -41,8 +42,9 @@ def test_lineage_end_to_end(cli, tiny_corpus: Path, tmp_path: Path) -> None:
         assert m["params"] > 0 and m["tokens_seen"] > 0
         assert 0 < m["val_bpb"] < 20 and m["val_ppl"] > 1
         assert isinstance(m["sample"], str)
-        if m["name"] != "ngram":
-            assert m["train_seconds"] == pytest.approx(3, abs=2.0)
+        if m["name"] != "ngram":  # trained under the shared time budget (no wall-clock assertion)
+            assert m["train_seconds"] > 0 and m["steps"] >= 1
+            assert yaml.safe_load((out / m["name"] / "config.yaml").read_text())["time_budget"] == 3
     ngram = result["models"][0]
     assert ngram["order"] in (2, 3) and len(ngram["search"]) >= 1
     saved = json.loads((out / "results.json").read_text())

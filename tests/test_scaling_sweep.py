@@ -138,8 +138,7 @@ def sweep(char_data, tmp_path_factory, one_torch_thread):
 
 
 def test_sweep_trains_the_grid_and_writes_runs_csv(sweep, char_data):
-    out, seconds = sweep
-    assert seconds < 60
+    out, _ = sweep
     rows = read_csv(out / "runs.csv")
     assert list(rows[0]) == COLUMNS
     assert [r["name"] for r in rows] == ["C2e8-d16", "C2e8-d32", "C6e8-d16", "C6e8-d32"]
@@ -168,9 +167,9 @@ def test_sweep_trains_the_grid_and_writes_runs_csv(sweep, char_data):
 def test_rerun_skips_finished_runs(sweep, char_data, capsys):
     out, _ = sweep
     before = (out / "runs.csv").read_text()
-    t0 = time.perf_counter()
+    weights = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/model.safetensors")}
     assert main(["scaling", "sweep", "--data", str(char_data.dir), "--out", str(out), *TINY, "--json"]) == 0
-    assert time.perf_counter() - t0 < 10
+    assert len(weights) == 4 and weights == {p: p.stat().st_mtime_ns for p in weights}  # nothing retrained
     res = json.loads(capsys.readouterr().out)
     assert res["trained"] == [] and len(res["done_before"]) == 4 and len(res["runs"]) == 4
     assert (out / "runs.csv").read_text() == before

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmlab.cli import main
+from lmlab.models import load_model
 from lmlab.train import checkpoint as ckpt
 from lmlab.train.log import read_metrics
 from tests.conftest import prepare_word_soup
@@ -124,3 +126,21 @@ def test_fsdp_matches_single_process(data_dir, tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = single(data_dir, tmp_path / "single", monkeypatch)
     check_same_curve(read_metrics(tmp_path / "fsdp"), ref)
+
+
+def test_fsdp_two_processes_quick(data_dir, tmp_path, monkeypatch):
+    """Fast FSDP check (gloo, 2 CPU processes, 2 steps): the same losses as one process with the
+    same global batch, and its checkpoint holds the full (gathered) weights of that run."""
+    quick = ("--max-steps", "2", "--grad-accum", "1", "--eval-iters", "0")
+    proc = torchrun(data_dir, tmp_path / "fsdp", "--fsdp", *quick)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("LMLAB_PEAK_FLOPS", "1e11")
+    single_args = ["pretrain", *COMMON, "--batch-size", "4", "--data", str(data_dir), *quick]
+    assert main([*single_args, "--out", str(tmp_path / "single")]) == 0
+    got, ref = read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "single")
+    assert [r["step"] for r in got] == [r["step"] for r in ref] == [1, 2]
+    assert all(abs(a["loss"] - b["loss"]) < 1e-5 and a["tokens"] == b["tokens"] for a, b in zip(got, ref))
+    assert ckpt.load_checkpoint(tmp_path / "fsdp").trainer_state["world_size"] == 2
+    sharded, whole = load_model(tmp_path / "fsdp").state_dict(), load_model(tmp_path / "single").state_dict()
+    assert sharded.keys() == whole.keys()
+    assert all(torch.allclose(sharded[k], whole[k], atol=1e-5) for k in whole)

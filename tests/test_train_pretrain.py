@@ -12,6 +12,7 @@ import yaml
 
 import lmlab.nn.linear as linear_module
 from lmlab.cli import main
+from lmlab.errors import LmlabError
 from lmlab.models import load_model
 from lmlab.nn.linear import cpu_matmul_backend
 from lmlab.train import checkpoint as ckpt
@@ -115,19 +116,41 @@ def test_exact_resume_is_bitwise(reference_run, data_dir, tmp_path):
     assert ckpt.latest_step(out) == 12
 
 
-@pytest.mark.skipif(cpu_matmul_backend() != "onednn", reason="the oneDNN matmul route is x86-only")
-def test_exact_resume_on_the_onednn_matmul_route(data_dir, tmp_path, monkeypatch):
-    """With every matmul on oneDNN (lmlab/nn/linear.py), a resumed run is still bitwise exact."""
+def _onednn_route_missing() -> str | None:
+    """Why this machine cannot take the oneDNN matmul route, or None when it can."""
+    if linear_module._ONEDNN_LINEAR is None:
+        return "this torch build has no oneDNN linear op (torch.ops.mkldnn._linear_pointwise)"
+    if not torch.backends.mkldnn.is_available():
+        return "oneDNN (mkldnn) is not available on this CPU / torch build"
+    return None
+
+
+@pytest.mark.parametrize("route", ["aten", "onednn"])
+def test_exact_resume_on_each_matmul_route(route, data_dir, tmp_path, monkeypatch):
+    """On either matmul route (lmlab/nn/linear.py), every matmul on it, a resumed run is bitwise exact."""
+    if route == "onednn" and (missing := _onednn_route_missing()):
+        pytest.skip(f"no oneDNN matmul route here: {missing}")
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", route)
+    assert cpu_matmul_backend() == route
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 0)
     monkeypatch.setattr(linear_module, "WIDE_GRAD_MIN_ROWS", 0)
+    calls = {"n": 0}
+    real = linear_module._ONEDNN_LINEAR
+
+    def counted(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    if real is not None:
+        monkeypatch.setattr(linear_module, "_ONEDNN_LINEAR", counted)
     args = ("--max-steps", "8", "--dropout", "0.1")
     assert pretrain(data_dir, tmp_path / "ref", *args) == 0
+    # the route was really taken: every matmul on oneDNN, or none
+    assert calls["n"] > 0 if route == "onednn" else calls["n"] == 0
     assert pretrain(data_dir, tmp_path / "run", *args, "--stop-at-step", "3") == 0
     assert pretrain(data_dir, tmp_path / "run", *args, "--resume") == 0
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")
-    monkeypatch.setenv("LMLAB_CPU_MATMUL", "aten")  # and the route changes the numbers, so it was taken
-    assert pretrain(data_dir, tmp_path / "blas", *args) == 0
-    assert losses(tmp_path / "blas") != losses(tmp_path / "ref")
+    assert sorted(losses(tmp_path / "ref")) == list(range(1, 9))
 
 
 def test_ctrl_c_saves_and_resumes_exactly(reference_run, data_dir, tmp_path, monkeypatch):
@@ -326,3 +349,117 @@ def test_grad_checkpointing_gives_the_same_losses(data_dir, tmp_path):
     assert pretrain(data_dir, tmp_path / "b", *args, "--grad-checkpointing") == 0
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
+
+
+def test_deterministic_runs_in_separate_processes_are_identical(data_dir, tmp_path, cli):
+    """The same command twice, each in a fresh process (new heap layout, hash seed), logs the same losses."""
+    args = ["pretrain", *TINY, "--data", data_dir, "--max-steps", "4", "--eval-iters", "0", "--deterministic"]
+    for name in ("a", "b"):
+        r = cli(*args, "--out", tmp_path / name, env={"LMLAB_PEAK_FLOPS": "1e11"})
+        assert r.returncode == 0, r.stderr
+    assert sorted(losses(tmp_path / "a")) == [1, 2, 3, 4]
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["deterministic"] is True
+
+
+def test_deterministic_resume_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+    """With dropout and the real CPU peak-FLOP/s probe (it draws random matrices), stop + resume is exact,
+    and the resumed session trains with the thread count the checkpoint was written with."""
+    from lmlab.train import mfu as peak_probe
+
+    monkeypatch.delenv("LMLAB_PEAK_FLOPS")
+    args = ("--max-steps", "6", "--dropout", "0.1", "--eval-iters", "0", "--deterministic")
+    threads = torch.get_num_threads()
+    seen: list[int] = []
+    real = objectives.causal_lm_loss
+
+    def recording(model, batch):
+        seen.append(torch.get_num_threads())
+        return real(model, batch)
+
+    monkeypatch.setattr(objectives, "causal_lm_loss", recording)
+    try:
+        peak_probe._PEAK_CACHE.clear()
+        assert pretrain(data_dir, tmp_path / "ref", *args) == 0
+        peak_probe._PEAK_CACHE.clear()
+        assert pretrain(data_dir, tmp_path / "run", *args, "--stop-at-step", "3") == 0
+        peak_probe._PEAK_CACHE.clear()
+        torch.set_num_threads(threads + 1)  # the resumed session starts with another thread count
+        seen.clear()
+        assert pretrain(data_dir, tmp_path / "run", *args, "--resume") == 0
+        assert seen and set(seen) == {threads}
+        assert torch.get_num_threads() == threads + 1  # restored after the run
+    finally:
+        torch.set_num_threads(threads)
+        peak_probe._PEAK_CACHE.clear()
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+    assert not torch.are_deterministic_algorithms_enabled()  # the global flag is restored too
+
+
+def test_half_written_metrics_line_is_dropped_on_resume(reference_run, data_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 13, "loss": 2.71')  # the process died mid-write
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 13))
+    assert pretrain(data_dir, out, "--max-steps", "14", "--dropout", "0.1", "--eval-interval", "4",
+                    "--resume") == 0
+    assert "half-written last line" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 15))
+    assert losses(out).items() >= losses(reference_run).items()
+    # a damaged line that is not the last one is an error naming it
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+    with pytest.raises(LmlabError, match=r"metrics.jsonl:2 is not a JSON object"):
+        read_metrics(out)
+
+
+def test_kill_9_at_random_moments_then_resume(data_dir, tmp_path):
+    """SIGKILL a run at a few seeded random moments after a checkpoint exists; --resume finishes it."""
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(9)
+    out = tmp_path / "run"
+    env = {**os.environ, "LMLAB_PEAK_FLOPS": "1e11", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lmlab.cli", "pretrain", *TINY, "--data", str(data_dir), "--out", str(out),
+           "--max-steps", "20", "--save-interval", "1", "--eval-iters", "0"]
+    kills = 0
+    for attempt in range(2):
+        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            latest = out / "state" / "latest.json"
+            start = ckpt.latest_step(out) or 0
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and (ckpt.latest_step(out) or 0) <= start:
+                assert time.monotonic() < deadline, "no checkpoint written"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.15))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert latest.is_file()
+    assert kills >= 1
+    assert pretrain(data_dir, out, "--max-steps", "20", "--save-interval", "1", "--eval-iters", "0",
+                    "--resume") == 0
+    assert ckpt.latest_step(out) == 20
+    loaded = ckpt.load_checkpoint(out)  # verifies sizes and checksums
+    assert loaded.trainer_state["step"] == 20
+    load_model(out)
+    records = read_metrics(out)
+    assert [rec["step"] for rec in records] == list(range(1, 21))
+    assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    # what killed saves left behind (staging folders, temporary files) is cleared by later saves
+    assert not [p.name for p in (out / "state").iterdir() if p.name.startswith(".")]
+    assert not list(out.glob(".*.tmp"))

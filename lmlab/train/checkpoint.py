@@ -8,8 +8,8 @@ Layout::
 
 A save writes a new ``step-N`` folder, then atomically replaces ``latest.json``, then
 deletes older folders. A crash or a full disk before the ``latest.json`` rename leaves
-the previous checkpoint as it was. Loading checks sizes and SHA-256 sums, so a damaged
-file is reported, never silently loaded.
+the previous checkpoint as it was (the next save clears what a killed one left behind).
+Loading checks sizes and SHA-256 sums, so a damaged file is reported, never silently loaded.
 """
 
 from __future__ import annotations
@@ -158,6 +158,9 @@ def save_checkpoint(
     for old in state_dir.iterdir():
         if old.name != name and old.name.startswith(("step-", ".step-")):
             shutil.rmtree(old, ignore_errors=True)
+    # temporary files of writes cut short by a killed process (kill -9, power loss)
+    for stale in [*state_dir.glob(f".{LATEST}.*.tmp"), *run_dir.glob(f".{WEIGHTS}.*.tmp")]:
+        stale.unlink(missing_ok=True)
     return folder
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from lmlab.errors import LmlabError
 from lmlab.fileio import write_text
 
 
@@ -27,7 +29,8 @@ class RunLogger:
     Also writes TensorBoard scalars under ``run_dir/tb`` when ``tensorboard`` is
     installed (``tensorboard=None`` means "if available"). When resuming from
     ``resume_step``, lines logged after that step by the interrupted run are dropped so
-    the file reads as one uninterrupted run.
+    the file reads as one uninterrupted run; a half-written last line (the process was
+    killed while writing it) is dropped with a warning.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, resume_step: int | None = None,
@@ -37,8 +40,8 @@ class RunLogger:
         if resume_step is None:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [json.dumps(r) for r in _read_records(self.path, warn=True)
+                    if r.get("step", 0) <= resume_step]
             write_text(self.path, "".join(line + "\n" for line in kept))
         self._f = open(self.path, "a", encoding="utf-8")
         self._t0 = time.time()
@@ -78,9 +81,38 @@ class RunLogger:
         self.close()
 
 
+def _read_records(path: Path, warn: bool = False) -> list[dict[str, Any]]:
+    """Parse a JSON-lines metrics file; a half-written last line is skipped (with a warning if ``warn``).
+
+    Raises LmlabError naming the line when an earlier line is not a JSON object.
+    """
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif lineno == len(lines) and not text.endswith("\n"):  # torn by a crash mid-write
+            if warn:
+                print(f"warning: {path}: dropped a half-written last line ({len(line)} chars) left by an "
+                      "interrupted run", file=sys.stderr)
+        else:
+            raise LmlabError(f"{path}:{lineno} is not a JSON object; fix or delete that line")
+    return records
+
+
 def read_metrics(run_dir: str | os.PathLike, filename: str = "metrics.jsonl") -> list[dict[str, Any]]:
-    """Return the records of a run's ``metrics.jsonl`` (empty list if absent)."""
+    """Return the records of a run's ``metrics.jsonl`` (empty list if absent).
+
+    A half-written last line (from a run killed mid-write) is skipped.
+    """
     path = Path(run_dir) / filename
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _read_records(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from torch import nn
 from lmlab.console import progress
 from lmlab.device import autocast, grad_scaler, resolve_precision
 from lmlab.errors import LmlabError
+from lmlab.nn.linear import cpu_matmul_backend
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as D
 from lmlab.train.log import RunLogger
@@ -62,6 +64,7 @@ class TrainSettings:
     save_interval: int = 0  # 0: save only at the end (and on Ctrl-C)
     compile: bool = False
     show_progress: bool = True
+    deterministic: bool = False  # bitwise-reproducible runs on one machine (see NOTES-determinism.md)
 
 
 @dataclass
@@ -181,6 +184,8 @@ class Trainer:
             "model_config": self.model_config,
             "settings": asdict(self.s),
             "precision": self.precision,
+            "threads": torch.get_num_threads(),
+            "cpu_matmul": cpu_matmul_backend(),
         }
 
     def _save(
@@ -247,11 +252,19 @@ class Trainer:
         Ctrl-C / SIGTERM (then ``interrupted`` is True). A non-finite loss raises
         LmlabError naming the step, without overwriting the last checkpoint.
         """
-        s, o, dist = self.s, self.s.optim, self.dist
         loaded = None
         if resume:
             loaded = ckpt.load_checkpoint(self.out_dir)
             self._check_model_config(loaded.trainer_state.get("model_config", {}))
+        saved = loaded.trainer_state if loaded is not None else {}
+        with _deterministic(self.s.deterministic, saved.get("threads"), saved.get("cpu_matmul")):
+            return self._fit(loaded)
+
+    def _fit(self, loaded: ckpt.Checkpoint | None) -> TrainResult:
+        """The body of :meth:`fit`, from the loaded checkpoint (None for a new run)."""
+        s, o, dist = self.s, self.s.optim, self.dist
+        resume = loaded is not None
+        if loaded is not None:
             self.read_weights(self.raw_model, loaded.weights_path)
         self.raw_model.to(self.device)
         model = D.wrap_model(self.raw_model, dist, fsdp=self.fsdp)
@@ -268,7 +281,10 @@ class Trainer:
         if o.warmup_fraction and s.max_steps is not None:
             warmup = max(1, round(o.warmup_fraction * s.max_steps))
         schedule = Schedule(lr=o.lr, min_lr=o.min_lr, warmup_steps=warmup)
-        peak = peak_flops(self.device, self.precision) if self.flops_per_token and dist.is_main else 0.0
+        # The CPU peak is measured on random matrices: draw them from a forked RNG, so a resumed run
+        # (whose RNG state was just restored) sees the same dropout masks as an uninterrupted one.
+        with torch.random.fork_rng(devices=[]):
+            peak = peak_flops(self.device, self.precision) if self.flops_per_token and dist.is_main else 0.0
         params = [p for p in model.parameters() if p.requires_grad]
 
         logger = RunLogger(self.out_dir, resume_step=step if resume else None) if dist.is_main else None
@@ -444,6 +460,37 @@ class Trainer:
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool, threads: int | None, matmul: str | None) -> Iterator[None]:
+    """With ``on``, run the enclosed training bitwise-reproducibly; restore the settings after.
+
+    Turns on ``torch.use_deterministic_algorithms`` (warn-only: an op without a deterministic
+    kernel warns instead of failing) and, when resuming, uses the intra-op thread count and
+    CPU matmul route the checkpoint was written with (both change the summation order,
+    hence the low bits of every loss).
+    """
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.get_num_threads(), os.environ.get("LMLAB_CPU_MATMUL"))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    if matmul is not None:
+        os.environ["LMLAB_CPU_MATMUL"] = matmul
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.set_num_threads(before[2])
+        if before[3] is None:
+            os.environ.pop("LMLAB_CPU_MATMUL", None)
+        else:
+            os.environ["LMLAB_CPU_MATMUL"] = before[3]
 
 
 def _next_multiple(x: float, interval: float) -> float:

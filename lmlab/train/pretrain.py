@@ -87,6 +87,10 @@ class PretrainConfig:
     save_interval: int = arg(0, "checkpoint every N steps (0: only at the end and on Ctrl-C)")
     grad_checkpointing: bool = arg(False, "recompute activations in backward (less memory, slower)")
     compile: bool = arg(False, "torch.compile the model")
+    deterministic: bool = arg(
+        False, "bitwise-reproducible losses on this machine: fp32 unless --precision says otherwise, "
+        "deterministic kernels, and a resume keeps the run's thread count and matmul route"
+    )
     fsdp: bool = arg(False, "shard parameters with FSDP instead of DDP (under torchrun)")
     progress: bool = arg(True, "show a progress bar (--no-progress hides it)")
     json: bool = arg(False, "print the final figures as one JSON object")
@@ -269,7 +273,12 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
             world_size=ctx.world_size,
             device=device,
         )
-        precision = resolve_precision(device, cfg.precision)
+        precision = resolve_precision(device, "fp32" if cfg.deterministic and cfg.precision == "auto"
+                                      else cfg.precision)
+        if cfg.deterministic and precision != "fp32" and device.type == "cpu" and ctx.is_main:
+            print(f"warning: --deterministic with --precision {precision} on a CPU: bf16 autocast was seen "
+                  "to vary between identical runs on Intel AMX CPUs; --precision fp32 gives bitwise results",
+                  file=sys.stderr)
         bpt = data.bytes_per_token("val")
 
         def evaluator(m: torch.nn.Module) -> dict[str, float]:
@@ -302,6 +311,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
             save_interval=cfg.save_interval,
             compile=cfg.compile,
             show_progress=cfg.progress,
+            deterministic=cfg.deterministic,
         )
         trainer = Trainer(
             model,
