@@ -62,7 +62,7 @@ def _print_overview(prefix: str = "") -> None:
     width = max(len(w) for w in words) + 2
     title = f"lmlab {prefix}".strip()
     print(f"usage: {title} <command> [options]   ('{title} <command> --help' for its options)\n")
-    print("lmlab, a language-model lab: train, compare, adapt, align, evaluate and serve LMs.\n")
+    print("lmlab, a language-model lab: train, compare and evaluate language models, n-grams to LLaMA.\n")
     print("commands:")
     for w in words:
         print(f"  {w:<{width}}{COMMANDS[w][1]}")
