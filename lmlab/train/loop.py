@@ -34,7 +34,7 @@ from lmlab.train.log import RunLogger
 from lmlab.train.mfu import mfu, peak_flops
 from lmlab.train.objectives import Objective
 from lmlab.train.optim import Schedule, build_adamw, set_lr
-from lmlab.train.options import OptimOptions
+from lmlab.train.options import LoopOptions, OptimOptions
 
 
 class BatchSource(Protocol):
@@ -48,23 +48,13 @@ class BatchSource(Protocol):
 
 
 @dataclass
-class TrainSettings:
-    """Optimisation and bookkeeping settings of one run (the loop's part of a command config)."""
+class TrainSettings(LoopOptions):
+    """Everything the Trainer needs besides the model and data: the loop's options, the
+    optimizer's, the resolved precision and whether to draw a progress bar."""
 
     optim: OptimOptions = field(default_factory=OptimOptions)
-    grad_accum: int = 1
     precision: str = "auto"
-    max_steps: int | None = None
-    max_tokens: int | None = None
-    time_budget: float | None = None  # seconds of training (evaluation and saving excluded)
-    stop_at_step: int | None = None  # end this session early (resumable); the schedule is unchanged
-    eval_interval: int = 0  # 0: evaluate only at the end
-    eval_interval_s: float = 0.0  # also evaluate every this many seconds of training (0: off)
-    log_interval: int = 1
-    save_interval: int = 0  # 0: save only at the end (and on Ctrl-C)
-    compile: bool = False
     show_progress: bool = True
-    deterministic: bool = False  # bitwise-reproducible runs on one machine (see NOTES-determinism.md)
 
 
 @dataclass

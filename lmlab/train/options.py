@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from lmlab.config import DictConfig, arg
 from lmlab.errors import LmlabError
@@ -39,3 +41,35 @@ class OptimOptions(DictConfig):
                              f"{self.grad_clip}); 0 turns either off")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise LmlabError(f"--beta1 and --beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+
+
+@dataclass
+class LoopOptions(DictConfig):
+    """How long a run trains and how it keeps its books: the Trainer's own options.
+
+    :class:`~lmlab.train.loop.TrainSettings` and the configs of commands that train
+    (``lmlab pretrain``) derive from this class, so the fields are declared once.
+    """
+
+    max_steps: int | None = arg(None, "stop after this many optimizer steps")
+    max_tokens: int | None = arg(None, "stop after this many training tokens")
+    time_budget: float | None = arg(
+        None, "stop after this many seconds of training; the lr schedule runs on elapsed time (Cramming)"
+    )
+    stop_at_step: int | None = arg(
+        None, "end this session at this step with a resumable checkpoint, without shortening the schedule"
+    )
+    grad_accum: int = arg(1, "micro-batches per optimizer step (global batch = processes x batch x this)")
+    eval_interval: int = arg(0, "validate every N steps (0: only at the end)")
+    eval_interval_s: float = arg(0.0, "also validate every this many seconds of training (0: off)")
+    log_interval: int = arg(10, "log to metrics.jsonl every N steps")
+    save_interval: int = arg(0, "checkpoint every N steps (0: only at the end and on Ctrl-C)")
+    compile: bool = arg(False, "torch.compile the model")
+    deterministic: bool = arg(
+        False, "bitwise-reproducible losses on this machine: fp32 unless --precision says otherwise, "
+        "deterministic kernels, and a resume keeps the run's thread count and matmul route"
+    )
+
+    def loop_options(self) -> dict[str, Any]:
+        """Return this config's :class:`LoopOptions` fields as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(LoopOptions)}

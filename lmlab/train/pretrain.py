@@ -20,7 +20,7 @@ import yaml
 from lmlab.config import Precision, arg, build_config, load_yaml, save_config
 from lmlab.errors import LmlabError
 from lmlab.loader import check_same_tokenizer
-from lmlab.train.options import OptimOptions
+from lmlab.train.options import LoopOptions, OptimOptions
 
 # Explicit model flags of PretrainConfig -> DecoderConfig field.
 MODEL_FLAGS = ("vocab_size", "n_layer", "n_head", "n_kv_heads", "d_model", "d_ff", "dropout")
@@ -29,7 +29,7 @@ NOT_INHERITED = ("resume", "overwrite", "stop_at_step", "json", "out", "device",
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(LoopOptions):
     model: str | None = arg(
         None, "model preset, e.g. gpt2-tiny, llama-tiny, gpt2-small, llama-small (all: lmlab.models.PRESETS)"
     )
@@ -65,32 +65,13 @@ class PretrainConfig:
         None, "tokens per training window, also the model context (default: the preset's)"
     )
     batch_size: int = arg(8, "windows per micro-batch per process")
-    grad_accum: int = arg(1, "micro-batches per optimizer step (global batch = processes x batch x this)")
     optim: OptimOptions = arg(OptimOptions(), "AdamW and its schedule")
     precision: Precision = arg("auto", "auto = bf16 autocast where the hardware has it, else fp32")
     seed: int = arg(1337, "seed of the init, the data order and dropout")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    # length
-    max_steps: int | None = arg(None, "stop after this many optimizer steps")
-    max_tokens: int | None = arg(None, "stop after this many training tokens")
-    time_budget: float | None = arg(
-        None, "stop after this many seconds of training; the lr schedule runs on elapsed time (Cramming)"
-    )
-    stop_at_step: int | None = arg(
-        None, "end this session at this step with a resumable checkpoint, without shortening the schedule"
-    )
     # bookkeeping
-    eval_interval: int = arg(0, "validate every N steps (0: only at the end)")
-    eval_interval_s: float = arg(0.0, "also validate every this many seconds of training (0: off)")
     eval_iters: int = arg(20, "validation batches per evaluation (0: no validation)")
-    log_interval: int = arg(10, "log to metrics.jsonl every N steps")
-    save_interval: int = arg(0, "checkpoint every N steps (0: only at the end and on Ctrl-C)")
     grad_checkpointing: bool = arg(False, "recompute activations in backward (less memory, slower)")
-    compile: bool = arg(False, "torch.compile the model")
-    deterministic: bool = arg(
-        False, "bitwise-reproducible losses on this machine: fp32 unless --precision says otherwise, "
-        "deterministic kernels, and a resume keeps the run's thread count and matmul route"
-    )
     fsdp: bool = arg(False, "shard parameters with FSDP instead of DDP (under torchrun)")
     progress: bool = arg(True, "show a progress bar (--no-progress hides it)")
     json: bool = arg(False, "print the final figures as one JSON object")
@@ -297,22 +278,8 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
             )
             return {"val_loss": round(r.loss, 6), "val_bpb": round(r.bits_per_byte or float("nan"), 6)}
 
-        settings = TrainSettings(
-            optim=cfg.optim,
-            grad_accum=cfg.grad_accum,
-            precision=precision,
-            max_steps=cfg.max_steps,
-            max_tokens=cfg.max_tokens,
-            time_budget=cfg.time_budget,
-            stop_at_step=cfg.stop_at_step,
-            eval_interval=cfg.eval_interval,
-            eval_interval_s=cfg.eval_interval_s,
-            log_interval=cfg.log_interval,
-            save_interval=cfg.save_interval,
-            compile=cfg.compile,
-            show_progress=cfg.progress,
-            deterministic=cfg.deterministic,
-        )
+        settings = TrainSettings(**cfg.loop_options(), optim=cfg.optim, precision=precision,
+                                 show_progress=cfg.progress)
         trainer = Trainer(
             model,
             objective,
