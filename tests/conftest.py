@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("LMLAB_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# measurements lmlab caches (the CPU matmul route) go to a temporary dir, never the user's cache
+if "LMLAB_CACHE_DIR" not in os.environ:
+    os.environ["LMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmlab-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LMLAB_CACHE_DIR"], ignore_errors=True)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -13,7 +13,7 @@ import yaml
 import lmlab.nn.linear as linear_module
 from lmlab.cli import main
 from lmlab.models import load_model
-from lmlab.nn.linear import cpu_matmul_backend
+from lmlab.nn.linear import onednn_available
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import objectives
 from lmlab.train.log import read_metrics
@@ -115,9 +115,10 @@ def test_exact_resume_is_bitwise(reference_run, data_dir, tmp_path):
     assert ckpt.latest_step(out) == 12
 
 
-@pytest.mark.skipif(cpu_matmul_backend() != "onednn", reason="the oneDNN matmul route is x86-only")
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_exact_resume_on_the_onednn_matmul_route(data_dir, tmp_path, monkeypatch):
     """With every matmul on oneDNN (lmlab/nn/linear.py), a resumed run is still bitwise exact."""
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "onednn")
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 0)
     monkeypatch.setattr(linear_module, "WIDE_GRAD_MIN_ROWS", 0)
     args = ("--max-steps", "8", "--dropout", "0.1")
