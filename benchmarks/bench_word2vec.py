@@ -4,15 +4,16 @@ Both train on the same tokenised sentences (lmlab's ``wiki-slice`` corpus, lower
 words) with the same hyperparameters; both are evaluated by lmlab's evaluator (equal to
 gensim's ``evaluate_word_analogies`` and ``evaluate_word_pairs``; tests/test_word2vec_eval.py
 checks that). lmlab runs with the flags ``lmlab word2vec train`` uses by default (``default``:
-compile and threads chosen automatically) and, when they resolve differently, with ``--tuned``
-flags. gensim gets as many workers as lmlab's default uses threads. Runs are interleaved
-(gensim, lmlab default, lmlab tuned, gensim, ...) so that load from other processes hits all
-alike; the table shows the median words/s over the rounds with its min-max spread (wall clock,
-and per CPU-second, which other processes disturb less), the ratio of medians with the spread of
-the per-round ratios, and the mean quality over the rounds' seeds. words/s leaves out the
-one-time compile (printed apart).
+compile and threads chosen automatically; ``--threads`` sets them) and, when they resolve
+differently, with ``--tuned`` flags. gensim gets as many workers as lmlab's default runs
+threads. Runs are interleaved (gensim, lmlab default, lmlab tuned, gensim, ...) so that load
+from other processes hits all alike; the table shows the median words/s over the rounds with
+its min-max spread (wall clock, and per CPU-second, which other processes disturb less), the
+ratio of medians with the spread of the per-round ratios, and the mean quality over the rounds'
+seeds. words/s leaves out the one-time compile (printed apart).
 
     python benchmarks/bench_word2vec.py --arch skipgram cbow --epochs 5 --repeat 3
+    python benchmarks/bench_word2vec.py --arch cbow --tuned threads=1   # default beside 1 thread
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subsample", type=float, default=1e-3)
     ap.add_argument("--lr", type=float, default=0.025)
     ap.add_argument("--min-lr", type=float, default=1e-4)
-    ap.add_argument("--workers", type=int, default=0,
-                    help="gensim workers (0: as many as lmlab's default threads)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="lmlab --threads in both configurations and gensim's workers (0: lmlab's default, "
+                         "and as many gensim workers as lmlab's default runs threads)")
     ap.add_argument("--tuned", nargs="*", default=["compile=on"], metavar="FLAG=VALUE",
                     help="lmlab flags of the second configuration, e.g. compile=on threads=2 batch=2048 "
                          "(run only where it resolves differently from the defaults)")
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     tuned_flags = dict(f.split("=", 1) for f in args.tuned)
+    flags = {"threads": str(args.threads)} if args.threads else {}
 
     from lmlab.classic.vectors import WordVectors
     from lmlab.classic.word2vec import build_vocab, encode_corpus
@@ -134,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(min-count {args.min_count}); {args.epochs} epochs", file=sys.stderr)
     rows = []
     for arch in args.arch:
-        default, tuned = lmlab_params(arch, args, {}), lmlab_params(arch, args, tuned_flags)
+        default, tuned = lmlab_params(arch, args, flags), lmlab_params(arch, args, {**flags, **tuned_flags})
         configs = {"default": default}
         if (tuned.batch, *resolved(tuned, words)) != (default.batch, *resolved(default, words)):
             configs["tuned"] = tuned
-        workers = args.workers or resolved(configs["default"], words)[1]
+        workers = resolved(configs["default"], words)[1]
         runs: dict[str, dict[str, list[float]]] = {"gensim": {}, **{name: {} for name in configs}}
         setup: dict[str, dict] = {"gensim": {"workers": workers}}
         for i in range(args.repeat):  # interleaved, so that load from other processes hits all alike
