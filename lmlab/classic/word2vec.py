@@ -48,9 +48,10 @@ from lmlab.errors import LmlabError
 MAX_SENTENCE = 10000  # longer sentences are cut into pieces of this many words (gensim's limit)
 CHUNK_WORDS = 32768  # vocabulary words per unit of work; a chunk never splits a sentence piece
 # From this many words of work (corpus words x epochs) on, compiling the step pays off. Compiling
-# takes about 5 s with torch's compile cache warm (20-25 s the first time on a machine and torch
-# version) and then runs skip-gram 2-4x and CBOW 2-4x faster (benchmarks/bench_word2vec.py); with a
-# warm cache that breaks even at about 1M words for skip-gram and 2-3M for CBOW.
+# takes about 5 s with torch's compile cache warm (3-4 s of it importing the compiler; 20-25 s the
+# first time on a machine and torch version). Compiled, a thread runs skip-gram about 2x and CBOW
+# 1.8x faster, and threads scale where the plain step's do not (2 cores: 3x and 2.5x); so with a
+# warm cache compiling breaks even at about 1M words for skip-gram and 2-3M for CBOW.
 COMPILE_WORDS: dict[str, int] = {"skipgram": 1_000_000, "cbow": 2_000_000}
 MAX_AUTO_THREADS = 8  # Hogwild threads chosen by default; more collide on frequent words' rows
 
