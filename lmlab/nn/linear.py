@@ -80,7 +80,7 @@ def cpu_matmul_backend() -> str:
 # and a slice of its output layer (benchmarks/bench_matmul.py's shapes)
 CALIBRATION_SHAPES = ((2048, 256, 256), (2048, 256, 768), (512, 256, 4096))
 CALIBRATION_REPEATS = 2  # timed rounds per route after a warm-up round; the fastest round counts
-_AUTO: dict[str, dict] = {}  # auto_matmul_choice() per calibration key, for this process
+_AUTO: dict[int, dict] = {}  # auto_matmul_choice() per torch thread count (the key's only variable part)
 _AUTO_LOCK = threading.Lock()
 _CPU_MODEL: list[str] = []
 
@@ -152,13 +152,14 @@ def auto_matmul_choice() -> dict:
     Measured by :func:`calibrate` on first use and cached on disk per :func:`calibration_key`
     (a missing or damaged file is measured again); read from there once per process.
     """
-    key = calibration_key()
-    choice = _AUTO.get(key)
+    threads = torch.get_num_threads()
+    choice = _AUTO.get(threads)
     if choice is not None:
         return choice
     with _AUTO_LOCK:
-        if key in _AUTO:
-            return _AUTO[key]
+        if threads in _AUTO:
+            return _AUTO[threads]
+        key = calibration_key()
         path = _calibration_path(key)
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
@@ -174,7 +175,7 @@ def auto_matmul_choice() -> dict:
             except OSError:  # a read-only cache dir: measure again next process
                 pass
             choice = {**choice, "source": "measured"}
-        _AUTO[key] = choice
+        _AUTO[threads] = choice
         return choice
 
 
