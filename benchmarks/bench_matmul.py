@@ -48,12 +48,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lmlab.nn.linear import cpu_matmul_backend
+    from lmlab.nn.linear import onednn_available
 
     saved = os.environ.get("LMLAB_CPU_MATMUL")
-    os.environ.pop("LMLAB_CPU_MATMUL", None)
-    if cpu_matmul_backend() != "onednn":
-        print("nothing to compare: this machine has no oneDNN route (not x86, or torch without mkldnn)")
+    if not onednn_available():
+        print("nothing to compare: this torch build has no oneDNN (mkldnn)")
         return
     torch.manual_seed(0)
     result = {"threads": torch.get_num_threads(), "rows": args.rows, "layers": {}}

@@ -5,17 +5,20 @@ train on the SAME token batches with the same optimizer (lmlab's AdamW groups, f
 in one process. A step is forward + loss + backward + clip + AdamW; HF computes its
 loss its own way (``labels=``), lmlab with ``causal_lm_loss``; both score the same
 next tokens. Modes are timed round-robin step by step, so the noise of a shared
-machine hits all alike; tokens/s is from the median step time. Peak memory is measured per mode in a
-fresh subprocess (Linux): the peak resident set during three steps (VmHWM, reset just
-before them) minus the RSS before them, i.e. activations, gradients and optimizer
-state; glibc's mmap threshold is pinned so freed tensors leave the RSS.
+machine hits all alike; tokens/s is from the median step time, with its spread across rounds
+(min-max of the rounds' median-step figures, and of the per-round ratios). Peak memory is
+measured per mode in a fresh subprocess (Linux): the peak resident set during three steps
+(VmHWM, reset just before them) minus the RSS before them, i.e. activations, gradients and
+optimizer state; glibc's mmap threshold is pinned so freed tensors leave the RSS.
 
     python benchmarks/bench_train.py [--steps 8] [--rounds 2] [--json] [--no-memory]
 
 Modes: hf-fp32, ours-fp32, hf-default and ours-default (default = ``--precision auto``:
 bf16 autocast where the hardware has it, as ``lmlab pretrain`` does). ours-fp32-blas is
 ours-fp32 with ``LMLAB_CPU_MATMUL=aten``: its matmuls on torch's BLAS like HF's, so the
-gain of oneDNN matmuls (``lmlab/nn/linear.py``) and of everything else show apart.
+gain of oneDNN matmuls (``lmlab/nn/linear.py``) and of everything else show apart. The
+other ours-* modes take the route ``LMLAB_CPU_MATMUL`` says (``auto``: the one measured
+faster on this machine, printed; where that is aten, ours-fp32 equals ours-fp32-blas).
 """
 
 from __future__ import annotations
@@ -140,6 +143,22 @@ class Runner:
         return loss.item()
 
 
+def matmul_route() -> dict:
+    """Which library runs ours' large fp32 CPU matmuls, and how that was chosen."""
+    from lmlab.nn.linear import _X86, auto_matmul_choice, cpu_matmul_backend, onednn_available
+
+    route = cpu_matmul_backend()
+    want = os.environ.get("LMLAB_CPU_MATMUL", "auto").strip().lower() or "auto"
+    if want != "auto":
+        return {"route": route, "how": f"LMLAB_CPU_MATMUL={want}"}
+    if not (_X86 and onednn_available()):
+        return {"route": route, "how": "auto: no oneDNN route on this machine"}
+    c = auto_matmul_choice()
+    how = (f"auto, {'measured now' if c['source'] == 'measured' else 'cached measurement'}: "
+           f"aten {1e3 * c['aten_s']:.1f} ms, oneDNN {1e3 * c['onednn_s']:.1f} ms on its test products")
+    return {**c, "how": how}
+
+
 def _status_mib(field: str) -> float:
     """Return a memory figure (VmRSS, VmHWM) of this process from /proc/self/status, in MiB."""
     with open("/proc/self/status") as f:
@@ -209,17 +228,27 @@ def main() -> None:
         for r in runners.values():
             for b in data[1 : args.warmup]:
                 r.step(b)
-        times: dict[str, list[float]] = {m: [] for m in modes}
+        times: dict[str, list[list[float]]] = {m: [] for m in modes}  # per round, per step
         for _ in range(args.rounds):
+            for m in modes:
+                times[m].append([])
             for b in data[args.warmup :]:
                 for m, r in runners.items():  # round-robin per step
                     t = time.perf_counter()
                     r.step(b)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
-                    times[m].append(time.perf_counter() - t)
+                    times[m][-1].append(time.perf_counter() - t)
         ours = runners["ours-fp32"].model
         tokens = args.batch_size * args.seq
+        per_round = {m: [tokens / statistics.median(r) for r in t] for m, t in times.items()}
+
+        def ratio(a: str, b: str) -> dict[str, float]:
+            """Ratio of mode a's tokens/s to b's: of the medians over all steps, and min-max per round."""
+            rounds = [x / y for x, y in zip(per_round[a], per_round[b])]
+            return {"median": round(tps[a] / tps[b], 2), "min": round(min(rounds), 2),
+                    "max": round(max(rounds), 2)}
+
         result: dict = {
             "config": {
                 "vocab": args.vocab,
@@ -235,23 +264,21 @@ def main() -> None:
                 "default_precision": runners["ours-default"].precision,
                 "data": args.data or "random ids",
             },
-            "tokens_per_s": {m: round(tokens / statistics.median(t), 1) for m, t in times.items()},
+            "matmul_route": matmul_route(),
+            "tokens_per_s": {m: round(tokens / statistics.median(sum(t, [])), 1) for m, t in times.items()},
+            "tokens_per_s_rounds": {m: [round(v, 1) for v in r] for m, r in per_round.items()},
             "first_step_loss": {m: round(v, 6) for m, v in first_loss.items()},
         }
         tps = result["tokens_per_s"]
         result["ratios"] = {
-            "ours_fp32_vs_hf_fp32": round(tps["ours-fp32"] / tps["hf-fp32"], 2),
-            "ours_fp32_blas_vs_hf_fp32": round(tps["ours-fp32-blas"] / tps["hf-fp32"], 2),
-            "ours_default_vs_hf_fp32": round(tps["ours-default"] / tps["hf-fp32"], 2),
-            "ours_default_vs_hf_default": round(tps["ours-default"] / tps["hf-default"], 2),
+            "ours_fp32_vs_hf_fp32": ratio("ours-fp32", "hf-fp32"),
+            "ours_fp32_blas_vs_hf_fp32": ratio("ours-fp32-blas", "hf-fp32"),
+            "ours_default_vs_hf_fp32": ratio("ours-default", "hf-fp32"),
+            "ours_default_vs_hf_default": ratio("ours-default", "hf-default"),
         }
         if args.compile:
-            result["ratios"]["ours_fp32_compiled_vs_hf_fp32"] = round(
-                tps["ours-fp32-compiled"] / tps["hf-fp32"], 2
-            )
-            result["ratios"]["ours_default_compiled_vs_hf_fp32"] = round(
-                tps["ours-default-compiled"] / tps["hf-fp32"], 2
-            )
+            result["ratios"]["ours_fp32_compiled_vs_hf_fp32"] = ratio("ours-fp32-compiled", "hf-fp32")
+            result["ratios"]["ours_default_compiled_vs_hf_fp32"] = ratio("ours-default-compiled", "hf-fp32")
         del runners
         if not args.no_memory:
             mem = {}
@@ -298,15 +325,20 @@ def main() -> None:
         f"({c['params']:,} params), batch {c['batch_size']} x seq {c['seq']}, {c['device']}, "
         f"{c['threads']} threads, default precision {c['default_precision']}, {c['data']}"
     )
+    route = result["matmul_route"]
+    print(f"  large fp32 CPU matmuls of ours-*: {route['route']} ({route['how']})")
     print(
-        f"  {'mode':<22}{'tokens/s':>10}{'1st loss':>11}" + ("" if args.no_memory else f"{'peak +MiB':>11}")
+        f"  {'mode':<22}{'tokens/s':>10}{'rounds min-max':>18}{'1st loss':>11}"
+        + ("" if args.no_memory else f"{'peak +MiB':>11}")
     )
     for m in result["tokens_per_s"]:
         mem = result.get("memory_mib", {}).get(m)
         mem_col = "" if args.no_memory else (f"{mem['peak_extra_mib']:>11.1f}" if mem else f"{'-':>11}")
-        print(f"  {m:<22}{tps[m]:>10.1f}{first_loss[m]:>11.4f}{mem_col}")
+        r = result["tokens_per_s_rounds"][m]
+        print(f"  {m:<22}{tps[m]:>10.1f}{f'{min(r):.0f}-{max(r):.0f}':>18}{first_loss[m]:>11.4f}{mem_col}")
     for k, v in result["ratios"].items():
-        print(f"  {k:<34}{v:>6.2f}x")
+        print(f"  {k:<34}{v['median']:>6.2f}x  (rounds {v['min']:.2f}-{v['max']:.2f})")
+    print(f"  (tokens/s from the median step over {args.rounds} round(s) of {args.steps} steps per mode)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file behind."""
+"""Atomic file writes (a crash mid-write never leaves a half-written file behind) and lmlab's cache dir."""
 
 from __future__ import annotations
 
@@ -55,3 +55,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON to ``path``."""
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def cache_home() -> Path:
+    """Return lmlab's cache dir (``$LMLAB_CACHE_DIR`` or the platform's user cache dir): measurements
+    that can be redone, such as which CPU matmul route is faster on this machine."""
+    env = os.environ.get("LMLAB_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lmlab"))

@@ -25,6 +25,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DATA_HOME = tempfile.mkdtemp(prefix="lmlab-test-home-")
 os.environ["LMLAB_DATA_DIR"] = DATA_HOME
 atexit.register(shutil.rmtree, DATA_HOME, ignore_errors=True)
+# measurements lmlab caches (the CPU matmul route) go to a temporary dir, never the user's cache
+if "LMLAB_CACHE_DIR" not in os.environ:
+    os.environ["LMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmlab-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LMLAB_CACHE_DIR"], ignore_errors=True)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,6 +1,9 @@
-"""Training matmuls on oneDNN (lmlab/nn/linear.py) give F.linear's values and gradients."""
+"""Training matmuls on oneDNN (lmlab/nn/linear.py) give F.linear's values and gradients; the auto route
+is measured once per machine, cached, and overridden by LMLAB_CPU_MATMUL."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -9,19 +12,33 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lmlab.nn.linear as linear_module
 from lmlab.errors import LmlabError
-from lmlab.nn.linear import Linear, cpu_matmul_backend, linear, uses_onednn, weight_grad
+from lmlab.nn.linear import (
+    Linear,
+    auto_matmul_choice,
+    cpu_matmul_backend,
+    linear,
+    onednn_available,
+    reset_matmul_choice,
+    uses_onednn,
+    weight_grad,
+)
 from lmlab.nn.losses import linear_cross_entropy, token_cross_entropy
 
-needs_onednn = pytest.mark.skipif(
-    cpu_matmul_backend() != "onednn", reason="oneDNN matmuls are used on x86 CPUs with mkldnn only"
-)
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN (mkldnn)")
+x86_only = pytest.mark.skipif(not linear_module._X86, reason="auto measures the routes on x86 CPUs only")
 
 
 @pytest.fixture(autouse=True)
-def tiny_shapes_on_onednn(monkeypatch) -> None:
-    """Send the tests' small matmuls to oneDNN too, and wide weight gradients transposed."""
+def tiny_shapes_on_onednn(monkeypatch, tmp_path) -> None:
+    """Send the tests' small matmuls to oneDNN too, and wide weight gradients transposed; the auto
+    route's cache lives in a temporary dir and starts empty."""
     monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 0)
     monkeypatch.setattr(linear_module, "WIDE_GRAD_MIN_ROWS", 0)
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "onednn")
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    reset_matmul_choice()
+    yield
+    reset_matmul_choice()
 
 
 @needs_onednn
@@ -125,3 +142,109 @@ def test_fused_loss_over_many_row_blocks(backend: str, monkeypatch) -> None:
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     torch.testing.assert_close(gh, rh.float(), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(gw, rw.float(), rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------- the auto route: measured, cached
+
+
+def fake_timings(monkeypatch, aten: float, onednn: float) -> list[str]:
+    """Make calibration see fixed timings per route; return the list of routes it timed."""
+    timed: list[str] = []
+
+    def time_route(route: str) -> float:
+        timed.append(route)
+        return {"aten": aten, "onednn": onednn}[route]
+
+    monkeypatch.setattr(linear_module, "_time_route", time_route)
+    return timed
+
+
+@needs_onednn
+@x86_only
+@pytest.mark.parametrize("aten, onednn, faster", [(2.0, 1.0, "onednn"), (1.0, 3.0, "aten")])
+def test_auto_takes_the_route_calibration_measured_faster(monkeypatch, aten, onednn, faster) -> None:
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "auto")
+    timed = fake_timings(monkeypatch, aten, onednn)
+    assert cpu_matmul_backend() == faster
+    assert sorted(set(timed)) == ["aten", "onednn"] and timed.count("aten") == timed.count("onednn")
+    choice = auto_matmul_choice()
+    assert choice["source"] == "measured" and (choice["aten_s"], choice["onednn_s"]) == (aten, onednn)
+    big = torch.randn(512, 128)
+    monkeypatch.setattr(linear_module, "ONEDNN_MIN_MACS", 1 << 22)
+    assert uses_onednn(big, torch.randn(64, 128)) == (faster == "onednn")
+
+
+@needs_onednn
+@x86_only
+def test_the_choice_is_cached_on_disk_and_read_once_per_process(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "auto")
+    timed = fake_timings(monkeypatch, 1.0, 2.0)
+    assert cpu_matmul_backend() == "aten"
+    files = list((tmp_path / "cache" / "cpu_matmul").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["route"] == "aten"
+    n = len(timed)
+    for _ in range(3):
+        assert cpu_matmul_backend() == "aten"
+    assert len(timed) == n  # not measured again in this process
+    monkeypatch.setattr(linear_module, "_time_route", lambda route: pytest.fail("measured again"))
+    reset_matmul_choice()  # as a new process: the file answers
+    assert cpu_matmul_backend() == "aten" and auto_matmul_choice()["source"] == "cache"
+    before = torch.get_num_threads()
+    try:  # another thread count is another measurement
+        torch.set_num_threads(1 if before > 1 else 2)
+        timed = fake_timings(monkeypatch, 3.0, 1.0)
+        assert cpu_matmul_backend() == "onednn" and timed
+    finally:
+        torch.set_num_threads(before)
+    assert cpu_matmul_backend() == "aten"
+    assert len(list((tmp_path / "cache" / "cpu_matmul").glob("*.json"))) == 2
+
+
+@needs_onednn
+@x86_only
+@pytest.mark.parametrize("damage", ["", "{not json", "[1, 2]", '{"key": "another CPU", "route": "onednn"}',
+                                    "\xff\xfe"])
+def test_a_damaged_cache_file_is_measured_again(monkeypatch, tmp_path, damage: str) -> None:
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "auto")
+    fake_timings(monkeypatch, 1.0, 2.0)
+    assert cpu_matmul_backend() == "aten"
+    (path,) = (tmp_path / "cache" / "cpu_matmul").glob("*.json")
+    path.write_bytes(damage.encode("latin-1"))
+    reset_matmul_choice()
+    timed = fake_timings(monkeypatch, 2.0, 1.0)
+    assert cpu_matmul_backend() == "onednn" and timed
+    assert auto_matmul_choice()["source"] == "measured" and json.loads(path.read_text())["route"] == "onednn"
+
+
+@needs_onednn
+def test_the_environment_variable_wins_over_the_measurement(monkeypatch) -> None:
+    fake_timings(monkeypatch, 1.0, 2.0)  # aten measured faster
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "onednn")
+    assert cpu_matmul_backend() == "onednn"
+    monkeypatch.setattr(linear_module, "_time_route", lambda route: pytest.fail("a forced route: timed"))
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "aten")
+    assert cpu_matmul_backend() == "aten"
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", " OneDNN ")
+    assert cpu_matmul_backend() == "onednn"
+
+
+def test_a_read_only_cache_dir_still_gives_a_choice(monkeypatch, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(blocker))  # cache_home()/cpu_matmul cannot be created
+    monkeypatch.setenv("LMLAB_CPU_MATMUL", "auto")
+    fake_timings(monkeypatch, 2.0, 1.0)
+    expected = "onednn" if onednn_available() and linear_module._X86 else "aten"
+    assert cpu_matmul_backend() == expected
+
+
+def test_calibration_runs_both_routes_without_counting_flops(monkeypatch) -> None:
+    """The real measurement, on shapes too small to take time; it neither builds autograd graphs nor
+    shows up in an active FlopCounterMode. Which route wins is not asserted: that is the machine's."""
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN (mkldnn)")
+    monkeypatch.setattr(linear_module, "CALIBRATION_SHAPES", ((4, 8, 16),))
+    with FlopCounterMode(display=False) as counter:
+        result = linear_module.calibrate()
+    assert counter.get_total_flops() == 0
+    assert result["route"] in ("aten", "onednn") and result["aten_s"] > 0 and result["onednn_s"] > 0

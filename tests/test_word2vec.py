@@ -10,16 +10,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lmlab.word2vec.model as w2v
 from lmlab.cli import main
 from lmlab.errors import LmlabError
+from lmlab.word2vec.commands import TrainConfig, train_params
 from lmlab.word2vec.model import (
+    COMPILE_WORDS,
+    MAX_AUTO_THREADS,
     MAX_SENTENCE,
     Word2Vec,
     Word2VecParams,
     _spans,
     build_vocab,
     cbow_step,
+    cpu_cores,
     encode_corpus,
+    resolve_compile,
+    resolve_threads,
     skipgram_step,
     train_word2vec,
 )
@@ -269,11 +276,80 @@ def test_compiled_training_quick():
     np.testing.assert_allclose(compiled.vectors, eager.vectors, atol=1e-5)
 
 
+# ---------------------------------------------------------------- compiled or plain step, threads
+
+
+def test_default_flags_compile_from_the_threshold_on_and_then_use_every_core():
+    defaults = train_params(TrainConfig())
+    assert defaults.compile is None and defaults.threads == 0  # auto, as Word2VecParams' own defaults
+    assert Word2VecParams().compile is None and Word2VecParams().threads == 0
+    for arch in ("skipgram", "cbow"):
+        params = Word2VecParams(arch=arch)
+        assert not resolve_compile(params, COMPILE_WORDS[arch] - 1)
+        assert resolve_compile(params, COMPILE_WORDS[arch])
+    assert COMPILE_WORDS["skipgram"] <= 453_000 * 5  # the benchmark's wiki-slice, 5 epochs, compiles
+    assert COMPILE_WORDS["cbow"] <= 453_000 * 5
+    assert resolve_compile(Word2VecParams(compile=False), 10**12) is False
+    assert resolve_compile(Word2VecParams(compile=True), 1) is True
+    cores = min(cpu_cores(), MAX_AUTO_THREADS)
+    assert resolve_threads(Word2VecParams(), compiled=True) == cores
+    assert resolve_threads(Word2VecParams(), compiled=False) == 1  # the plain step holds the GIL
+    assert resolve_threads(Word2VecParams(threads=3), compiled=False) == 3
+
+
+def _fake_compile(calls: list):
+    """A stand-in for torch.compile that records its options and returns the function unchanged
+    (wrapped, so that it counts as compiled)."""
+    def compile_(fn, **kwargs):
+        calls.append(kwargs)
+        return lambda *args: fn(*args)
+    return compile_
+
+
+@pytest.mark.parametrize("arch", ["skipgram", "cbow"])
+def test_default_flags_choose_the_compiled_step_when_the_compiler_works(arch, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(torch, "compile", _fake_compile(calls))
+    monkeypatch.setattr(w2v, "_COMPILED", {})
+    monkeypatch.setattr(w2v, "COMPILE_WORDS", {"skipgram": 5000, "cbow": 5000})
+    params = Word2VecParams(arch=arch, dim=8, window=3, min_count=1, epochs=1)
+    _, stats = train_word2vec(topic_corpus(600), params, progress=False)  # ~5.7K words: compiled
+    assert stats.compiled and len(calls) == 1
+    assert stats.threads == resolve_threads(params, compiled=True)
+    assert calls[0]["options"] == ({"cpp_wrapper": True} if stats.threads > 1 else None)
+    _, stats = train_word2vec(topic_corpus(400), params, progress=False)  # ~3.8K words: plain
+    assert not stats.compiled and stats.threads == 1 and stats.compile_seconds == 0
+    params.epochs = 2
+    _, stats = train_word2vec(topic_corpus(400), params, progress=False)
+    assert stats.compiled and len(calls) == 1  # the compiled step is reused within the process
+    assert capsys.readouterr().err == ""
+
+
+def test_a_failing_compiler_falls_back_to_the_plain_step_with_a_one_line_notice(monkeypatch, capsys):
+    def broken(fn, **kwargs):
+        raise RuntimeError("Compiler: cc is not found.\nsecond line of the traceback text")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(w2v, "_COMPILED", {})
+    monkeypatch.setattr(w2v, "COMPILE_WORDS", {"skipgram": 0, "cbow": 0})
+    params = Word2VecParams(dim=16, window=4, min_count=1, epochs=3, subsample=0, seed=3)
+    wv, stats = train_word2vec(topic_corpus(), params, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torch.compile failed (RuntimeError: Compiler: cc is not found.)" in err
+    assert "plain step" in err
+    assert not stats.compiled and stats.threads == 1 and group_margin(wv) > 0.3
+    train_word2vec(topic_corpus(300), params, progress=False)  # no second attempt, no second notice
+    assert capsys.readouterr().err == ""
+    params.compile = False
+    plain, _ = train_word2vec(topic_corpus(), params, progress=False)
+    np.testing.assert_array_equal(plain.vectors, wv.vectors)  # the same training as --compile off
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["skipgram", "cbow"])
 def test_compiled_step_equals_eager(arch):
     """torch.compile'd training gives the same vectors as eager (up to float rounding)."""
-    params = Word2VecParams(arch=arch, dim=12, window=3, min_count=1, epochs=1, batch=200, seed=2)
+    params = Word2VecParams(arch=arch, dim=12, window=3, min_count=1, epochs=1, batch=200, seed=2, threads=1)
     eager, _ = train_word2vec(topic_corpus(400), params, progress=False)
     params.compile = True
     compiled, _ = train_word2vec(topic_corpus(400), params, progress=False)

@@ -12,15 +12,30 @@ autocast, for products of at least :data:`ONEDNN_MIN_MACS` multiply-adds, it run
 forward (and, in training, both backward products) on oneDNN
 (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` emits for CPU
 linears). Everything else (small products, GPUs, bf16, ARM, torch.compile graphs) takes
-``F.linear`` unchanged. ``LMLAB_CPU_MATMUL=aten`` turns the oneDNN route off;
-``=onednn`` (the default on x86) keeps it on.
+``F.linear`` unchanged.
+
+Which route is faster depends on the machine: on the AMD EPYC above oneDNN is 1.6-2x
+faster, on an Intel Xeon with AVX-512 and AMX MKL was (a 1.21x faster training step than
+oneDNN's 1.09x against HF). So ``LMLAB_CPU_MATMUL=auto`` (the default) measures: on first
+use it times a block's linear and an output layer, forward and both backward products, on
+both routes (:func:`calibrate`, a few tenths of a second) and takes the faster. The choice
+is cached per CPU model, instruction set, torch version and thread count in
+``lmlab.fileio.cache_home()/cpu_matmul/`` (``$LMLAB_CACHE_DIR`` moves it; a damaged file is
+measured again) and read once per process. ``LMLAB_CPU_MATMUL=onednn`` or ``=aten`` forces
+a route; the variable is read at every call, so benchmarks and tests can switch routes at run
+time (:func:`reset_matmul_choice` forgets the process's auto choice).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import platform
+import threading
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,21 +54,135 @@ if _ONEDNN_LINEAR is not None:  # so torch.utils.flop_counter (MFU, profiles) co
         return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
 
 
+def onednn_available() -> bool:
+    """True when this torch build can run matmuls on oneDNN (``LMLAB_CPU_MATMUL=onednn``)."""
+    return _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
+
+
 def cpu_matmul_backend() -> str:
     """Return ``'onednn'`` or ``'aten'``: which library runs large fp32 CPU matmuls.
 
-    Read from ``LMLAB_CPU_MATMUL`` (``onednn``, ``aten`` or ``auto``); ``auto`` (the
-    default) is oneDNN on x86 CPUs where this torch build has it, else aten (the BLAS).
+    Read from ``LMLAB_CPU_MATMUL`` (``onednn``, ``aten`` or ``auto``) at every call; ``auto``
+    (the default) is the route :func:`auto_matmul_choice` measured faster on an x86 CPU, and
+    aten (the BLAS) elsewhere or where this torch build has no oneDNN.
     """
     want = os.environ.get("LMLAB_CPU_MATMUL", "auto").strip().lower() or "auto"
     if want not in ("auto", "onednn", "aten"):
         raise LmlabError(f"LMLAB_CPU_MATMUL={want!r} is not a choice; set it to auto, onednn or aten")
-    available = _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
-    if want == "aten" or not available:
+    if want == "aten" or not onednn_available():
         return "aten"
     if want == "onednn":
         return "onednn"
-    return "onednn" if _X86 else "aten"
+    return auto_matmul_choice()["route"] if _X86 else "aten"
+
+
+# (rows, in, out) of the products calibrate() times: a d=256 Transformer block's linears at 2048 tokens
+# and a slice of its output layer (benchmarks/bench_matmul.py's shapes)
+CALIBRATION_SHAPES = ((2048, 256, 256), (2048, 256, 768), (512, 256, 4096))
+CALIBRATION_REPEATS = 2  # timed rounds per route after a warm-up round; the fastest round counts
+_AUTO: dict[int, dict] = {}  # auto_matmul_choice() per torch thread count (the key's only variable part)
+_AUTO_LOCK = threading.Lock()
+_CPU_MODEL: list[str] = []
+
+
+def _cpu_model() -> str:
+    if not _CPU_MODEL:
+        model = ""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+                model = next(names, "")
+        except OSError:
+            pass
+        _CPU_MODEL.append(model or platform.processor() or platform.machine())
+    return _CPU_MODEL[0]
+
+
+def calibration_key() -> str:
+    """Return what the auto route is measured and cached per: CPU model and instruction set, torch
+    version and torch's thread count."""
+    return (f"{_cpu_model()} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads")
+
+
+def _calibration_path(key: str) -> Path:
+    from lmlab.fileio import cache_home
+
+    return cache_home() / "cpu_matmul" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _time_route(route: str) -> float:
+    """Seconds that ``route`` takes for the forward and both backward products of each of
+    :data:`CALIBRATION_SHAPES` (fp32, current thread count)."""
+    gen = torch.Generator().manual_seed(0)
+    total = 0.0
+    for rows, n_in, n_out in CALIBRATION_SHAPES:
+        x, w = torch.randn(rows, n_in, generator=gen), torch.randn(n_out, n_in, generator=gen)
+        g = torch.randn(rows, n_out, generator=gen)
+        t = time.perf_counter()
+        if route == "onednn":
+            mm_nt(x, w), mm_nt(g, w.t()), weight_grad(g, x)
+        else:
+            F.linear(x, w), g @ w, g.t() @ x
+        total += time.perf_counter() - t
+    return total
+
+
+def calibrate() -> dict:
+    """Time both routes (interleaved, fastest of :data:`CALIBRATION_REPEATS` rounds after a warm-up);
+    return ``{"route": the faster, "aten_s": ..., "onednn_s": ...}``."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    best = {"aten": math.inf, "onednn": math.inf}
+    # no_grad, and outside any dispatch mode, so that a FlopCounterMode or profiler does not count these
+    with torch.no_grad(), _disable_current_modes():
+        for i in range(CALIBRATION_REPEATS + 1):
+            for route in best:
+                seconds = _time_route(route)
+                if i > 0:  # the first round creates oneDNN's primitives and warms the caches
+                    best[route] = min(best[route], seconds)
+    return {"route": "onednn" if best["onednn"] < best["aten"] else "aten",
+            "aten_s": best["aten"], "onednn_s": best["onednn"]}
+
+
+def auto_matmul_choice() -> dict:
+    """Return the route ``LMLAB_CPU_MATMUL=auto`` takes on this machine and how it was found:
+    ``{"route", "source": "measured" | "cache", "key", "aten_s", "onednn_s"}``.
+
+    Measured by :func:`calibrate` on first use and cached on disk per :func:`calibration_key`
+    (a missing or damaged file is measured again); read from there once per process.
+    """
+    threads = torch.get_num_threads()
+    choice = _AUTO.get(threads)
+    if choice is not None:
+        return choice
+    with _AUTO_LOCK:
+        if threads in _AUTO:
+            return _AUTO[threads]
+        key = calibration_key()
+        path = _calibration_path(key)
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if not (cached["key"] == key and cached["route"] in ("onednn", "aten")):
+                raise ValueError("another key or route")
+            choice = {**cached, "source": "cache"}
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, damaged or foreign: measure
+            choice = {"key": key, **calibrate()}
+            try:
+                from lmlab.fileio import write_json
+
+                write_json(path, choice)
+            except OSError:  # a read-only cache dir: measure again next process
+                pass
+            choice = {**choice, "source": "measured"}
+        _AUTO[threads] = choice
+        return choice
+
+
+def reset_matmul_choice() -> None:
+    """Forget this process's auto route choices (the next use reads the cache dir again)."""
+    with _AUTO_LOCK:
+        _AUTO.clear()
 
 
 # Below about 4M multiply-adds oneDNN's per-call overhead (~20 us) outweighs its faster kernels.

@@ -6,10 +6,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from lmlab.config import arg, save_config
 from lmlab.errors import LmlabError
+
+if TYPE_CHECKING:
+    from lmlab.word2vec.model import Word2VecParams
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 
@@ -58,12 +61,26 @@ class TrainConfig:
     min_lr: float = arg(1e-4, "final learning rate")
     cbow_mean: bool = arg(True, "CBOW: average the context vectors (else sum them)")
     batch: int = arg(1024, "examples per SGD step (skip-gram pairs or CBOW centre words; at most 2 x vocab)")
-    threads: int = arg(1, "worker threads updating the vectors concurrently (Hogwild)")
+    threads: int = arg(0, "worker threads updating the vectors concurrently (Hogwild); 0: one per CPU core "
+                          "when the step is compiled, else 1 (results then vary run to run, as gensim's "
+                          "with several workers; --threads 1 repeats exactly)")
     compile: Literal["auto", "on", "off"] = arg("auto", "fuse each SGD step with torch.compile (needs a C++ "
-                                                "compiler; 5-30 s to compile, then 1.5-2x faster); "
-                                                "auto: when epochs x corpus words >= 5M")
+                                                "compiler; ~5 s to compile, 20-25 s the first time, then "
+                                                "2-4x faster); auto: from 1M words x epochs on (CBOW 2M); "
+                                                "if compiling fails, a notice and the plain step")
     seed: int = arg(1, "random seed")
     json: bool = arg(False, "print the training summary as JSON")
+
+
+def train_params(cfg: TrainConfig) -> Word2VecParams:
+    """Return the training hyperparameters that ``cfg`` (the ``word2vec train`` flags) asks for."""
+    from lmlab.word2vec.model import Word2VecParams
+
+    return Word2VecParams(arch=cfg.arch, dim=cfg.dim, window=cfg.window, negative=cfg.negative,
+                          loss=cfg.loss, min_count=cfg.min_count, epochs=cfg.epochs,
+                          subsample=cfg.subsample, lr=cfg.lr, min_lr=cfg.min_lr, cbow_mean=cfg.cbow_mean,
+                          batch=cfg.batch, threads=cfg.threads, seed=cfg.seed,
+                          compile={"auto": None, "on": True, "off": False}[cfg.compile])
 
 
 def train(cfg: TrainConfig) -> None:
@@ -73,16 +90,12 @@ def train(cfg: TrainConfig) -> None:
     The input is a text file (--text: one sentence per line, whitespace-tokenised) or a
     named corpus (--corpus). Hyperparameters and defaults follow word2vec.c / gensim.
     """
-    from lmlab.word2vec.model import Word2Vec, Word2VecParams, build_vocab, encode_corpus
+    from lmlab.word2vec.model import Word2Vec, build_vocab, encode_corpus
     from lmlab.word2vec.vectors import save_word2vec_text
 
     if (cfg.text is None) == (cfg.corpus is None):
         raise LmlabError("give exactly one of --text FILE or --corpus NAME")
-    params = Word2VecParams(arch=cfg.arch, dim=cfg.dim, window=cfg.window, negative=cfg.negative,
-                            loss=cfg.loss, min_count=cfg.min_count, epochs=cfg.epochs,
-                            subsample=cfg.subsample, lr=cfg.lr, min_lr=cfg.min_lr, cbow_mean=cfg.cbow_mean,
-                            batch=cfg.batch, threads=cfg.threads, seed=cfg.seed,
-                            compile={"auto": None, "on": True, "off": False}[cfg.compile])
+    params = train_params(cfg)
     params.check()
     if cfg.text is not None:
         sentences = read_sentences(cfg.text, cfg.lowercase)
@@ -97,15 +110,15 @@ def train(cfg: TrainConfig) -> None:
     summary = {"out": str(cfg.out), "vocab": len(vocab), "corpus_words": total, "dim": cfg.dim,
                "epochs": cfg.epochs, "words": stats.words, "effective_words": stats.effective_words,
                "examples": stats.examples, "loss": stats.loss, "seconds": stats.seconds,
-               "compiled": stats.compiled, "compile_seconds": stats.compile_seconds,
+               "compiled": stats.compiled, "compile_seconds": stats.compile_seconds, "threads": stats.threads,
                "words_per_s": stats.words_per_s}
     if cfg.json:
         print(json.dumps(summary))
         return
-    compiled = f"; compiled in {stats.compile_seconds:.1f}s" if stats.compiled else ""
+    compiled = f"compiled in {stats.compile_seconds:.1f}s" if stats.compiled else "not compiled"
     print(f"wrote {cfg.out}: {len(vocab):,} words x {cfg.dim} ({cfg.arch}, {cfg.loss}); "
           f"{stats.words:,} words in {stats.seconds:.1f}s = {stats.words_per_s:,.0f} words/s, "
-          f"loss {stats.loss:.4f}{compiled}")
+          f"loss {stats.loss:.4f}; {stats.threads} thread(s), {compiled}")
 
 
 @dataclass

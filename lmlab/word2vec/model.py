@@ -19,14 +19,17 @@ The training recipe is word2vec.c's, as gensim implements it:
 What differs is how the work is batched: numpy builds all (centre, context) pairs of a
 chunk of sentences at once, and each SGD step updates a batch of examples with
 ``index_add_`` (gradients from the same parameters, summed per row). Several threads
-run steps concurrently without locks (Hogwild, as word2vec.c and gensim do). With
-``compile=True`` each step is fused by ``torch.compile`` into a few loops, which avoids
-writing the (batch, negative+1, dim) intermediates to memory.
+run steps concurrently without locks (Hogwild, as word2vec.c and gensim do). Compiled
+(the default from :data:`COMPILE_WORDS` words of work on), each step is fused by
+``torch.compile`` into a few loops, which avoids writing the (batch, negative+1, dim)
+intermediates to memory, and releases the GIL, so that by default one thread per CPU
+core runs steps.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -44,7 +47,13 @@ from lmlab.word2vec.vectors import WordVectors
 
 MAX_SENTENCE = 10000  # longer sentences are cut into pieces of this many words (gensim's limit)
 CHUNK_WORDS = 32768  # vocabulary words per unit of work; a chunk never splits a sentence piece
-COMPILE_WORDS = 5_000_000  # from this much work on, compiling the step (5-30 s) pays off
+# From this many words of work (corpus words x epochs) on, compiling the step pays off. Compiling
+# takes about 5 s with torch's compile cache warm (3-4 s of it importing the compiler; 20-25 s the
+# first time on a machine and torch version). Compiled, a thread runs skip-gram about 2x and CBOW
+# 1.8x faster, and threads scale where the plain step's do not (2 cores: 3x and 2.5x); so with a
+# warm cache compiling breaks even at about 1M words for skip-gram and 2-3M for CBOW.
+COMPILE_WORDS: dict[str, int] = {"skipgram": 1_000_000, "cbow": 2_000_000}
+MAX_AUTO_THREADS = 8  # Hogwild threads chosen by default; more collide on frequent words' rows
 
 
 @dataclass
@@ -65,9 +74,9 @@ class Word2VecParams:
     cbow_mean: bool = True
     shrink_window: bool = True
     batch: int = 1024
-    threads: int = 1
+    threads: int = 0  # 0: one per CPU core when the step is compiled, else 1 (see resolve_threads)
     seed: int = 1
-    compile: bool | None = None  # None: compile when epochs x corpus words >= COMPILE_WORDS
+    compile: bool | None = None  # None: compile when epochs x corpus words >= COMPILE_WORDS[arch]
 
     def check(self) -> None:
         """Raise LmlabError naming the first invalid hyperparameter."""
@@ -80,7 +89,7 @@ class Word2VecParams:
             (0 <= self.subsample < 1, "subsample must be in [0, 1): 0 turns it off, 1e-3 is usual"),
             (self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min-lr <= lr"),
             (self.batch >= 1, "batch must be at least 1"),
-            (self.threads >= 1, "threads must be at least 1"),
+            (self.threads >= 0, "threads must be at least 1 (or 0: one per CPU core)"),
         ]
         for ok, msg in rules:
             if not ok:
@@ -177,8 +186,9 @@ class TrainStats:
     loss: float = 0.0  # mean negative log-likelihood per example
     seconds: float = 0.0  # training time, without compile_seconds
     cpu_seconds: float = 0.0  # CPU time of the process (all threads) during those seconds
-    compile_seconds: float = 0.0  # time torch.compile took before training (0 without compile)
+    compile_seconds: float = 0.0  # time torch.compile took (or failed after) before training
     compiled: bool = False  # whether the steps ran compiled
+    threads: int = 1  # Hogwild worker threads that ran
 
     @property
     def words_per_s(self) -> float:
@@ -265,6 +275,31 @@ def cbow_step(w_in: torch.Tensor, w_out: torch.Tensor, center: torch.Tensor, con
 
 _EAGER: dict[str, Callable] = {"skipgram": skipgram_step, "cbow": cbow_step}
 _COMPILED: dict[tuple[str, bool], Callable] = {}  # compiled steps, shared by all models of the process
+
+
+def cpu_cores() -> int:
+    """Return how many CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_compile(params: Word2VecParams, words: int) -> bool:
+    """Whether training with ``params`` on ``words`` words of work (corpus words x epochs) compiles
+    its step: ``params.compile`` when set, else from :data:`COMPILE_WORDS` words on."""
+    if params.compile is not None:
+        return params.compile
+    return words >= COMPILE_WORDS[params.arch]
+
+
+def resolve_threads(params: Word2VecParams, compiled: bool) -> int:
+    """Return how many Hogwild threads train: ``params.threads`` when set, else one per CPU core (at
+    most :data:`MAX_AUTO_THREADS`) for a compiled step and 1 for the plain one, which holds the GIL
+    between its many small ops, so that more threads only contend for it."""
+    if params.threads:
+        return params.threads
+    return max(1, min(cpu_cores(), MAX_AUTO_THREADS)) if compiled else 1
 
 
 def _spans(total: int, batch: int) -> list[tuple[int, int]]:
@@ -391,22 +426,26 @@ class Word2Vec:
 
         threads_before = torch.get_num_threads()
         torch.set_num_threads(1)  # one thread per op; parallelism comes from the Hogwild workers
-        compile_step = p.compile if p.compile is not None else total_raw >= COMPILE_WORDS
+        compile_step = resolve_compile(p, total_raw)
+        threads = resolve_threads(p, compile_step)
         try:
             t0 = time.perf_counter()
-            step = self._step_function(compile_step)  # compile under the thread setting it runs with
-            stats.compile_seconds = time.perf_counter() - t0
+            step = self._step_function(compile_step, threads > 1)  # compiled under torch's 1 thread
+            stats.compile_seconds = time.perf_counter() - t0 if compile_step else 0.0
             stats.compiled = step is not _EAGER[p.arch]
+            if not stats.compiled:
+                threads = resolve_threads(p, False)
+            stats.threads = threads
             if on_progress is None and progress:
                 from lmlab.console import progress as make_bar
 
                 bar = make_bar(total=total_raw, desc=f"word2vec {p.arch}", unit="w", unit_scale=True)
                 on_progress = bar.update
             t0, c0 = time.perf_counter(), time.process_time()
-            if p.threads == 1:
+            if threads == 1:
                 work()
             else:
-                workers = [threading.Thread(target=guarded, daemon=True) for _ in range(p.threads)]
+                workers = [threading.Thread(target=guarded, daemon=True) for _ in range(threads)]
                 for w in workers:
                     w.start()
                 try:
@@ -470,27 +509,28 @@ class Word2Vec:
         lr = max(p.min_lr, p.lr - (p.lr - p.min_lr) * done / total)
         return torch.tensor(float(lr), dtype=torch.float32)
 
-    def _step_function(self, compile_step: bool) -> Callable:
-        """Return the SGD step for the architecture, compiled with torch.compile if asked and possible."""
+    def _step_function(self, compile_step: bool, parallel: bool) -> Callable:
+        """Return the SGD step for the architecture: compiled with torch.compile if asked and possible
+        (for ``parallel`` Hogwild threads when asked), else the plain one, with a notice on stderr
+        when compiling fails."""
         eager = _EAGER[self.params.arch]
-        if not compile_step:
-            return eager
-        parallel = self.params.threads > 1
         key = (self.params.arch, parallel)
-        if key not in _COMPILED:
-            # cpp_wrapper: the compiled step releases the GIL, so Hogwild threads run it in parallel
-            # (it takes longer to compile, so only when there are several threads)
-            compiled = torch.compile(eager, dynamic=True, options={"cpp_wrapper": True} if parallel else None)
-            try:
-                self._warm_up(compiled)
-            except Exception as e:  # no C++ compiler, unsupported platform, ...: fall back to eager
-                print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                      "training without it (slower)", file=sys.stderr)
-                compiled = eager
-            _COMPILED[key] = compiled
-        else:
-            self._warm_up(_COMPILED[key])
-        return _COMPILED[key]
+        if not compile_step or _COMPILED.get(key) is eager:  # asked not to, or compiling failed before
+            return eager
+        step = _COMPILED.get(key)
+        try:
+            if step is None:
+                # cpp_wrapper: the compiled step releases the GIL, so Hogwild threads run it in parallel
+                # (it takes longer to compile, so only when there are several threads)
+                step = torch.compile(eager, dynamic=True, options={"cpp_wrapper": True} if parallel else None)
+            self._warm_up(step)  # also when cached: another model may need a variant (e.g. NCE)
+        except Exception as e:  # no C++ compiler, unsupported platform or Python, ...
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"notice: torch.compile failed ({type(e).__name__}: {first}); word2vec trains with the "
+                  "plain step instead (2-4x slower; --compile off skips the attempt)", file=sys.stderr)
+            step = eager
+        _COMPILED[key] = step
+        return step
 
     def _warm_up(self, step: Callable) -> None:
         """Compile ``step`` before worker threads share it, with the dtypes of real batches and sizes
