@@ -189,15 +189,9 @@ def _model_config(cfg: PretrainConfig, data_vocab: int):
 def pretrain(cfg: PretrainConfig) -> RunResult:
     """Pretrain a model on prepared data; return the :class:`RunResult` (on every rank).
 
-    Writes OUT/config.yaml (resolved, with the full model config in model_args),
-    OUT/model.safetensors, OUT/tokenizer.json, OUT/metrics.jsonl (step, loss, lr, tokens,
-    tokens_per_s, mfu, val_loss, val_bpb) and OUT/state/ (optimizer, RNG, data position)
-    for an exact --resume. Ctrl-C saves a checkpoint and exits with status 130. Runs
-    data-parallel under torchrun, e.g.:
-
-      lmlab data prepare --corpus shakespeare --tokenizer char --out data/shk
-      lmlab pretrain --model llama-tiny --data data/shk --out runs/tiny --block-size 128 --max-steps 300
-      torchrun --standalone --nproc-per-node 2 -m lmlab.cli pretrain ... (same options)
+    Builds the model (a preset, ``--init`` weights, or the run's own on ``--resume``), runs the
+    one :class:`~lmlab.train.loop.Trainer` and writes the run folder (see ``lmlab pretrain
+    --help`` for its files). Under torchrun every rank calls this; only rank 0 writes.
     """
     import torch
 
