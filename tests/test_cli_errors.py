@@ -7,6 +7,7 @@ run in the CLI's own process before :func:`lmlab.cli.main` (see :func:`run_patch
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from lmlab.cli import main
+from tests.conftest import prepare_word_soup, run_cli
 
 TINY = ["--model", "llama-tiny", "--d-model", "32", "--n-layer", "1", "--block-size", "16",
         "--batch-size", "4", "--precision", "fp32", "--device", "cpu", "--no-progress", "--warmup-steps", "2",
@@ -86,3 +90,50 @@ def test_debug_shows_the_traceback(case, where):
 def test_ctrl_c_is_130():
     r = run_patched(FAILING.format(error="KeyboardInterrupt"), "corpora")
     assert r.returncode == 130 and r.stderr == "interrupted\n"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> dict[str, Path]:
+    """Prepared data, a 4-step run (not at the defaults for log-interval and grad-clip) and bad inputs."""
+    root = tmp_path_factory.mktemp("cli-errors")
+    data = prepare_word_soup(root)
+    run = root / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LMLAB_PEAK_FLOPS", "1e11")
+    try:
+        assert main(["pretrain", *TINY, "--data", str(data), "--out", str(run), "--max-steps", "4",
+                     "--log-interval", "1", "--grad-clip", "0.5"]) == 0
+    finally:
+        mp.undo()
+    (root / "empty").mkdir()
+    (root / "latin1.txt").write_bytes("the fox\ncaf\u00e9 au lait\n".encode("latin-1"))
+    (root / "hf").mkdir()
+    hf_config = {"model_type": "llama", "vocab_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "intermediate_size": 64}  # no hidden_size
+    (root / "hf" / "config.json").write_text(json.dumps(hf_config))
+    return {"root": root, "data": data, "run": run, "corpus": root / "corpus.txt", "empty": root / "empty",
+            "latin1": root / "latin1.txt", "hf": root / "hf"}
+
+
+BAD_INPUT = {
+    "tokenizer file missing": (
+        "data prepare --corpus {corpus} --tokenizer char --out {root}/p1 --tokenizer-file {root}/nope.json",
+        "--tokenizer-file {root}/nope.json does not exist"),
+    "tokenizer file is a folder": (
+        "data prepare --corpus {corpus} --tokenizer char --out {root}/p2 --tokenizer-file {empty}",
+        "is a folder without a tokenizer.json"),
+    "eval batch size 0": ("eval --ckpt {run} --data {data} --batch-size 0",
+                          "--batch-size must be at least 1, got 0"),
+    "prompt file not UTF-8": ("generate --ckpt {run} --prompt-file {latin1} --max-new-tokens 2",
+                              "is not UTF-8 text (byte 0xe9 on line 2); re-save it as UTF-8"),
+    "HF config.json without hidden_size": ("import hf --src {hf} --out {root}/imported",
+                                           "config.json of this llama model lacks hidden_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_naming_the_fix(case, work):
+    args, needle = (s.format(**work) for s in BAD_INPUT[case])
+    line = one_error_line(run_cli(*args.split(), env=ENV))
+    assert needle in line
+    assert not (work["root"] / "imported").exists()

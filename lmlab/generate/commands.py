@@ -61,7 +61,14 @@ def run(cfg: GenerateConfig) -> None:
     if cfg.prompt_file is not None:
         if not Path(cfg.prompt_file).is_file():
             raise LmlabError(f"prompt file {cfg.prompt_file} does not exist; check --prompt-file")
-        prompts = [line for line in Path(cfg.prompt_file).read_text(encoding="utf-8").splitlines() if line]
+        try:
+            text = Path(cfg.prompt_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            where = f"byte 0x{e.object[e.start]:02x} on line {line}"
+            raise LmlabError(f"prompt file {cfg.prompt_file} is not UTF-8 text ({where}); re-save it as "
+                             "UTF-8, e.g. with iconv -f latin1 -t utf-8") from None
+        prompts = [line for line in text.splitlines() if line]
         if not prompts:
             raise LmlabError(f"{cfg.prompt_file} holds no prompts; write one prompt per line")
     else:
