@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.cli import main
+from lmlab.train import checkpoint as ckpt
 from tests.conftest import prepare_word_soup, run_cli
 
 TINY = ["--model", "llama-tiny", "--d-model", "32", "--n-layer", "1", "--block-size", "16",
@@ -137,3 +138,49 @@ def test_bad_input_is_one_line_naming_the_fix(case, work):
     line = one_error_line(run_cli(*args.split(), env=ENV))
     assert needle in line
     assert not (work["root"] / "imported").exists()
+
+
+# How the checkpoint writers fail: after writing part of the file, like a disk filling up.
+DISK_FULL = """
+    import errno, {module}
+    real = {module}.{func}
+    calls = {{"n": 0}}
+    def full(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] < {fail_at}:
+            return real(obj, path, *a, **k)
+        with open(path, "wb") as f:
+            f.write(b"x" * 1000)
+        raise {error}
+    {module}.{func} = full
+"""
+ENOSPC = 'OSError(errno.ENOSPC, "No space left on device")'
+
+
+@pytest.mark.parametrize("module, func, error, why", [
+    ("safetensors.torch", "save_file", ENOSPC, "(No space left on device)"),
+    ("torch", "save", 'RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")',
+     "(RuntimeError: PytorchStreamWriter failed writing file data/0"),
+])
+def test_full_disk_keeps_the_last_checkpoint(module, func, error, why, work, tmp_path):
+    out = tmp_path / "run"
+    setup = DISK_FULL.format(module=module, func=func, fail_at=2, error=error)
+    r = run_patched(setup, "pretrain", *TINY, "--data", work["data"], "--out", out, "--max-steps", "8",
+                    "--save-interval", "4")
+    line = one_error_line(r)
+    assert f"could not save the step-8 checkpoint in {out / 'state'} {why}" in line
+    assert "it needs about" in line and " free;" in line
+    assert "the checkpoint of step 4 is kept intact; free space and continue with --resume" in line
+    assert not list((out / "state").glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert ckpt.load_checkpoint(out).step == 4  # complete: sizes and checksums verified
+    assert run_cli("pretrain", "--out", out, "--resume", "--max-steps", "8", env=ENV).returncode == 0
+    assert ckpt.latest_step(out) == 8
+
+
+def test_full_disk_at_the_first_save_leaves_no_run_folder(work, tmp_path):
+    out = tmp_path / "runs" / "new"
+    setup = DISK_FULL.format(module="safetensors.torch", func="save_file", fail_at=1, error=ENOSPC)
+    r = run_patched(setup, "pretrain", *TINY, "--data", work["data"], "--out", out, "--max-steps", "2")
+    line = one_error_line(r)
+    assert "could not save the step-2 checkpoint" in line and "no earlier checkpoint exists" in line
+    assert not out.exists() and (tmp_path / "runs").is_dir()

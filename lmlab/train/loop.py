@@ -206,6 +206,7 @@ class Trainer:
                 else:
                     self.write_weights(raw, path)
 
+            tensors = state if state is not None else raw.state_dict()
             try:
                 ckpt.save_checkpoint(
                     self.out_dir,
@@ -213,6 +214,8 @@ class Trainer:
                     write_weights=write,
                     optimizer_state=opt_state,
                     trainer_state=trainer_state,
+                    weights_bytes=sum(t.numel() * t.element_size() for t in tensors.values()
+                                      if isinstance(t, torch.Tensor)),
                 )
             except LmlabError as e:
                 error = str(e)

@@ -211,7 +211,9 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     Writes OUT/config.yaml (resolved, with the full model config in model_args),
     OUT/model.safetensors, OUT/tokenizer.json, OUT/metrics.jsonl (step, loss, lr, tokens,
     tokens_per_s, mfu, val_loss, val_bpb) and OUT/state/ (optimizer, RNG, data position)
-    for an exact --resume. Ctrl-C saves a checkpoint and exits with status 130. Runs
+    for an exact --resume. Ctrl-C saves a checkpoint and exits with status 130. A failed
+    save (disk full) raises LmlabError and keeps the last complete checkpoint; a new run that
+    fails before its first checkpoint removes the run folder it created. Runs
     data-parallel under torchrun, e.g.:
 
       lmlab data prepare --corpus shakespeare --tokenizer char --out data/shk
@@ -247,6 +249,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
 
     data = load_prepared(cfg.data)
     device = resolve_device(cfg.device)
+    created = not out.exists()
     ctx = D.init_distributed(device)
     device = ctx.device
     try:
@@ -346,6 +349,12 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
                 shutil.rmtree(out / ckpt.STATE_DIR)
         D.barrier(ctx)
         result = trainer.fit(resume=cfg.resume)
+    except Exception:
+        # A new run that failed before its first checkpoint (e.g. a full disk) leaves nothing to resume:
+        # remove the folder it made rather than leave a half-made run behind.
+        if created and ctx.is_main and not (out / ckpt.STATE_DIR / ckpt.LATEST).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         D.shutdown(ctx, wait_for_peers=sys.exc_info()[0] is None)
     rec = result.last_record
