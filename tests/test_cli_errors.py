@@ -140,6 +140,23 @@ def test_bad_input_is_one_line_naming_the_fix(case, work):
     assert not (work["root"] / "imported").exists()
 
 
+def test_compile_failure_in_the_first_step_is_one_line(work, tmp_path):
+    out = tmp_path / "run"
+    setup = """
+        import torch
+        real_compile = torch.compile
+        def broken(gm, example_inputs):
+            raise RuntimeError("no working C++ compiler (forced by the test)")
+        torch.compile = lambda model, **kw: real_compile(model, backend=broken)
+    """
+    r = run_patched(setup, "pretrain", *TINY, "--data", work["data"], "--out", out, "--max-steps", "2",
+                    "--compile")
+    line = one_error_line(r)
+    assert "--compile failed (RuntimeError: no working C++ compiler (forced by the test))" in line
+    assert "drop --compile" in line
+    assert not out.exists()  # a new run that never saved leaves no folder behind
+
+
 # How the checkpoint writers fail: after writing part of the file, like a disk filling up.
 DISK_FULL = """
     import errno, {module}
