@@ -8,6 +8,8 @@ contributes its fields as flags of their own names (``--lr``); in YAML they may 
 flat (``lr: 3e-4``) or under the group's name (``optim: {lr: 3e-4}``), and the resolved
 config is saved nested. ``--print-config`` prints the resolved config
 as YAML and exits; :func:`save_config` writes it beside a command's outputs.
+:func:`explicit_options` tells which options a config's flags or YAML gave, so a resumed
+run can inherit only the others.
 
 We use a small argparse layer instead of jsonargparse because it keeps ``lmlab --help``
 free of heavy imports (each command module is imported only when that command runs),
@@ -33,6 +35,8 @@ T = TypeVar("T")
 # The one precision type: auto = bf16 autocast where the hardware has it, else fp32.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _MISSING = dataclasses.MISSING
+# Set on configs made by build_config: the names (group members flat) of the options it was given.
+_EXPLICIT = "_lmlab_explicit"
 
 
 def arg(default: Any = _MISSING, help: str = "", *, positional: bool = False) -> Any:
@@ -192,6 +196,7 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
     member_of = {sub.name: g for g, g_cls in groups.items() for sub in dataclasses.fields(g_cls)}
     kwargs: dict[str, Any] = {}
     group_values: dict[str, dict[str, Any]] = {g: {} for g in groups}
+    explicit: set[str] = set()
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name in groups:
@@ -201,6 +206,7 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
             group_values[name].update({str(k).replace("-", "_"): v for k, v in value.items()})
         elif name in fields:
             kwargs[name] = coerce(value, hints[name], name.replace("_", "-"))
+            explicit.add(name)
         elif name in member_of:
             group_values[member_of[name]][name] = value
         else:
@@ -210,11 +216,24 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
         if given:
             base = to_dict(_default(fields[g]))
             kwargs[g] = build_config(groups[g], {**base, **given})
-    return cfg_cls(**kwargs)
+            explicit.update(given)
+    cfg = cfg_cls(**kwargs)
+    object.__setattr__(cfg, _EXPLICIT, frozenset(explicit))
+    return cfg
+
+
+def explicit_options(cfg: Any) -> frozenset[str] | None:
+    """Return the names of the options the flags or YAML of ``cfg`` gave (group members by their own
+    names), even those given their default value; None for a config not made by :func:`build_config`
+    (e.g. constructed in code), whose explicit options are unknown."""
+    return getattr(cfg, _EXPLICIT, None)
 
 
 def parse_config(cfg_cls: type[T], ns: argparse.Namespace) -> T:
-    """Resolve a config from parsed args: defaults < ``--config`` YAML < flags."""
+    """Resolve a config from parsed args: defaults < ``--config`` YAML < flags.
+
+    The options given by the YAML file or the flags are recorded: see :func:`explicit_options`.
+    """
     values: dict[str, Any] = {}
     if getattr(ns, "config", None):
         values.update({str(k).replace("-", "_"): v for k, v in load_yaml(ns.config).items()})

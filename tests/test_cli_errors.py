@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmlab.cli import main
 from lmlab.train import checkpoint as ckpt
+from lmlab.train.log import read_metrics
 from tests.conftest import prepare_word_soup, run_cli
 
 TINY = ["--model", "llama-tiny", "--d-model", "32", "--n-layer", "1", "--block-size", "16",
@@ -201,3 +204,44 @@ def test_full_disk_at_the_first_save_leaves_no_run_folder(work, tmp_path):
     line = one_error_line(r)
     assert "could not save the step-2 checkpoint" in line and "no earlier checkpoint exists" in line
     assert not out.exists() and (tmp_path / "runs").is_dir()
+
+
+def test_resume_drops_a_half_written_metrics_line_with_a_warning(work, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(work["run"], out)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 5, "loss": 2.7')  # the process died mid-write
+    r = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "6", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    [warning] = r.stderr.splitlines()
+    assert warning.startswith("warning: ") and "half-written last line" in warning
+    assert [rec["step"] for rec in read_metrics(out)] == list(range(1, 7))
+
+
+def test_resume_keeps_options_given_explicitly_even_at_their_defaults(work, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(work["run"], out)
+    (tmp_path / "c.yaml").write_text("grad_clip: 1.0\n")  # the default, given in YAML
+    r = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", "--log-interval", "10",
+                "--config", tmp_path / "c.yaml", env=ENV)
+    assert r.returncode == 0, r.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["log_interval"] == 10 and saved["optim"]["grad_clip"] == 1.0
+    assert saved["d_model"] == 32 and saved["batch_size"] == 4  # not given: the run's own
+    # a resumed run keeps options it was not given...
+    r = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "6", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((out / "config.yaml").read_text())["log_interval"] == 10
+
+
+def test_no_fsdp_resumes_an_fsdp_run(work, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(work["run"], out)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**config, "fsdp": True}))  # as if run under torchrun
+    line = one_error_line(run_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", env=ENV))
+    assert "--fsdp needs several processes" in line  # inherited: --fsdp is the run's setting
+    r = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", "--no-fsdp", env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert ckpt.latest_step(out) == 5

@@ -113,3 +113,24 @@ def test_option_groups_flat_nested_flags_and_saved_nested(tmp_path):
     assert load_yaml(tmp_path / "saved.yaml")["optim"] == {"lr": 0.125, "warmup": 3}
     assert build_config(WithGroup, load_yaml(tmp_path / "saved.yaml")) == cfg
     assert WithGroup().optim is not WithGroup().optim  # each config gets its own group
+
+
+def _parse(cls: type, *argv: str):
+    import argparse
+
+    from lmlab.config import add_config_arguments, parse_config
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls)
+    return parse_config(cls, parser.parse_args(list(argv)))
+
+
+def test_explicit_options_are_recorded_even_at_their_defaults(tmp_path):
+    from lmlab.config import explicit_options
+
+    (tmp_path / "c.yaml").write_text("optim: {warmup: 100}\n")
+    cfg = _parse(WithGroup, "--steps", "10", "--config", str(tmp_path / "c.yaml"))
+    assert cfg == WithGroup()
+    assert explicit_options(cfg) == {"steps", "warmup"}
+    assert explicit_options(_parse(WithGroup)) == frozenset()
+    assert explicit_options(WithGroup()) is None  # made in code: unknown

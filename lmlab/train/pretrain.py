@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lmlab.config import Precision, arg, build_config, load_yaml, save_config
+from lmlab.config import Precision, arg, build_config, explicit_options, load_yaml, save_config
 from lmlab.errors import LmlabError
 from lmlab.loader import check_same_tokenizer
 from lmlab.train.options import OptimOptions
@@ -44,8 +44,8 @@ class PretrainConfig:
     )
     resume: bool = arg(
         False,
-        "continue the run in --out from its latest checkpoint; options left at "
-        "their defaults take the run's saved values",
+        "continue the run in --out from its latest checkpoint; options not given (by flag or "
+        "--config) take the run's saved values",
     )
     overwrite: bool = arg(False, "start a new run in an --out that already holds one")
     # model shape (None: the preset's value)
@@ -134,23 +134,34 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 
 def _inherit_saved(cfg: PretrainConfig) -> PretrainConfig:
-    """On --resume, fill options left at their defaults from the run's saved config.yaml."""
+    """On --resume, take the options not given (by flag or YAML) from the run's saved config.yaml.
+
+    An option given explicitly is kept even when it equals the default (``--no-fsdp`` resumes an
+    ``--fsdp`` run without FSDP). For a config made in code, whose explicit options are unknown,
+    the options still at their defaults are inherited.
+    """
     path = Path(cfg.out) / "config.yaml"
     if not path.is_file():
         return cfg
-    return _inherit(cfg, build_config(PretrainConfig, load_yaml(path)), PretrainConfig())
+    saved = build_config(PretrainConfig, load_yaml(path))
+    return _inherit(cfg, saved, PretrainConfig(), explicit_options(cfg))
 
 
-def _inherit(cfg: Any, saved: Any, defaults: Any) -> Any:
-    """Return ``cfg`` with each field still at its default replaced by the saved one (groups per field)."""
+def _inherit(cfg: Any, saved: Any, defaults: Any, explicit: frozenset[str] | None) -> Any:
+    """Return ``cfg`` with each field not given explicitly replaced by the saved one (groups per field).
+
+    ``explicit`` None: a field counts as given when it differs from its default.
+    """
     changes = {}
     for f in dataclasses.fields(cfg):
         value, default = getattr(cfg, f.name), getattr(defaults, f.name)
         if f.name in NOT_INHERITED:
             continue
         if dataclasses.is_dataclass(value):
-            changes[f.name] = _inherit(value, getattr(saved, f.name), default)
-        elif value == default:
+            changes[f.name] = _inherit(value, getattr(saved, f.name), default, explicit)
+            continue
+        given = value != default if explicit is None else f.name in explicit
+        if not given:
             changes[f.name] = getattr(saved, f.name)
     return dataclasses.replace(cfg, **changes)
 
