@@ -245,3 +245,24 @@ def test_no_fsdp_resumes_an_fsdp_run(work, tmp_path):
     r = run_cli("pretrain", "--out", out, "--resume", "--max-steps", "5", "--no-fsdp", env=ENV)
     assert r.returncode == 0, r.stderr
     assert ckpt.latest_step(out) == 5
+
+
+def test_list_values_with_commas_survive_parsing(cli):
+    r = cli("pretrain", "--model-args", 'rope_scaling={"rope_type":"linear","factor":2.0},rope_theta=20000',
+            "--model-args", "norm_eps=1e-5", "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["model_args"] == [
+        'rope_scaling={"rope_type":"linear","factor":2.0}', "rope_theta=20000", "norm_eps=1e-5"]
+    r = cli("generate", "--stop", r"Yours\, truly,THE END", "--stop", "\\n\\n", "--print-config")
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["stop"] == ["Yours, truly", "THE END", "\\n\\n"]
+
+
+def test_model_args_with_commas_reach_the_model(work, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("pretrain", *TINY, "--data", work["data"], "--out", out, "--max-steps", "1",
+                "--model-args", 'rope_scaling={"rope_type":"linear","factor":2.0},rope_theta=20000', env=ENV)
+    assert r.returncode == 0, r.stderr
+    model_config = ckpt.load_checkpoint(out).trainer_state["model_config"]
+    assert model_config["rope_scaling"] == {"rope_type": "linear", "factor": 2.0}
+    assert model_config["rope_theta"] == 20000

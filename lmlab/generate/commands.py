@@ -21,7 +21,8 @@ class GenerateConfig:
     top_k: int | None = arg(200, "sample among the k most likely tokens (none: all)")
     top_p: float | None = arg(None, "sample among the most likely tokens holding this probability mass")
     repetition_penalty: float = arg(1.0, "divide the logits of tokens already present by this (1: off)")
-    stop: list[str] = arg([], "stop strings, comma-separated; \\n is a newline")
+    stop: list[str] = arg([], "stop strings, comma-separated; \\, is a comma, \\n a newline, \\t a tab; "
+                              "repeat the flag to add more (--stop '\\n\\n' --stop 'THE END')")
     seed: int | None = arg(None, "random seed for reproducible sampling")
     truncate: bool = arg(False, "keep the end of a prompt that is too long for a Transformer's context "
                                 "(recurrent LMs, ELMo and the NPLM have no limit)")

@@ -58,7 +58,10 @@ class PretrainConfig:
     dropout: float | None = arg(None, "dropout probability (default: the preset's)")
     model_args: list[str] = arg(
         [],
-        "other model config fields as KEY=VALUE (YAML values), e.g. rope_theta=500000,tie_embeddings=false",
+        "other model config fields as KEY=VALUE (JSON or YAML values), comma-separated, e.g. "
+        "rope_theta=500000,tie_embeddings=false; a comma splits only before the next KEY=, so "
+        "rope_scaling={\"factor\":8,\"rope_type\":\"llama3\"} is one item (the flag may also be repeated)",
+        key_values=True,
     )
     # batches and optimisation
     block_size: int | None = arg(
