@@ -10,9 +10,13 @@ module (or torch) until that command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import inspect
+import os
 import sys
+import traceback
 import typing
 from collections.abc import Callable
 
@@ -66,6 +70,7 @@ def _print_overview(prefix: str = "") -> None:
     print("commands:")
     for w in words:
         print(f"  {w:<{width}}{COMMANDS[w][1]}")
+    print("\n--debug (anywhere on the command line, or LMLAB_DEBUG=1) prints the traceback of an error")
 
 
 def _match(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -77,9 +82,40 @@ def _match(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
+def _debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """Take ``--debug`` out of ``argv`` wherever it stands (before a ``--``); also on with LMLAB_DEBUG=1."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return debug or os.environ.get("LMLAB_DEBUG", "") not in ("", "0"), rest
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for an OSError: what failed, on which file, and what to do."""
+    where = f" ({e.filename})" if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    if e.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free disk space or write elsewhere, then run again"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}{where}; check the path and its permissions, or write elsewhere"
+    return f"{type(e).__name__}: {what}{where}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """The first non-empty line of ``text``, cut to ``limit`` characters."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the lmlab CLI on ``argv``; return the process exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the lmlab CLI on ``argv``; return the process exit status.
+
+    Errors reach the user as one line on stderr: ``error: ...`` with status 2 for an
+    :class:`LmlabError` (bad input, named with its fix), status 1 for an OSError (disk full,
+    permission denied) or an unexpected exception; Ctrl-C gives 130. ``--debug`` anywhere on
+    the command line (or LMLAB_DEBUG=1) also prints the traceback.
+    """
+    debug, argv = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
         _print_overview()
         return 0
@@ -100,7 +136,32 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"error: unknown command {argv[0]!r}; see 'lmlab --help'", file=sys.stderr)
         return 2
+    error: BaseException
+    try:
+        return _run(name, rest)
+    except LmlabError as e:
+        error, code, line = e, 2, f"error: {e}"
+    except KeyboardInterrupt as e:
+        error, code, line = e, 130, "interrupted"
+    except BrokenPipeError:
+        # the reader of stdout went away (lmlab ... | head): nothing more to say to it
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        error, code, line = e, 1, f"error: {_os_error_line(e)}"
+    except Exception as e:
+        error, code, line = e, 1, f"error: {type(e).__name__}: {_one_line(str(e))}"
+        if not debug:
+            line += " (run again with --debug for the traceback)"
+    if debug and code != 130:
+        traceback.print_exception(error)
+    print(line, file=sys.stderr)
+    return code
 
+
+def _run(name: str, rest: list[str]) -> int:
+    """Parse the options of command ``name`` and run it; return its exit status."""
     func = _load(COMMANDS[name][0])
     first = next(iter(inspect.signature(func).parameters))
     cfg_cls = typing.get_type_hints(func)[first]
@@ -108,22 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         prog=f"lmlab {name}",
         description=inspect.getdoc(func),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--debug (anywhere on the command line) prints the traceback of an error",
     )
     add_config_arguments(parser, cfg_cls)
     ns = parser.parse_args(rest)
-    try:
-        cfg = parse_config(cfg_cls, ns)
-        if ns.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
-        result = func(cfg)
-    except LmlabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+    cfg = parse_config(cfg_cls, ns)
+    if ns.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    return int(func(cfg) or 0)
 
 
 def entrypoint() -> None:

@@ -9,6 +9,12 @@ flat (``lr: 3e-4``) or under the group's name (``optim: {lr: 3e-4}``), and the r
 config is saved nested. ``--print-config`` prints the resolved config
 as YAML and exits; :func:`save_config` writes it beside a command's outputs.
 
+A list option takes comma-separated items (``--stop a,b``); ``\\,`` is a literal comma and
+the flag may be repeated (``--stop 'a,b' --stop c`` adds items). A ``key_values`` list such
+as ``--model-args`` splits only at commas that begin a new ``KEY=`` item, so a value may hold
+commas (``layers=[1,2],name=x``). :func:`explicit_options` tells which options a config's
+flags or YAML gave, so a resumed run can inherit only the others.
+
 We use a small argparse layer instead of jsonargparse because it keeps ``lmlab --help``
 free of heavy imports (each command module is imported only when that command runs),
 spells flags with dashes (``--print-config``), and is all a flat config needs.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -33,15 +40,22 @@ T = TypeVar("T")
 # The one precision type: auto = bf16 autocast where the hardware has it, else fp32.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 _MISSING = dataclasses.MISSING
+# Set on configs made by build_config: the names (group members flat) of the options it was given.
+_EXPLICIT = "_lmlab_explicit"
+# A comma that begins a new KEY=VALUE item (a key is a Python-style name, perhaps dotted).
+_ITEM_START = re.compile(r"\s*[A-Za-z_][\w.-]*\s*=")
 
 
-def arg(default: Any = _MISSING, help: str = "", *, positional: bool = False) -> Any:
+def arg(default: Any = _MISSING, help: str = "", *, positional: bool = False,
+        key_values: bool = False) -> Any:
     """Declare a config field with its help text.
 
     Returns a ``dataclasses.field``. Mutable defaults (lists, dicts) are copied per
     instance. ``positional=True`` makes the field a positional argument on the CLI.
+    ``key_values=True`` (a list of KEY=VALUE items) splits a string only at commas that
+    begin a new ``KEY=`` item, so values may contain commas.
     """
-    meta = {"help": help, "positional": positional}
+    meta = {"help": help, "positional": positional, "key_values": key_values}
     if dataclasses.is_dataclass(default) and not isinstance(default, type):
         return dataclasses.field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -59,9 +73,33 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def coerce(value: Any, tp: Any, name: str) -> Any:
+def split_items(text: str, key_values: bool = False) -> list[str]:
+    """Split a list option's string into items at commas; ``\\,`` is a literal comma.
+
+    With ``key_values`` only a comma followed by ``KEY=`` starts a new item, so
+    ``"a=[1,2],b=x,y"`` gives ``["a=[1,2]", "b=x,y"]``. Blank items are dropped.
+    """
+    items, current, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and text.startswith(",", i + 1):
+            current.append(",")
+            i += 2
+            continue
+        if c == "," and (not key_values or _ITEM_START.match(text, i + 1)):
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def coerce(value: Any, tp: Any, name: str, *, key_values: bool = False) -> Any:
     """Convert ``value`` (a CLI string or a YAML scalar/list) to the annotated type ``tp``.
 
+    A string for a list type is split by :func:`split_items` (``key_values`` as there).
     Raises LmlabError naming the field when the value does not fit.
     """
     inner, optional = _unwrap_optional(tp)
@@ -79,7 +117,7 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         if origin in (list, tuple):
             (item_tp, *_) = typing.get_args(inner) or (str,)
             if isinstance(value, str):
-                value = [v for v in value.split(",") if v.strip() != ""]
+                value = split_items(value, key_values)
             return [coerce(v.strip() if isinstance(v, str) else v, item_tp, name) for v in value]
         if inner is bool:
             if isinstance(value, bool):
@@ -130,6 +168,19 @@ def _is_group(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+class _ListAction(argparse.Action):
+    """Store a list option: split each occurrence into items and add them to those of earlier ones."""
+
+    def __init__(self, *args: Any, key_values: bool = False, **kwargs: Any):
+        self.key_values = key_values
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        setattr(namespace, self.dest, items + split_items(str(values), self.key_values))
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cfg_cls: type, *, with_config: bool = True,
                          defaults: Any = None) -> None:
     """Add one flag per dataclass field of ``cfg_cls`` (an options group's fields flat, with the
@@ -153,6 +204,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cfg_cls: type, *, with
             parser.add_argument(f.name, nargs="?", metavar=f.name.upper(), **kwargs)
         elif inner is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(inner) in (list, tuple):
+            parser.add_argument(_flag(f.name), dest=f.name, metavar=f.name.upper(), action=_ListAction,
+                                key_values=f.metadata.get("key_values", False), **kwargs)
         else:
             metavar = f.name.upper() if "choices" not in kwargs else None
             parser.add_argument(_flag(f.name), dest=f.name, metavar=metavar, **kwargs)
@@ -192,6 +246,7 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
     member_of = {sub.name: g for g, g_cls in groups.items() for sub in dataclasses.fields(g_cls)}
     kwargs: dict[str, Any] = {}
     group_values: dict[str, dict[str, Any]] = {g: {} for g in groups}
+    explicit: set[str] = set()
     for key, value in values.items():
         name = str(key).replace("-", "_")
         if name in groups:
@@ -200,7 +255,9 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
                                  f"{key}: {{{next(iter(member_of))}: ...}}")
             group_values[name].update({str(k).replace("-", "_"): v for k, v in value.items()})
         elif name in fields:
-            kwargs[name] = coerce(value, hints[name], name.replace("_", "-"))
+            kwargs[name] = coerce(value, hints[name], name.replace("_", "-"),
+                                  key_values=fields[name].metadata.get("key_values", False))
+            explicit.add(name)
         elif name in member_of:
             group_values[member_of[name]][name] = value
         else:
@@ -210,11 +267,24 @@ def build_config(cfg_cls: type[T], values: dict[str, Any]) -> T:
         if given:
             base = to_dict(_default(fields[g]))
             kwargs[g] = build_config(groups[g], {**base, **given})
-    return cfg_cls(**kwargs)
+            explicit.update(given)
+    cfg = cfg_cls(**kwargs)
+    object.__setattr__(cfg, _EXPLICIT, frozenset(explicit))
+    return cfg
+
+
+def explicit_options(cfg: Any) -> frozenset[str] | None:
+    """Return the names of the options the flags or YAML of ``cfg`` gave (group members by their own
+    names), even those given their default value; None for a config not made by :func:`build_config`
+    (e.g. constructed in code), whose explicit options are unknown."""
+    return getattr(cfg, _EXPLICIT, None)
 
 
 def parse_config(cfg_cls: type[T], ns: argparse.Namespace) -> T:
-    """Resolve a config from parsed args: defaults < ``--config`` YAML < flags."""
+    """Resolve a config from parsed args: defaults < ``--config`` YAML < flags.
+
+    The options given by the YAML file or the flags are recorded: see :func:`explicit_options`.
+    """
     values: dict[str, Any] = {}
     if getattr(ns, "config", None):
         values.update({str(k).replace("-", "_"): v for k, v in load_yaml(ns.config).items()})

@@ -113,3 +113,56 @@ def test_option_groups_flat_nested_flags_and_saved_nested(tmp_path):
     assert load_yaml(tmp_path / "saved.yaml")["optim"] == {"lr": 0.125, "warmup": 3}
     assert build_config(WithGroup, load_yaml(tmp_path / "saved.yaml")) == cfg
     assert WithGroup().optim is not WithGroup().optim  # each config gets its own group
+
+
+def _parse(cls: type, *argv: str):
+    import argparse
+
+    from lmlab.config import add_config_arguments, parse_config
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, cls)
+    return parse_config(cls, parser.parse_args(list(argv)))
+
+
+def test_explicit_options_are_recorded_even_at_their_defaults(tmp_path):
+    from lmlab.config import explicit_options
+
+    (tmp_path / "c.yaml").write_text("optim: {warmup: 100}\n")
+    cfg = _parse(WithGroup, "--steps", "10", "--config", str(tmp_path / "c.yaml"))
+    assert cfg == WithGroup()
+    assert explicit_options(cfg) == {"steps", "warmup"}
+    assert explicit_options(_parse(WithGroup)) == frozenset()
+    assert explicit_options(WithGroup()) is None  # made in code: unknown
+
+
+@pytest.mark.parametrize("text, key_values, items", [
+    ("a,b,,c ", False, ["a", "b", "c"]),
+    (r"Yours\, truly,END", False, ["Yours, truly", "END"]),
+    ("", False, []),
+    ('scaling={"factor":8,"type":"linear"},theta=5e5', True,
+     ['scaling={"factor":8,"type":"linear"}', "theta=5e5"]),
+    ("layers=[1,2,3], name=a,b", True, ["layers=[1,2,3]", "name=a,b"]),
+    (r"name=a\,b=c,x=1", True, ["name=a,b=c", "x=1"]),
+])
+def test_split_items(text, key_values, items):
+    from lmlab.config import split_items
+
+    assert split_items(text, key_values) == items
+
+
+@dataclass
+class Lists:
+    stop: list[str] = arg([], "stop strings")
+    model_args: list[str] = arg([], "KEY=VALUE items", key_values=True)
+
+
+def test_list_flags_repeat_escape_and_split_key_values(tmp_path):
+    cfg = _parse(Lists, "--stop", r"a\,b,c", "--stop", "d", "--model-args", "x=[1,2],y=z",
+                 "--model-args", "w=1")
+    assert cfg.stop == ["a,b", "c", "d"]
+    assert cfg.model_args == ["x=[1,2]", "y=z", "w=1"]
+    (tmp_path / "c.yaml").write_text("stop: ['p,q']\nmodel_args: 'k={\"a\": 1, \"b\": 2},j=3'\n")
+    cfg = _parse(Lists, "--config", str(tmp_path / "c.yaml"))
+    assert cfg.stop == ["p,q"]  # a YAML list is taken as it is
+    assert cfg.model_args == ['k={"a": 1, "b": 2}', "j=3"]

@@ -48,7 +48,8 @@ class PrepareConfig:
     out: Path | None = arg(None, "output folder (default: runs/data/<corpus>-<tokenizer><vocab>)")
     val_fraction: float = arg(0.1, "share of documents held out for validation")
     min_frequency: int = arg(2, "minimum count of a merge (bpe) or word (word) to enter the vocab")
-    tokenizer_file: Path | None = arg(None, "use this tokenizer.json instead of training one")
+    tokenizer_file: Path | None = arg(None, "use this tokenizer.json (or a folder holding one) instead of "
+                                          "training one")
     overwrite: bool = arg(False, "replace prepared data made from other inputs in --out")
     json: bool = arg(False, "print the resulting meta as JSON")
 

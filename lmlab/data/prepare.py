@@ -184,6 +184,8 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
     ``tokenizer_file`` reuses an existing tokenizer instead of training one.
     ``extra_files`` (name -> text) are written into the folder too (e.g. config.yaml).
     """
+    if tokenizer_file is not None:
+        tokenizer_file = _tokenizer_path(Path(tokenizer_file))
     corpus = get_corpus(corpus_spec)
     settings = {"tokenizer": kind, "vocab_size": vocab_size, "val_fraction": val_fraction,
                 "min_frequency": min_frequency}
@@ -225,6 +227,19 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta, False
+
+
+def _tokenizer_path(path: Path) -> Path:
+    """The tokenizer.json that ``--tokenizer-file`` names (a file, or a folder holding one)."""
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
+            raise LmlabError(f"--tokenizer-file {path} is a folder without a tokenizer.json; "
+                             "give the path of a tokenizer.json file")
+        return path / "tokenizer.json"
+    if not path.is_file():
+        raise LmlabError(f"--tokenizer-file {path} does not exist; give the path of a tokenizer.json "
+                         "(e.g. one written by 'lmlab tokenizer train')")
+    return path
 
 
 def _swap_into_place(new: Path, out: Path) -> None:

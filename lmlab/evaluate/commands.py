@@ -47,6 +47,11 @@ def evaluate(cfg: EvalConfig) -> int:
 
     if cfg.ckpt is None or cfg.data is None:
         raise LmlabError("eval needs --ckpt RUN (or a model.safetensors) and --data DIR (prepared data)")
+    for name in ("batch_size", "block_size", "max_tokens"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise LmlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}; give a positive "
+                             "number or leave it out for the default")
     data = load_prepared(cfg.data)
     device = resolve_device(cfg.device)
     model = load_model_any(cfg.ckpt, device)

@@ -124,6 +124,9 @@ def evaluate_perplexity(
     The model is put in eval mode and restored to its previous mode afterwards.
     """
     device = torch.device(device)
+    if batch_size < 1 or block_size < 1:
+        raise LmlabError(f"--batch-size and --block-size must be at least 1 (got {batch_size} and "
+                         f"{block_size}); e.g. --batch-size 8")
     if len(tokens) < 2:
         raise LmlabError(f"cannot evaluate on {len(tokens)} tokens; the split needs at least 2")
     model_block = getattr(getattr(model, "config", None), "block_size", None)

@@ -21,7 +21,8 @@ class GenerateConfig:
     top_k: int | None = arg(200, "sample among the k most likely tokens (none: all)")
     top_p: float | None = arg(None, "sample among the most likely tokens holding this probability mass")
     repetition_penalty: float = arg(1.0, "divide the logits of tokens already present by this (1: off)")
-    stop: list[str] = arg([], "stop strings, comma-separated; \\n is a newline")
+    stop: list[str] = arg([], "stop strings, comma-separated; \\, is a comma, \\n a newline, \\t a tab; "
+                              "repeat the flag to add more (--stop '\\n\\n' --stop 'THE END')")
     seed: int | None = arg(None, "random seed for reproducible sampling")
     truncate: bool = arg(False, "keep the end of a prompt that is too long for a Transformer's context "
                                 "(recurrent LMs, ELMo and the NPLM have no limit)")
@@ -61,7 +62,14 @@ def run(cfg: GenerateConfig) -> None:
     if cfg.prompt_file is not None:
         if not Path(cfg.prompt_file).is_file():
             raise LmlabError(f"prompt file {cfg.prompt_file} does not exist; check --prompt-file")
-        prompts = [line for line in Path(cfg.prompt_file).read_text(encoding="utf-8").splitlines() if line]
+        try:
+            text = Path(cfg.prompt_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            where = f"byte 0x{e.object[e.start]:02x} on line {line}"
+            raise LmlabError(f"prompt file {cfg.prompt_file} is not UTF-8 text ({where}); re-save it as "
+                             "UTF-8, e.g. with iconv -f latin1 -t utf-8") from None
+        prompts = [line for line in text.splitlines() if line]
         if not prompts:
             raise LmlabError(f"{cfg.prompt_file} holds no prompts; write one prompt per line")
     else:

@@ -37,8 +37,8 @@ def import_hf(cfg: ImportHfConfig) -> None:
         raise LmlabError("give both --src HF_FOLDER and --out RUN_FOLDER")
     if (Path(cfg.out) / WEIGHTS).exists() and not cfg.overwrite:
         raise LmlabError(f"{cfg.out} already holds a model; pass --overwrite or choose another --out")
-    kind = read_hf_config(cfg.src)["model_type"]
     model = load_hf(cfg.src, parse_dtype(cfg.dtype))
+    kind = read_hf_config(cfg.src)["model_type"]  # load_hf refused a config.json without a known one
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / WEIGHTS)

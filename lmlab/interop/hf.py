@@ -25,6 +25,11 @@ from lmlab.models.decoder import Decoder, DecoderConfig
 from lmlab.models.io import load_state
 
 SUPPORTED = ("llama", "gpt2")
+# config.json keys without which a model's shape is unknown (whole numbers, at least 1)
+REQUIRED_KEYS = {
+    "llama": ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size"),
+    "gpt2": ("vocab_size", "n_layer", "n_head", "n_embd"),
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
@@ -36,9 +41,25 @@ def read_hf_config(src: str | os.PathLike) -> dict[str, Any]:
         raise LmlabError(f"no config.json in {src}; give a Hugging Face model folder "
                          "(saved with save_pretrained)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LmlabError(f"{path} is not valid JSON ({e}); re-download or re-save the model") from None
+    if not isinstance(hf, dict):
+        raise LmlabError(f"{path} must hold a JSON object of settings; re-download or re-save the model")
+    return hf
+
+
+def _check_required(hf: dict[str, Any], kind: str) -> None:
+    """Raise LmlabError naming the shape keys of a ``kind`` config.json that are missing or not counts."""
+    missing = [k for k in REQUIRED_KEYS[kind] if k not in hf]
+    if missing:
+        raise LmlabError(f"config.json of this {kind} model lacks {', '.join(missing)}; add "
+                         f"{'it' if len(missing) == 1 else 'them'} (see the model card) or re-save the "
+                         "model with save_pretrained")
+    for k in REQUIRED_KEYS[kind]:
+        if isinstance(hf[k], bool) or not isinstance(hf[k], int) or hf[k] < 1:
+            raise LmlabError(f"config.json of this {kind} model has {k}={hf[k]!r}; it must be a whole "
+                             "number of at least 1; fix config.json or re-save the model")
 
 
 def read_hf_weights(src: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -93,6 +114,8 @@ def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
     """Return the :class:`DecoderConfig` equivalent to a Hugging Face ``config.json`` dict."""
     kind = hf.get("model_type")
+    if kind in REQUIRED_KEYS:
+        _check_required(hf, kind)
     if kind == "llama":
         if hf.get("hidden_act", "silu") != "silu":
             raise LmlabError(f"LLaMA with hidden_act={hf['hidden_act']!r} is not supported; only silu is")

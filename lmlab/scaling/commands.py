@@ -177,8 +177,9 @@ class FlopsConfig:
                                   "or a run folder / model.safetensors")
     seq_len: int | None = arg(None, "context length T the FLOPs are counted at (default: the model's "
                                     "block size)")
-    model_args: list[str] = arg([], "model config overrides as KEY=VALUE (YAML values), "
-                                    "e.g. vocab_size=32000,n_kv_heads=2")
+    model_args: list[str] = arg([], "model config overrides as KEY=VALUE (JSON or YAML values), "
+                                    "e.g. vocab_size=32000,n_kv_heads=2; a comma splits only before "
+                                    "the next KEY=, so values may hold commas", key_values=True)
     tokens_per_s: float | None = arg(None, "measured training throughput in tokens/s (over all devices); "
                                            "with --peak-flops gives the MFU")
     peak_flops: str | None = arg(None, "peak FLOP/s of one device: a number (e.g. 989e12) or a name: "

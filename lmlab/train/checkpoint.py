@@ -15,6 +15,7 @@ Loading checks sizes and SHA-256 sums, so a damaged file is reported, never sile
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -104,6 +105,10 @@ def latest_step(run_dir: str | os.PathLike) -> int | None:
         raise LmlabError(f"{path} is damaged; delete {path.parent} to start over, or restore it") from None
 
 
+class SaveError(LmlabError):
+    """A checkpoint could not be written; what was half-written is removed and the previous one kept."""
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -111,12 +116,16 @@ def save_checkpoint(
     write_weights: Callable[[Path], None],
     optimizer_state: dict,
     trainer_state: dict[str, Any],
+    weights_bytes: int | None = None,
 ) -> Path:
     """Write a checkpoint for ``step`` into ``run_dir``; return its folder.
 
-    ``write_weights(path)`` writes the model weights (safetensors) to ``path``. Raises
-    LmlabError if writing fails (disk full, permissions); the previous checkpoint and
-    ``RUN/model.safetensors`` are then unchanged.
+    ``write_weights(path)`` writes the model weights (safetensors) to ``path``; ``weights_bytes``
+    (their size, if known) goes into the estimate of the space a save needs. Raises
+    :class:`SaveError` if writing fails in any way (disk full, permissions, an error of the
+    weights or optimizer writer), naming the step of the checkpoint kept and the space needed;
+    the half-written folder is removed, and the previous checkpoint and ``RUN/model.safetensors``
+    are unchanged.
     """
     run_dir = Path(run_dir)
     state_dir = run_dir / STATE_DIR
@@ -136,22 +145,17 @@ def save_checkpoint(
             files[f] = {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
         os.replace(tmp, folder)
         write_json(state_dir / LATEST, {"step": step, "dir": name, "files": files})
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
-        kept = (
-            f"the checkpoint of step {previous} is intact"
-            if previous is not None
-            else "no checkpoint was kept"
-        )
-        raise LmlabError(
-            f"could not save the step-{step} checkpoint in {state_dir} ({e.strerror or e}); "
-            f"{kept}; free disk space or fix permissions and resume with --resume"
-        ) from None
+        if not isinstance(e, Exception):  # Ctrl-C, SystemExit: cleaned up, carry on stopping
+            raise
+        needed = (weights_bytes or 0) + _tensor_bytes(optimizer_state) + (1 << 16)
+        raise SaveError(_save_failed(e, step, state_dir, previous, needed)) from None
     try:
         _publish_weights(folder / WEIGHTS, run_dir / WEIGHTS)
     except OSError as e:
-        raise LmlabError(
+        raise SaveError(
             f"saved the step-{step} checkpoint in {folder} but could not update "
             f"{run_dir / WEIGHTS} ({e.strerror or e}); free disk space and resume with --resume"
         ) from None
@@ -162,6 +166,43 @@ def save_checkpoint(
     for stale in [*state_dir.glob(f".{LATEST}.*.tmp"), *run_dir.glob(f".{WEIGHTS}.*.tmp")]:
         stale.unlink(missing_ok=True)
     return folder
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Total bytes of the tensors in a nested dict/list (an optimizer state)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _save_failed(e: Exception, step: int, state_dir: Path, previous: int | None, needed: int) -> str:
+    """The one-line message of a failed save: why, the space it needs, what is kept, what to do."""
+    if isinstance(e, OSError):
+        why = e.strerror or str(e)
+    else:  # safetensors and torch's zip writer report a full disk as their own error types
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        why = f"{type(e).__name__}: {first[:200]}"
+    space = f"it needs about {_size(needed)}"
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(state_dir if state_dir.exists() else state_dir.parent).free
+        space += f", {_size(free)} free"
+    if previous is not None:
+        kept = f"the checkpoint of step {previous} is kept intact; free space and continue with --resume"
+    else:
+        kept = "no earlier checkpoint exists; free space (or fix permissions) and run again"
+    return f"could not save the step-{step} checkpoint in {state_dir} ({why}); {space}; {kept}"
 
 
 def _publish_weights(src: Path, dst: Path) -> None:

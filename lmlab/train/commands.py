@@ -13,7 +13,8 @@ def pretrain(cfg: PretrainConfig) -> int:
     Writes OUT/config.yaml (resolved, with the full model config in model_args),
     OUT/model.safetensors, OUT/tokenizer.json, OUT/metrics.jsonl (step, loss, lr, tokens,
     tokens_per_s, mfu, val_loss, val_bpb) and OUT/state/ (optimizer, RNG, data position)
-    for an exact --resume. Ctrl-C saves a checkpoint and exits with status 130. Runs
+    for an exact --resume. Ctrl-C saves a checkpoint and exits with status 130. A failed
+    save (disk full) keeps the last complete checkpoint and says how much space it needs. Runs
     data-parallel under torchrun, e.g.:
 
       lmlab data prepare --corpus shakespeare --tokenizer char --out data/shk

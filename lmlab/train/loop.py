@@ -196,6 +196,7 @@ class Trainer:
                 else:
                     self.write_weights(raw, path)
 
+            tensors = state if state is not None else raw.state_dict()
             try:
                 ckpt.save_checkpoint(
                     self.out_dir,
@@ -203,6 +204,8 @@ class Trainer:
                     write_weights=write,
                     optimizer_state=opt_state,
                     trainer_state=trainer_state,
+                    weights_bytes=sum(t.numel() * t.element_size() for t in tensors.values()
+                                      if isinstance(t, torch.Tensor)),
                 )
             except LmlabError as e:
                 error = str(e)
@@ -289,7 +292,7 @@ class Trainer:
         record: dict[str, Any] = {}
         model.train()
         try:
-            with self._signal_guard():
+            with self._signal_guard(), _compile_errors(s.compile, self.out_dir):
                 while not self._finished(step, tokens, elapsed):
                     frac = self.progress_fraction(step, tokens, elapsed)
                     lr = schedule(step, frac)
@@ -505,13 +508,50 @@ def _swapped_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Iterator
             module._parameters[attr] = p
 
 
+def _compile_failed(e: BaseException) -> LmlabError:
+    """The one-line error for a failed ``torch.compile`` (its message can run to pages)."""
+    e = getattr(e, "inner_exception", None) or e  # Dynamo wraps the backend's own error
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    first = first if len(first) <= 200 else first[:197] + "..."
+    return LmlabError(f"--compile failed ({type(e).__name__}: {first}); install a C++ compiler "
+                      "(e.g. g++) and Python headers, or drop --compile")
+
+
 def _compile(model: nn.Module) -> nn.Module:
     try:
         return torch.compile(model)
     except Exception as e:  # torch.compile raises many types when no compiler toolchain is present
-        raise LmlabError(
-            f"--compile failed ({type(e).__name__}: {e}); install a C++ compiler or drop --compile"
-        ) from None
+        raise _compile_failed(e) from None
+
+
+def _is_compile_error(e: BaseException) -> bool:
+    """True for the errors of torch.compile's lazy compilation (Dynamo, Inductor, the C++ build)."""
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+    except ImportError:  # a torch without Dynamo cannot have compiled anything
+        return False
+    return isinstance(e, TorchDynamoException) or type(e).__module__.startswith(("torch._dynamo",
+                                                                                 "torch._inductor"))
+
+
+@contextlib.contextmanager
+def _compile_errors(compiled: bool, out_dir: Path) -> Iterator[None]:
+    """Turn a compilation error of a ``--compile`` run into a one-line LmlabError.
+
+    torch.compile is lazy: it compiles at the model's first call inside the loop (and again
+    for a new input shape or mode, e.g. the first evaluation), so that is where a missing
+    compiler shows up, not at the torch.compile call.
+    """
+    try:
+        yield
+    except Exception as e:
+        if not compiled or not _is_compile_error(e):
+            raise
+        err = _compile_failed(e)
+        kept = ckpt.latest_step(out_dir)
+        if kept is not None:
+            err = LmlabError(f"{err}; the checkpoint of step {kept} in {out_dir / ckpt.STATE_DIR} is kept")
+        raise err from None
 
 
 def _write_safetensors(model: nn.Module, path: Path) -> None:

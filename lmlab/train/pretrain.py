@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lmlab.config import Precision, arg, build_config, load_yaml, save_config
+from lmlab.config import Precision, arg, build_config, explicit_options, load_yaml, save_config
 from lmlab.errors import LmlabError
 from lmlab.loader import check_same_tokenizer
 from lmlab.train.options import LoopOptions, OptimOptions
@@ -44,8 +44,8 @@ class PretrainConfig(LoopOptions):
     )
     resume: bool = arg(
         False,
-        "continue the run in --out from its latest checkpoint; options left at "
-        "their defaults take the run's saved values",
+        "continue the run in --out from its latest checkpoint; options not given (by flag or "
+        "--config) take the run's saved values",
     )
     overwrite: bool = arg(False, "start a new run in an --out that already holds one")
     # model shape (None: the preset's value)
@@ -58,7 +58,10 @@ class PretrainConfig(LoopOptions):
     dropout: float | None = arg(None, "dropout probability (default: the preset's)")
     model_args: list[str] = arg(
         [],
-        "other model config fields as KEY=VALUE (YAML values), e.g. rope_theta=500000,tie_embeddings=false",
+        "other model config fields as KEY=VALUE (JSON or YAML values), comma-separated, e.g. "
+        "rope_theta=500000,tie_embeddings=false; a comma splits only before the next KEY=, so "
+        "rope_scaling={\"factor\":8,\"rope_type\":\"llama3\"} is one item (the flag may also be repeated)",
+        key_values=True,
     )
     # batches and optimisation
     block_size: int | None = arg(
@@ -115,23 +118,34 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 
 def _inherit_saved(cfg: PretrainConfig) -> PretrainConfig:
-    """On --resume, fill options left at their defaults from the run's saved config.yaml."""
+    """On --resume, take the options not given (by flag or YAML) from the run's saved config.yaml.
+
+    An option given explicitly is kept even when it equals the default (``--no-fsdp`` resumes an
+    ``--fsdp`` run without FSDP). For a config made in code, whose explicit options are unknown,
+    the options still at their defaults are inherited.
+    """
     path = Path(cfg.out) / "config.yaml"
     if not path.is_file():
         return cfg
-    return _inherit(cfg, build_config(PretrainConfig, load_yaml(path)), PretrainConfig())
+    saved = build_config(PretrainConfig, load_yaml(path))
+    return _inherit(cfg, saved, PretrainConfig(), explicit_options(cfg))
 
 
-def _inherit(cfg: Any, saved: Any, defaults: Any) -> Any:
-    """Return ``cfg`` with each field still at its default replaced by the saved one (groups per field)."""
+def _inherit(cfg: Any, saved: Any, defaults: Any, explicit: frozenset[str] | None) -> Any:
+    """Return ``cfg`` with each field not given explicitly replaced by the saved one (groups per field).
+
+    ``explicit`` None: a field counts as given when it differs from its default.
+    """
     changes = {}
     for f in dataclasses.fields(cfg):
         value, default = getattr(cfg, f.name), getattr(defaults, f.name)
         if f.name in NOT_INHERITED:
             continue
         if dataclasses.is_dataclass(value):
-            changes[f.name] = _inherit(value, getattr(saved, f.name), default)
-        elif value == default:
+            changes[f.name] = _inherit(value, getattr(saved, f.name), default, explicit)
+            continue
+        given = value != default if explicit is None else f.name in explicit
+        if not given:
             changes[f.name] = getattr(saved, f.name)
     return dataclasses.replace(cfg, **changes)
 
@@ -192,6 +206,8 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     Builds the model (a preset, ``--init`` weights, or the run's own on ``--resume``), runs the
     one :class:`~lmlab.train.loop.Trainer` and writes the run folder (see ``lmlab pretrain
     --help`` for its files). Under torchrun every rank calls this; only rank 0 writes.
+    A failed save (disk full) raises LmlabError and keeps the last complete checkpoint; a new
+    run that fails before its first checkpoint removes the run folder it created.
     """
     import torch
 
@@ -222,6 +238,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
 
     data = load_prepared(cfg.data)
     device = resolve_device(cfg.device)
+    created = not out.exists()
     ctx = D.init_distributed(device)
     device = ctx.device
     try:
@@ -307,6 +324,12 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
                 shutil.rmtree(out / ckpt.STATE_DIR)
         D.barrier(ctx)
         result = trainer.fit(resume=cfg.resume)
+    except Exception:
+        # A new run that failed before its first checkpoint (e.g. a full disk) leaves nothing to resume:
+        # remove the folder it made rather than leave a half-made run behind.
+        if created and ctx.is_main and not (out / ckpt.STATE_DIR / ckpt.LATEST).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         D.shutdown(ctx, wait_for_peers=sys.exc_info()[0] is None)
     rec = result.last_record
