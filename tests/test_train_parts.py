@@ -192,7 +192,7 @@ def test_failed_weights_write_leaves_previous(tmp_path):
     def full(path):
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(LmlabError, match="step 1 is intact"):
+    with pytest.raises(LmlabError, match="the checkpoint of step 1 is kept intact"):
         ckpt.save_checkpoint(tmp_path, 2, write_weights=full, optimizer_state={}, trainer_state={})
     assert ckpt.load_checkpoint(tmp_path).step == 1
     assert [p.name for p in (tmp_path / "state").iterdir() if p.name.startswith(".")] == []
