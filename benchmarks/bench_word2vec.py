@@ -2,7 +2,7 @@
 
 Both train on the same tokenised sentences (lmlab's ``wiki-slice`` corpus, lowercased
 words) with the same hyperparameters; both are evaluated by lmlab's evaluator (equal to
-gensim's ``evaluate_word_analogies`` and ``evaluate_word_pairs``; tests/test_word2vec_eval.py
+gensim's ``evaluate_word_analogies`` and ``evaluate_word_pairs``; tests/word2vec/test_word2vec_eval.py
 checks that). lmlab runs with the flags ``lmlab word2vec train`` uses by default (``default``:
 compile and threads chosen automatically; ``--threads`` sets them) and, when they resolve
 differently, with ``--tuned`` flags. gensim gets as many workers as lmlab's default runs
