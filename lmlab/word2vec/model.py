@@ -255,19 +255,24 @@ def cbow_step(w_in: torch.Tensor, w_out: torch.Tensor, center: torch.Tensor, con
     The error is added to every context word's vector (divided by the count for the
     sum, as gensim does).
     """
-    d = w_in.shape[1]
-    h = torch.zeros(center.shape[0], d, dtype=w_in.dtype).index_add_(0, owner, w_in.index_select(0, context))
-    if mean:
-        h = h / counts[:, None]
+    n, d = center.shape[0], w_in.shape[1]
+    rows = w_in.index_select(0, context)
+    if mean:  # scaled per pair, so that the scatter below leaves the mean itself in memory
+        rows = rows * (1.0 / counts)[owner][:, None]
+    h = torch.zeros(n, d, dtype=w_in.dtype).index_add_(0, owner, rows)
     targets = torch.cat([center[:, None], noise], dim=1)
     v_out = w_out.index_select(0, targets.reshape(-1)).view(*targets.shape, -1)
     scores = (v_out * h[:, None, :]).sum(-1)
     g, loss = _scale(scores, targets, lr, noise_logit)
-    err = _combine(g, v_out)
+    # The error of h, sum_j g[:, j] * v_out[:, j], is accumulated by a scatter rather than written as a
+    # sum (_combine): a scatter's result is stored once per example, whereas a sum is inlined by
+    # torch.compile into the w_in update below and so recomputed for every context word.
+    example = torch.arange(n, device=center.device).repeat_interleave(targets.shape[1])
+    err = torch.zeros(n, d, dtype=w_in.dtype).index_add_(0, example, (g[:, :, None] * v_out).reshape(-1, d))
     if not mean:
         err = err / counts[:, None]
-    w_out.index_add_(0, targets.reshape(-1), (g[:, :, None] * h[:, None, :]).reshape(-1, d))
     w_in.index_add_(0, context, err[owner])
+    w_out.index_add_(0, targets.reshape(-1), (g[:, :, None] * h[:, None, :]).reshape(-1, d))
     return loss
 
 
