@@ -255,19 +255,24 @@ def cbow_step(w_in: torch.Tensor, w_out: torch.Tensor, center: torch.Tensor, con
     The error is added to every context word's vector (divided by the count for the
     sum, as gensim does).
     """
-    d = w_in.shape[1]
-    h = torch.zeros(center.shape[0], d, dtype=w_in.dtype).index_add_(0, owner, w_in.index_select(0, context))
-    if mean:
-        h = h / counts[:, None]
+    n, d = center.shape[0], w_in.shape[1]
+    rows = w_in.index_select(0, context)
+    if mean:  # scaled per pair, so that the scatter below leaves the mean itself in memory
+        rows = rows * (1.0 / counts)[owner][:, None]
+    h = torch.zeros(n, d, dtype=w_in.dtype).index_add_(0, owner, rows)
     targets = torch.cat([center[:, None], noise], dim=1)
     v_out = w_out.index_select(0, targets.reshape(-1)).view(*targets.shape, -1)
     scores = (v_out * h[:, None, :]).sum(-1)
     g, loss = _scale(scores, targets, lr, noise_logit)
-    err = _combine(g, v_out)
+    # The error of h, sum_j g[:, j] * v_out[:, j], is accumulated by a scatter rather than written as a
+    # sum (_combine): a scatter's result is stored once per example, whereas a sum is inlined by
+    # torch.compile into the w_in update below and so recomputed for every context word.
+    example = torch.arange(n, device=center.device).repeat_interleave(targets.shape[1])
+    err = torch.zeros(n, d, dtype=w_in.dtype).index_add_(0, example, (g[:, :, None] * v_out).reshape(-1, d))
     if not mean:
         err = err / counts[:, None]
-    w_out.index_add_(0, targets.reshape(-1), (g[:, :, None] * h[:, None, :]).reshape(-1, d))
     w_in.index_add_(0, context, err[owner])
+    w_out.index_add_(0, targets.reshape(-1), (g[:, :, None] * h[:, None, :]).reshape(-1, d))
     return loss
 
 
@@ -360,17 +365,20 @@ class Word2Vec:
             keep = rng.random(len(ids)) < self.keep_prob[ids]
             ids, piece = ids[keep], piece[keep]
         n = len(ids)
+        bounds = np.searchsorted(piece, np.arange(chunk[1] - chunk[0] + 1, dtype=np.int32)).astype(np.int32)
         if p.shrink_window:
-            reach = p.window - rng.integers(0, p.window, n)
+            reach = (p.window - rng.integers(0, p.window, n)).astype(np.int32)
         else:
-            reach = np.full(n, p.window)
-        offsets = np.concatenate([np.arange(-p.window, 0), np.arange(1, p.window + 1)])
-        pos = np.arange(n)[:, None] + offsets[None, :]
-        inside = (np.abs(offsets)[None, :] <= reach[:, None]) & (pos >= 0) & (pos < n)
-        np.clip(pos, 0, max(n - 1, 0), out=pos)
-        inside &= piece[pos] == piece[:, None]
-        owner, col = np.nonzero(inside)
-        context = ids[pos[owner, col]]
+            reach = np.full(n, p.window, dtype=np.int32)
+        # int32 throughout: these arrays are (kept words, 2 window) and dominate the time of this function
+        at = np.arange(n, dtype=np.int32)
+        first = np.maximum(at - reach, bounds[piece])  # the window, cut at the piece's ends
+        end = np.minimum(at + reach + 1, bounds[piece + 1])
+        offsets = np.concatenate([np.arange(-p.window, 0), np.arange(1, p.window + 1)]).astype(np.int32)
+        pos = at[:, None] + offsets[None, :]
+        inside = (pos >= first[:, None]) & (pos < end[:, None])
+        owner = np.repeat(at, inside.sum(1))
+        context = ids[pos[inside]]
         return ids, owner, context, n
 
     # -- training
@@ -474,34 +482,37 @@ class Word2Vec:
         """Train on one chunk; return (examples, summed loss, effective words)."""
         p = self.params
         ids, owner, context, n = self._examples(corpus, chunk, rng)
-        loss = torch.zeros(())
         table = self.noise_table
         if p.arch == "skipgram":
             total = len(owner)
+            spans = _spans(total, self.batch)
             center_t = torch.from_numpy(ids[owner].astype(np.int64))
             context_t = torch.from_numpy(context.astype(np.int64))
         else:  # CBOW: one example per centre word that has at least one context word
             counts = np.bincount(owner, minlength=n)
-            has = counts > 0
-            first = np.concatenate([[0], np.cumsum(counts)])
-            centers = np.nonzero(has)[0]
+            centers = np.flatnonzero(counts)
+            counts = counts[centers]
             total = len(centers)
+            spans = _spans(total, self.batch)
+            first = np.concatenate([[0], np.cumsum(counts)])  # example j's pairs are first[j]:first[j + 1]
+            span_first = np.repeat([s for s, _ in spans], [e - s for s, e in spans])
+            # pair -> its example's index within the step, so that each step gets a view (no subtraction)
+            owner_t = torch.from_numpy(np.repeat(np.arange(total) - span_first, counts))
             center_t = torch.from_numpy(ids[centers].astype(np.int64))
-            counts_t = torch.from_numpy(counts[centers].astype(np.float32))
-            owner_t = torch.from_numpy((np.cumsum(has) - 1)[owner].astype(np.int64))  # pair -> example
+            counts_t = torch.from_numpy(counts.astype(np.float32))
             context_t = torch.from_numpy(context.astype(np.int64))
-        for s, e in _spans(total, self.batch):
+        losses = []
+        for s, e in spans:
             noise = torch.from_numpy(table[rng.integers(0, len(table), (e - s, p.negative))])
             lr = self._lr(done + raw * s / total, total_raw)
             run = step if e - s > 1 else _EAGER[p.arch]  # compiled steps are not specialised to size 1
             if p.arch == "skipgram":
                 out = run(self.w_in, self.w_out, center_t[s:e], context_t[s:e], noise, lr, self.noise_logit)
             else:
-                ps, pe = first[centers[s]], first[centers[e - 1] + 1]
-                out = run(self.w_in, self.w_out, center_t[s:e], context_t[ps:pe], owner_t[ps:pe] - s,
-                          counts_t[s:e], noise, lr, self.noise_logit, p.cbow_mean)
-            loss += out.sum()
-        return total, float(loss), n
+                out = run(self.w_in, self.w_out, center_t[s:e], context_t[first[s]:first[e]],
+                          owner_t[first[s]:first[e]], counts_t[s:e], noise, lr, self.noise_logit, p.cbow_mean)
+            losses.append(out)
+        return total, float(torch.cat(losses).sum()) if losses else 0.0, n
 
     def _lr(self, done: float, total: int) -> torch.Tensor:
         """Learning rate after ``done`` of ``total`` raw words: linear decay from lr to min_lr."""
