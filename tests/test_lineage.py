@@ -226,12 +226,13 @@ def test_presets_fill_defaults_and_yield_to_flags() -> None:
     from lmlab.lineage.run import LineageConfig
 
     demo = apply_preset(LineageConfig(preset="demo"))
-    assert budget_of(demo).kind == "flops" and demo.precision == "fp32"
+    assert budget_of(demo).kind == "flops" and demo.precision == "fp32" and demo.size == "mini"
     assert budget_of(demo).value == PRESETS["demo"][1]["budget_flops"]
     mine = apply_preset(LineageConfig(preset="full", budget_tokens=5000, precision="bf16"))
     assert budget_of(mine).kind == "tokens" and mine.precision == "bf16"
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 @pytest.mark.parametrize("preset", ["nplm-tiny", "nplm-small", "lstm-tiny", "gru-tiny", "rnn-tiny"])
 def test_flops_per_token_matches_the_counted_matmuls(preset: str) -> None:
     """The budget's FLOPs per token of the NPLM and recurrent LMs agree with torch's FLOP counter over

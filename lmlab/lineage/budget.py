@@ -27,11 +27,12 @@ from lmlab.errors import LmlabError
 
 Kind = Literal["tokens", "flops", "seconds"]
 
-# name -> (what it is for, option values). Measured wall times (2 cores, fp32) are in the README.
+# name -> (what it is for, option values); how the times were estimated is in the README (the lineage).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "demo": ("about 10 minutes on 2 AVX2 cores: `make demo`",
-             {"budget_flops": 1.5e13, "precision": "fp32"}),
-    "full": ("about an hour on 2 AVX2 cores", {"budget_flops": 1e14, "precision": "fp32"}),
+    "demo": ("`make demo`, about 10 minutes on 2 AVX2 cores",
+             {"size": "mini", "budget_flops": 3e12, "precision": "fp32", "eval_stride": 128,
+              "eval_iters": 4}),
+    "full": ("about an hour on 2 AVX2 cores", {"size": "mini", "budget_flops": 2.4e13, "precision": "fp32"}),
 }
 BUDGET_FIELDS = ("budget_tokens", "budget_flops", "budget")
 

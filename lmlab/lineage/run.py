@@ -53,7 +53,9 @@ class LineageConfig:
     )
     out: Path | None = arg(None, "run folder for results.json, lineage.png, report.md and the model runs")
     models: list[str] = arg(list(DEFAULT_MODELS), f"models, oldest first, from: {', '.join(ENTRIES)}")
-    size: Literal["tiny", "small"] = arg("small", "preset size of the neural models (tiny: for tests)")
+    size: Literal["tiny", "mini", "small"] = arg(
+        "small", "size of the neural models: small presets, mini (them at half width: the demo), tiny (tests)"
+    )
     block_size: int = arg(128, "tokens per training and validation window of the neural models")
     eval_stride: int | None = arg(
         None, "final scores slide the windows by this many tokens, scoring each one's last STRIDE "
@@ -166,7 +168,7 @@ def _plan(cfg: LineageConfig, entry: Entry, vocab_size: int, budget: Budget) -> 
     from lmlab.train.pretrain import parse_model_args
 
     model = build_model(get_preset(entry.preset(cfg.size), vocab_size=vocab_size, block_size=cfg.block_size,
-                                   **parse_model_args(list(entry.model_args))))
+                                   **parse_model_args(entry.args(cfg.size))))
     fpt = float(model.flops_per_token(cfg.block_size))
     per_step = cfg.batch_size * cfg.block_size
     return _Plan(fpt, per_step, budget.steps(entry.name, fpt, per_step) if budget.work else None)
@@ -208,7 +210,7 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
     else:
         length = dict(time_budget=budget.value, eval_interval_s=budget.value / cfg.evals)
     pc = PretrainConfig(
-        model=entry.preset(cfg.size), data=data_dir, out=run_dir, model_args=list(entry.model_args),
+        model=entry.preset(cfg.size), data=data_dir, out=run_dir, model_args=entry.args(cfg.size),
         block_size=cfg.block_size, batch_size=cfg.batch_size,
         optim=OptimOptions(lr=entry.lr, min_lr=entry.lr / 10, warmup_steps=cfg.warmup_steps),
         precision=cfg.precision, seed=cfg.seed, device=cfg.device, eval_iters=cfg.eval_iters,
