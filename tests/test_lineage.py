@@ -158,8 +158,11 @@ def test_kill_during_overwrite_leaves_the_old_run(token_run, tiny_corpus: Path, 
     assert after == before
 
 
-def test_interrupt_during_overwrite_leaves_the_old_run_and_no_temp(token_run, tiny_corpus: Path,
-                                                                  tmp_path: Path) -> None:
+# Ctrl-C while a model trains (the trainer stops it); SIGTERM once the data is prepared (outside the trainer)
+@pytest.mark.parametrize("sig, marker", [(signal.SIGINT, "nplm/metrics.jsonl"),
+                                         (signal.SIGTERM, "data/meta.json")])
+def test_interrupt_during_overwrite_leaves_the_old_run(token_run, tiny_corpus: Path,
+                                                      tmp_path: Path, sig: int, marker: str) -> None:
     old, _ = token_run
     out = tmp_path / "lineage"
     shutil.copytree(old, out)
@@ -170,10 +173,10 @@ def test_interrupt_during_overwrite_leaves_the_old_run_and_no_temp(token_run, ti
                             text=True)
     try:
         deadline = time.monotonic() + 300
-        while proc.poll() is None and not list(tmp_path.glob(".lineage.new-*/nplm/metrics.jsonl")):
-            assert time.monotonic() < deadline, "the new run never started training"
+        while proc.poll() is None and not list(tmp_path.glob(f".lineage.new-*/{marker}")):
+            assert time.monotonic() < deadline, f"the new run never wrote {marker}"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

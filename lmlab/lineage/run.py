@@ -14,13 +14,16 @@ run that ``--overwrite`` was about to replace.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -266,15 +269,31 @@ def _repoint(work: Path, out: Path) -> None:
             path.write_text(text.replace(str(work), str(out)), encoding="utf-8")
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Make SIGTERM raise KeyboardInterrupt (as Ctrl-C), so the temporary folder is removed on it too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_lineage(cfg: LineageConfig, log: Callable[[str], None] | None = None) -> LineageResult:
     """Train the lineage of language models on one corpus under one budget; return the result.
 
     ``log`` receives one line per stage (default: stdout). The run is built in a temporary
     folder beside ``cfg.out`` and swapped in only when whole: on any failure or Ctrl-C
-    (KeyboardInterrupt) the temporary folder is removed and an old run at ``cfg.out`` stays.
+    (KeyboardInterrupt) or SIGTERM the temporary folder is removed and an old run at ``cfg.out``
+    stays; after a SIGKILL the old run stays and a hidden ``.OUT.new-*`` folder is left beside it.
     """
-    from lmlab.device import resolve_device, resolve_precision
-
     say = log or (lambda line: print(line, flush=True))
     cfg = apply_preset(cfg)
     entries, budget = _check(cfg)
@@ -283,44 +302,54 @@ def run_lineage(cfg: LineageConfig, log: Callable[[str], None] | None = None) ->
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     t_start = time.perf_counter()
     try:
-        data = _prepare(cfg, work)
-        data_dir = Path(cfg.data) if cfg.data is not None else work / "data"
-        tokenizer = data.tokenizer()
-        device = resolve_device(cfg.device)
-        precision = resolve_precision(device, cfg.precision)
-        plans = {e.name: _plan(cfg, e, data.vocab_size, budget) for e in entries if e.neural}
-        results: list[dict[str, Any]] = []
-        for entry in entries:
-            if entry.neural:
-                plan = plans[entry.name]
-                steps = f", {plan.max_steps} steps" if plan.max_steps is not None else ""
-                say(f"[lineage] {entry.label}: {budget.describe()}{steps}")
-                r = _neural(cfg, data, data_dir, entry, work / entry.name, device, budget, plan)
-            else:
-                say(f"[lineage] {entry.label}")
-                r = _ngram(cfg, data, tokenizer, entry, budget)
-            results.append(r)
-            say(f"[lineage] {entry.name}: val bpb {r['val_bpb']:.4f}, ppl {r['val_ppl']:.2f}")
-        settings = {
-            "corpus": cfg.corpus if cfg.data is None else str(cfg.data), "tokenizer": data.meta["tokenizer"],
-            "vocab_size": data.vocab_size, "train_tokens": int(len(data.train)),
-            "val_tokens": int(len(data.val)), "val_bytes": int(data.meta["splits"]["val"]["bytes"]),
-            "budget_kind": budget.kind, "budget": budget.value, "budget_text": budget.describe(),
-            "preset": cfg.preset, "device": str(device), "precision": precision, "seed": cfg.seed,
-            "block_size": cfg.block_size, "eval_stride": _eval_stride(cfg), "batch_size": cfg.batch_size,
-            "evals": cfg.evals, "eval_iters": cfg.eval_iters,
-            "prompt": cfg.prompt, "temperature": cfg.temperature, "top_k": cfg.top_k,
-            "total_seconds": round(time.perf_counter() - t_start, 1),
-        }
-        from lmlab.lineage.report import plot_curves, write_report
-
-        plot_curves(results, work / PLOT, f"{settings['corpus']}: {budget.describe()} per model")
-        write_report(work / "report.md", results, settings, PLOT)
-        save_config(cfg, work / "config.yaml")
-        write_json(work / "results.json", {"settings": settings, "models": results})
-        _repoint(work, out)
-        _swap_in(work, out)
+        with _sigterm_interrupts():
+            result = _build(cfg, entries, budget, work, out, say, t_start)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    return result
+
+
+def _build(cfg: LineageConfig, entries: list[Entry], budget: Budget, work: Path, out: Path,
+           say: Callable[[str], None], t_start: float) -> LineageResult:
+    """Run every model into ``work``, write the results there and swap ``work`` in at ``out``."""
+    from lmlab.device import resolve_device, resolve_precision
+
+    data = _prepare(cfg, work)
+    data_dir = Path(cfg.data) if cfg.data is not None else work / "data"
+    tokenizer = data.tokenizer()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
+    plans = {e.name: _plan(cfg, e, data.vocab_size, budget) for e in entries if e.neural}
+    results: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.neural:
+            plan = plans[entry.name]
+            steps = f", {plan.max_steps} steps" if plan.max_steps is not None else ""
+            say(f"[lineage] {entry.label}: {budget.describe()}{steps}")
+            r = _neural(cfg, data, data_dir, entry, work / entry.name, device, budget, plan)
+        else:
+            say(f"[lineage] {entry.label}")
+            r = _ngram(cfg, data, tokenizer, entry, budget)
+        results.append(r)
+        say(f"[lineage] {entry.name}: val bpb {r['val_bpb']:.4f}, ppl {r['val_ppl']:.2f}")
+    settings = {
+        "corpus": cfg.corpus if cfg.data is None else str(cfg.data), "tokenizer": data.meta["tokenizer"],
+        "vocab_size": data.vocab_size, "train_tokens": int(len(data.train)),
+        "val_tokens": int(len(data.val)), "val_bytes": int(data.meta["splits"]["val"]["bytes"]),
+        "budget_kind": budget.kind, "budget": budget.value, "budget_text": budget.describe(),
+        "preset": cfg.preset, "device": str(device), "precision": precision, "seed": cfg.seed,
+        "block_size": cfg.block_size, "eval_stride": _eval_stride(cfg), "batch_size": cfg.batch_size,
+        "evals": cfg.evals, "eval_iters": cfg.eval_iters,
+        "prompt": cfg.prompt, "temperature": cfg.temperature, "top_k": cfg.top_k,
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    from lmlab.lineage.report import plot_curves, write_report
+
+    plot_curves(results, work / PLOT, f"{settings['corpus']}: {budget.describe()} per model")
+    write_report(work / "report.md", results, settings, PLOT)
+    save_config(cfg, work / "config.yaml")
+    write_json(work / "results.json", {"settings": settings, "models": results})
+    _repoint(work, out)
+    _swap_in(work, out)
     return LineageResult(out, settings, results)
