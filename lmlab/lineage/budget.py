@@ -69,6 +69,15 @@ class Budget:
         return steps
 
 
+def describe_presets() -> str:
+    """The presets in one line: name, purpose and values of each."""
+    def value(x: Any) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(x)
+
+    return "; ".join(f"{name}: {use} ({', '.join(f'{k}={value(v)}' for k, v in values.items())})"
+                     for name, (use, values) in PRESETS.items())
+
+
 def apply_preset(cfg: Any) -> Any:
     """Return ``cfg`` with its ``preset``'s values put into the options still at their defaults.
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
-from lmlab.lineage.budget import PRESETS, Budget, apply_preset, budget_of
+from lmlab.lineage.budget import Budget, apply_preset, budget_of, describe_presets
 from lmlab.lineage.entries import DEFAULT_MODELS, ENTRIES, Entry
 
 PLOT = "lineage.png"
@@ -42,10 +42,7 @@ class LineageConfig:
     corpus: str = arg("shakespeare", "corpus to prepare (see 'lmlab corpora'), e.g. shakespeare or a .txt")
     data: Path | None = arg(None, "use this prepared-data folder instead of preparing --corpus")
     vocab_size: int = arg(4096, "BPE vocabulary size of the shared tokenizer")
-    preset: str | None = arg(
-        None, "named settings for options left at their defaults: " + "; ".join(
-            f"{k}: {v[0]} ({', '.join(f'{n}={x}' for n, x in v[1].items())})" for k, v in PRESETS.items())
-    )
+    preset: str | None = arg(None, "named settings for options left at their defaults: " + describe_presets())
     budget_tokens: int | None = arg(None, "training tokens per neural model (the same on every machine)")
     budget_flops: float | None = arg(
         None, "training FLOPs (forward + backward) per neural model, by each model's own count, e.g. 1.5e13"
