@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job: the lineage on Shakespeare. One BPE tokenizer; an n-gram, NPLM, LSTM, GPT-2 and
-# LLaMA under one budget of work (the demo preset: 3e12 training FLOPs per neural model, fp32),
+# LLaMA under one budget of work (the demo preset: 6e12 training FLOPs per neural model, fp32),
 # so the table is the same on every machine up to float noise; report.md and lineage.png in
 # runs/lineage. About 10 minutes on 2 CPU cores (AVX2); `--preset full` is about an hour.
 demo: $(STAMP)
