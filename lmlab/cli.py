@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ngram eval": ("lmlab.ngram.commands:evaluate", "perplexity, OOVs and bits per byte of an ARPA model on a text"),
     "ngram generate": ("lmlab.ngram.commands:generate", "sample sentences from an ARPA n-gram model"),
     "embed": ("lmlab.embed.commands:embed", "contextual word embeddings (layer-mixed) of a text from a trained ELMo biLM"),
-    "lineage": ("lmlab.lineage.run:lineage", "train n-gram, NPLM, LSTM, GPT-2 and LLaMA on one corpus and budget; compare"),
+    "lineage": ("lmlab.lineage.commands:lineage", "train n-gram, NPLM, LSTM, GPT-2 and LLaMA on one corpus and budget; compare"),
     "scaling plan": ("lmlab.scaling.commands:plan", "compute-optimal model size and tokens for a budget (Chinchilla, Kaplan)"),
     "scaling fit": ("lmlab.scaling.commands:fit", "fit scaling laws (Chinchilla approaches 1-3, Kaplan) to a table of runs"),
     "scaling flops": ("lmlab.scaling.commands:flops", "parameters, FLOPs per token (6N, Kaplan, Chinchilla, PaLM) and MFU of a model"),

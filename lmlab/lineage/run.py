@@ -1,26 +1,37 @@
-"""``lmlab lineage``: the history of language modelling trained on one corpus under one budget.
+"""The lineage as a function: ``run_lineage(LineageConfig) -> LineageResult``.
 
 One BPE tokenizer and one train/validation split serve every model: an n-gram (best
 order and smoothing), Bengio's NPLM, an LSTM, a GPT-2 style and a LLaMA style
-Transformer. Each neural model trains for the same wall-clock budget through
-``lmlab pretrain``; all are scored on the whole validation split. The run folder gets
-results.json, lineage.png, report.md, config.yaml, the prepared data and each model's run.
+Transformer. Each neural model trains under the same budget (tokens, FLOPs or seconds:
+:mod:`lmlab.lineage.budget`) by calling :func:`lmlab.train.pretrain.pretrain`; all are
+scored on the whole validation split. The run folder gets results.json, lineage.png,
+report.md, config.yaml, the prepared data and each model's run.
+
+The run is built in a temporary folder beside OUT and renamed into place only when it is
+whole, so a failure, Ctrl-C or kill never leaves a half-written run, nor destroys the
+run that ``--overwrite`` was about to replace.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import os
 import shutil
-import sys
+import signal
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
+from lmlab.lineage.budget import Budget, apply_preset, budget_of, describe_presets
 from lmlab.lineage.entries import DEFAULT_MODELS, ENTRIES, Entry
 
 PLOT = "lineage.png"
@@ -31,10 +42,20 @@ class LineageConfig:
     corpus: str = arg("shakespeare", "corpus to prepare (see 'lmlab corpora'), e.g. shakespeare or a .txt")
     data: Path | None = arg(None, "use this prepared-data folder instead of preparing --corpus")
     vocab_size: int = arg(4096, "BPE vocabulary size of the shared tokenizer")
-    budget: float | None = arg(None, "seconds of training per model (the n-gram search stops after it too)")
+    preset: str | None = arg(None, "named settings for options left at their defaults: " + describe_presets())
+    budget_tokens: int | None = arg(None, "training tokens per neural model (the same on every machine)")
+    budget_flops: float | None = arg(
+        None, "training FLOPs (forward + backward) per neural model, by each model's own count, e.g. 1.5e13"
+    )
+    budget: float | None = arg(
+        None,
+        "seconds of training per model instead (depends on the machine; the n-gram search stops after it too)"
+    )
     out: Path | None = arg(None, "run folder for results.json, lineage.png, report.md and the model runs")
     models: list[str] = arg(list(DEFAULT_MODELS), f"models, oldest first, from: {', '.join(ENTRIES)}")
-    size: Literal["tiny", "small"] = arg("small", "preset size of the neural models (tiny: for tests)")
+    size: Literal["tiny", "mini", "small"] = arg(
+        "small", "size of the neural models: small presets, mini (them at half width: the demo), tiny (tests)"
+    )
     block_size: int = arg(128, "tokens per training and validation window of the neural models")
     eval_stride: int | None = arg(
         None, "final scores slide the windows by this many tokens, scoring each one's last STRIDE "
@@ -42,7 +63,7 @@ class LineageConfig:
     )
     batch_size: int = arg(16, "windows per optimizer step")
     warmup_steps: int = arg(20, "linear warmup steps of the neural models")
-    evals: int = arg(8, "validations during each neural model's budget (points of its curve)")
+    evals: int = arg(8, "validations during each neural model's budget, at equal fractions of it (its curve)")
     eval_iters: int = arg(8, "batches per validation during training (the final score uses the whole split)")
     ngram_orders: list[int] = arg([1, 2, 3, 4, 5], "n-gram orders to try")
     ngram_smoothings: list[str] = arg(["mkn", "kn", "katz", "witten-bell"], "n-gram smoothings to try")
@@ -52,22 +73,39 @@ class LineageConfig:
     top_k: int = arg(50, "sample among the k most likely tokens")
     seed: int = arg(1337, "seed of inits, data order and samples")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    precision: Precision = arg("auto", "training precision (neural models)")
-    overwrite: bool = arg(False, "replace an existing lineage run in --out")
+    precision: Precision = arg("auto", "precision of the neural models (fp32: the same bpb on any CPU)")
+    overwrite: bool = arg(False, "replace an existing lineage run in --out (only once the new one is whole)")
     progress: bool = arg(True, "show progress bars (--no-progress hides them)")
     json: bool = arg(False, "print the results as one JSON object")
+
+
+@dataclass
+class LineageResult:
+    """A finished lineage run: its folder, settings and one result dict per model (results.json)."""
+
+    out: Path
+    settings: dict[str, Any]
+    models: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall-clock seconds of the whole run."""
+        return float(self.settings["total_seconds"])
 
 
 def _eval_stride(cfg: LineageConfig) -> int:
     return cfg.eval_stride if cfg.eval_stride is not None else max(1, cfg.block_size // 2)
 
 
-def _check(cfg: LineageConfig) -> list[Entry]:
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or path.is_relative_to(folder)
+
+
+def _check(cfg: LineageConfig) -> tuple[list[Entry], Budget]:
     if cfg.out is None:
         raise LmlabError("lineage needs --out RUN, the folder for its results")
-    if cfg.budget is None or not cfg.budget > 0:
-        raise LmlabError(f"--budget must be a positive number of seconds per model (got {cfg.budget}); "
-                         "e.g. --budget 90")
+    budget = budget_of(cfg)
     unknown = [m for m in cfg.models if m not in ENTRIES]
     if unknown or not cfg.models:
         raise LmlabError(f"unknown lineage model(s) {', '.join(unknown) or '(none given)'}; "
@@ -86,11 +124,20 @@ def _check(cfg: LineageConfig) -> list[Entry]:
         raise LmlabError(f"unknown n-gram smoothing(s) {', '.join(bad) or '(none)'}; "
                          f"choose from {', '.join(SMOOTHINGS)}")
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise LmlabError(f"--out {out} is a file; give a folder (new or an old lineage run) for the run")
+    inputs = [("--data", Path(cfg.data))] if cfg.data is not None else []
+    if cfg.data is None and Path(cfg.corpus).exists():
+        inputs.append(("--corpus", Path(cfg.corpus)))
+    for flag, path in inputs:
+        if _inside(path, out):
+            raise LmlabError(f"{flag} {path} lies inside --out {out}, which the run replaces; "
+                             "move it elsewhere or choose another --out")
     if (out / "results.json").exists() and not cfg.overwrite:
         raise LmlabError(f"{out} already holds a lineage run; pass --overwrite or choose another --out")
     if out.exists() and not (out / "results.json").exists() and any(out.iterdir()):
         raise LmlabError(f"{out} exists and is not a lineage run; choose another --out")
-    return [ENTRIES[m] for m in cfg.models]
+    return [ENTRIES[m] for m in cfg.models], budget
 
 
 def _prepare(cfg: LineageConfig, work: Path):
@@ -107,27 +154,50 @@ def _prepare(cfg: LineageConfig, work: Path):
     return data
 
 
-def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Plan:
+    """How one neural model spends the budget: its FLOPs per token and, for a work budget, its steps."""
+
+    flops_per_token: float
+    tokens_per_step: int
+    max_steps: int | None
+
+
+def _plan(cfg: LineageConfig, entry: Entry, vocab_size: int, budget: Budget) -> _Plan:
+    from lmlab.models.registry import build_model, get_preset
+    from lmlab.train.pretrain import parse_model_args
+
+    model = build_model(get_preset(entry.preset(cfg.size), vocab_size=vocab_size, block_size=cfg.block_size,
+                                   **parse_model_args(entry.args(cfg.size))))
+    fpt = float(model.flops_per_token(cfg.block_size))
+    per_step = cfg.batch_size * cfg.block_size
+    return _Plan(fpt, per_step, budget.steps(entry.name, fpt, per_step) if budget.work else None)
+
+
+def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry, budget: Budget) -> dict[str, Any]:
     from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
     from lmlab.ngram.model import score_token_ids
 
+    # Counting has no gradient budget: under a work budget the search tries every candidate.
+    limit = budget.value if budget.kind == "seconds" else math.inf
     found = search_ngram(data.train, data.eot_id, data.bytes_per_token("train"), cfg.ngram_orders,
-                         cfg.ngram_smoothings, cfg.budget)
+                         cfg.ngram_smoothings, limit)
     summary = score_token_ids(found.model, data.val, data.eot_id).summary(data.meta["splits"]["val"]["bytes"])
     prompt_ids = tokenizer.encode(cfg.prompt) if cfg.prompt else []
     sample = tokenizer.decode(sample_ngram(found.model, prompt_ids, data.eot_id, cfg.sample_tokens,
                                            seed=cfg.seed, temperature=cfg.temperature))
     return {
         "name": entry.name, "label": entry.label, "params": sum(found.model.ngram_counts()),
-        "train_seconds": round(found.seconds, 2), "tokens_seen": int(len(data.train)),
+        "train_seconds": round(found.seconds, 2), "tokens_seen": int(len(data.train)), "train_flops": None,
         "val_bpb": summary["bits_per_byte"], "val_ppl": summary["perplexity"],
-        "val_loss": summary["nats_per_token"], "curve": [[round(found.seconds, 2), summary["bits_per_byte"]]],
+        "val_loss": summary["nats_per_token"], "curve": [],
         "order": found.order, "smoothing": found.smoothing, "fit_seconds": round(found.fit_seconds, 2),
         "search": found.candidates, "sample": sample,
     }
 
 
-def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Path, device) -> dict[str, Any]:
+def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Path, device, budget: Budget,
+            plan: _Plan) -> dict[str, Any]:
     from lmlab.evaluate.perplexity import evaluate_perplexity
     from lmlab.generate import generate_text
     from lmlab.loader import load_model_any
@@ -135,13 +205,16 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
     from lmlab.train.options import OptimOptions
     from lmlab.train.pretrain import PretrainConfig, pretrain
 
+    if plan.max_steps is not None:  # validate at equal fractions of the steps, the same on every machine
+        length = dict(max_steps=plan.max_steps, eval_interval=math.ceil(plan.max_steps / cfg.evals))
+    else:
+        length = dict(time_budget=budget.value, eval_interval_s=budget.value / cfg.evals)
     pc = PretrainConfig(
-        model=entry.preset(cfg.size), data=data_dir, out=run_dir, model_args=list(entry.model_args),
+        model=entry.preset(cfg.size), data=data_dir, out=run_dir, model_args=entry.args(cfg.size),
         block_size=cfg.block_size, batch_size=cfg.batch_size,
         optim=OptimOptions(lr=entry.lr, min_lr=entry.lr / 10, warmup_steps=cfg.warmup_steps),
-        precision=cfg.precision, seed=cfg.seed, device=cfg.device,
-        time_budget=cfg.budget, eval_interval_s=cfg.budget / cfg.evals, eval_iters=cfg.eval_iters,
-        log_interval=10, progress=cfg.progress,
+        precision=cfg.precision, seed=cfg.seed, device=cfg.device, eval_iters=cfg.eval_iters,
+        log_interval=10, progress=cfg.progress, **length,
     )
     try:
         result = pretrain(pc)
@@ -149,7 +222,12 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
         raise LmlabError(f"{entry.name}: {e}") from None
     if result.interrupted:
         raise KeyboardInterrupt
-    curve = [[r["elapsed"], r["val_bpb"]] for r in read_metrics(run_dir) if "val_bpb" in r and "elapsed" in r]
+    curve = []
+    for r in read_metrics(run_dir):
+        if "val_bpb" in r:
+            tokens = r["step"] * plan.tokens_per_step
+            curve.append({"step": r["step"], "tokens": tokens, "flops": tokens * plan.flops_per_token,
+                          "elapsed_s": r.get("elapsed"), "val_bpb": r["val_bpb"]})
     model = load_model_any(run_dir, device)
     full = evaluate_perplexity(model, data.val, block_size=cfg.block_size, batch_size=cfg.batch_size,
                                device=device, split_bytes=data.meta["splits"]["val"]["bytes"],
@@ -159,78 +237,116 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
     return {
         "name": entry.name, "label": entry.label, "preset": pc.model, "params": model.num_params(),
         "train_seconds": result.elapsed_s, "tokens_seen": result.tokens, "steps": result.step,
+        "flops_per_token": plan.flops_per_token, "train_flops": result.tokens * plan.flops_per_token,
         "val_bpb": full.bits_per_byte, "val_ppl": math.exp(full.loss), "val_loss": full.loss,
         "curve": curve, "sample": sample,
     }
 
 
-def lineage(cfg: LineageConfig) -> int:
-    """Train the lineage of language models on one corpus under one budget and compare them.
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the finished run ``new`` at ``out``: the old run is renamed aside first and deleted last."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
-    One BPE tokenizer and one train/validation split for all; each model gets --budget
-    seconds of training: the n-gram picks its order and smoothing on a dev slice of the
-    training split, then NPLM, LSTM, GPT-2 and LLaMA style models train through
-    'lmlab pretrain' (time-based cosine schedule). All are scored on the whole validation
-    split. Writes OUT/results.json, OUT/lineage.png (validation bits per byte against
-    training time), OUT/report.md (table, plot, samples), OUT/config.yaml, OUT/data and one
-    run folder per neural model. A run that fails or is interrupted removes OUT, so no
-    half-written run is left. Example:
 
-      lmlab lineage --corpus shakespeare --budget 90 --out runs/lineage
+def _repoint(work: Path, out: Path) -> None:
+    """Make the model runs' saved configs name the data at its final place, not in the temp folder."""
+    for path in work.glob("*/config.yaml"):
+        text = path.read_text(encoding="utf-8")
+        if str(work) in text:
+            path.write_text(text.replace(str(work), str(out)), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Make SIGTERM raise KeyboardInterrupt (as Ctrl-C), so the temporary folder is removed on it too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_lineage(cfg: LineageConfig, log: Callable[[str], None] | None = None) -> LineageResult:
+    """Train the lineage of language models on one corpus under one budget; return the result.
+
+    ``log`` receives one line per stage (default: stdout). The run is built in a temporary
+    folder beside ``cfg.out`` and swapped in only when whole: on any failure or Ctrl-C
+    (KeyboardInterrupt) or SIGTERM the temporary folder is removed and an old run at ``cfg.out``
+    stays; after a SIGKILL the old run stays and a hidden ``.OUT.new-*`` folder is left beside it.
     """
-    from lmlab.device import resolve_device, resolve_precision
-
-    entries = _check(cfg)
+    say = log or (lambda line: print(line, flush=True))
+    cfg = apply_preset(cfg)
+    entries, budget = _check(cfg)
     out = Path(cfg.out)
-    if out.exists():  # an old lineage run, and --overwrite was given
-        shutil.rmtree(out)
-    log = sys.stderr if cfg.json else sys.stdout
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     t_start = time.perf_counter()
     try:
-        data = _prepare(cfg, out)
-        data_dir = Path(cfg.data) if cfg.data is not None else out / "data"
-        tokenizer = data.tokenizer()
-        device = resolve_device(cfg.device)
-        precision = resolve_precision(device, cfg.precision)
-        results: list[dict[str, Any]] = []
-        for entry in entries:
-            print(f"[lineage] {entry.label}: {cfg.budget:g} s", file=log, flush=True)
-            if entry.neural:
-                r = _neural(cfg, data, data_dir, entry, out / entry.name, device)
-            else:
-                r = _ngram(cfg, data, tokenizer, entry)
-            results.append(r)
-            print(f"[lineage] {entry.name}: val bpb {r['val_bpb']:.4f}, ppl {r['val_ppl']:.2f}", file=log,
-                  flush=True)
-        settings = {
-            "corpus": cfg.corpus if cfg.data is None else str(cfg.data), "tokenizer": data.meta["tokenizer"],
-            "vocab_size": data.vocab_size, "train_tokens": int(len(data.train)),
-            "val_tokens": int(len(data.val)), "val_bytes": int(data.meta["splits"]["val"]["bytes"]),
-            "budget": cfg.budget, "device": str(device),
-            "precision": precision, "block_size": cfg.block_size, "eval_stride": _eval_stride(cfg),
-            "batch_size": cfg.batch_size,
-            "prompt": cfg.prompt, "temperature": cfg.temperature, "top_k": cfg.top_k, "seed": cfg.seed,
-            "total_seconds": round(time.perf_counter() - t_start, 1),
-        }
-        from lmlab.lineage.report import plot_curves, text_table, write_report
-
-        title = f"{settings['corpus']}: {cfg.budget:g} s per model on {device}"
-        plot_curves(results, out / PLOT, title)
-        write_report(out / "report.md", results, settings, PLOT)
-        save_config(cfg, out / "config.yaml")
-        write_json(out / "results.json", {"settings": settings, "models": results})  # last: marks a whole run
-    except BaseException as e:
-        shutil.rmtree(out, ignore_errors=True)
-        if isinstance(e, KeyboardInterrupt):
-            print(f"interrupted; removed the unfinished {out}", file=sys.stderr)
-            return 130
+        with _sigterm_interrupts():
+            result = _build(cfg, entries, budget, work, out, say, t_start)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
         raise
-    if cfg.json:
-        print(json.dumps({"settings": settings, "models": [{k: v for k, v in r.items() if k != "curve"}
-                                                           for r in results]}))
-        return 0
-    print()
-    print(text_table(results))
-    print(f"\nwrote {out}/report.md, {out}/{PLOT} and {out}/results.json "
-          f"({settings['total_seconds']:.0f} s in all)")
-    return 0
+    return result
+
+
+def _build(cfg: LineageConfig, entries: list[Entry], budget: Budget, work: Path, out: Path,
+           say: Callable[[str], None], t_start: float) -> LineageResult:
+    """Run every model into ``work``, write the results there and swap ``work`` in at ``out``."""
+    from lmlab.device import resolve_device, resolve_precision
+
+    data = _prepare(cfg, work)
+    data_dir = Path(cfg.data) if cfg.data is not None else work / "data"
+    tokenizer = data.tokenizer()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
+    plans = {e.name: _plan(cfg, e, data.vocab_size, budget) for e in entries if e.neural}
+    results: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.neural:
+            plan = plans[entry.name]
+            steps = f", {plan.max_steps} steps" if plan.max_steps is not None else ""
+            say(f"[lineage] {entry.label}: {budget.describe()}{steps}")
+            r = _neural(cfg, data, data_dir, entry, work / entry.name, device, budget, plan)
+        else:
+            say(f"[lineage] {entry.label}")
+            r = _ngram(cfg, data, tokenizer, entry, budget)
+        results.append(r)
+        say(f"[lineage] {entry.name}: val bpb {r['val_bpb']:.4f}, ppl {r['val_ppl']:.2f}")
+    settings = {
+        "corpus": cfg.corpus if cfg.data is None else str(cfg.data), "tokenizer": data.meta["tokenizer"],
+        "vocab_size": data.vocab_size, "train_tokens": int(len(data.train)),
+        "val_tokens": int(len(data.val)), "val_bytes": int(data.meta["splits"]["val"]["bytes"]),
+        "budget_kind": budget.kind, "budget": budget.value, "budget_text": budget.describe(),
+        "preset": cfg.preset, "device": str(device), "precision": precision, "seed": cfg.seed,
+        "block_size": cfg.block_size, "eval_stride": _eval_stride(cfg), "batch_size": cfg.batch_size,
+        "evals": cfg.evals, "eval_iters": cfg.eval_iters,
+        "prompt": cfg.prompt, "temperature": cfg.temperature, "top_k": cfg.top_k,
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    from lmlab.lineage.report import plot_curves, write_report
+
+    plot_curves(results, work / PLOT, f"{settings['corpus']}: {budget.describe()} per model")
+    write_report(work / "report.md", results, settings, PLOT)
+    save_config(cfg, work / "config.yaml")
+    write_json(work / "results.json", {"settings": settings, "models": results})
+    _repoint(work, out)
+    _swap_in(work, out)
+    return LineageResult(out, settings, results)
