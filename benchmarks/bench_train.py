@@ -16,7 +16,9 @@ optimizer state; glibc's mmap threshold is pinned so freed tensors leave the RSS
 Modes: hf-fp32, ours-fp32, hf-default and ours-default (default = ``--precision auto``:
 bf16 autocast where the hardware has it, as ``lmlab pretrain`` does). ours-fp32-blas is
 ours-fp32 with ``LMLAB_CPU_MATMUL=aten``: its matmuls on torch's BLAS like HF's, so the
-gain of oneDNN matmuls (``lmlab/nn/linear.py``) and of everything else show apart. The
+gain of oneDNN matmuls (``lmlab/nn/linear.py``) and of everything else show apart;
+ours-fp32-onednn forces the oneDNN route, so the default (auto) route can be checked against
+the best forced one. The
 other ours-* modes take the route ``LMLAB_CPU_MATMUL`` says (``auto``: the one measured
 faster on this machine, printed; where that is aten, ours-fp32 equals ours-fp32-blas).
 """
@@ -35,7 +37,9 @@ from pathlib import Path
 
 import torch
 
-MODES = ("hf-fp32", "ours-fp32", "ours-fp32-blas", "hf-default", "ours-default")
+MODES = ("hf-fp32", "ours-fp32", "ours-fp32-blas", "ours-fp32-onednn", "hf-default", "ours-default")
+# modes that force a CPU matmul route, by their suffix
+FORCED_ROUTE = {"-blas": "aten", "-onednn": "onednn"}
 COMPILED = ("ours-fp32-compiled", "ours-default-compiled")
 
 
@@ -112,10 +116,11 @@ class Runner:
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One full training step; return the loss."""
-        if not self.mode.endswith("-blas"):
+        route = next((r for suffix, r in FORCED_ROUTE.items() if self.mode.endswith(suffix)), None)
+        if route is None:
             return self._step(batch)
         saved = os.environ.get("LMLAB_CPU_MATMUL")
-        os.environ["LMLAB_CPU_MATMUL"] = "aten"
+        os.environ["LMLAB_CPU_MATMUL"] = route
         try:
             return self._step(batch)
         finally:
@@ -273,6 +278,7 @@ def main() -> None:
         result["ratios"] = {
             "ours_fp32_vs_hf_fp32": ratio("ours-fp32", "hf-fp32"),
             "ours_fp32_blas_vs_hf_fp32": ratio("ours-fp32-blas", "hf-fp32"),
+            "ours_fp32_onednn_vs_hf_fp32": ratio("ours-fp32-onednn", "hf-fp32"),
             "ours_default_vs_hf_fp32": ratio("ours-default", "hf-fp32"),
             "ours_default_vs_hf_default": ratio("ours-default", "hf-default"),
         }
