@@ -24,7 +24,6 @@ from lmlab.models.rnn import RNNLM
 
 def family(model: nn.Module) -> str:
     """Return how ``model`` decodes: 'decoder', 'recurrent', 'elmo' or 'nplm'; raise LmlabError otherwise."""
-
     for cls, name in ((Decoder, "decoder"), (RNNLM, "recurrent"), (ELMo, "elmo"), (NPLM, "nplm")):
         if isinstance(model, cls):
             return name
