@@ -21,7 +21,8 @@ class ImportHfConfig:
 
 
 def import_hf(cfg: ImportHfConfig) -> None:
-    """Convert a Hugging Face LlamaForCausalLM or GPT2LMHeadModel folder into an lmlab run folder.
+    """Convert a Hugging Face LlamaForCausalLM, GPT2LMHeadModel, T5ForConditionalGeneration or
+    BartForConditionalGeneration folder into an lmlab run folder.
 
     Reads the files directly (transformers is not needed). Writes OUT/model.safetensors,
     OUT/config.yaml and copies tokenizer.json, tokenizer_config.json,
@@ -29,6 +30,7 @@ def import_hf(cfg: ImportHfConfig) -> None:
     lmlab import hf --src ~/models/Llama-3.2-1B --out runs/llama1b
     """
     from lmlab.device import parse_dtype
+    from lmlab.interop import hf_encdec
     from lmlab.interop.hf import copy_tokenizer_files, load_hf, read_hf_config
     from lmlab.models.io import WEIGHTS
     from lmlab.models.registry import save_model
@@ -37,7 +39,8 @@ def import_hf(cfg: ImportHfConfig) -> None:
         raise LmlabError("give both --src HF_FOLDER and --out RUN_FOLDER")
     if (Path(cfg.out) / WEIGHTS).exists() and not cfg.overwrite:
         raise LmlabError(f"{cfg.out} already holds a model; pass --overwrite or choose another --out")
-    model = load_hf(cfg.src, parse_dtype(cfg.dtype))
+    read = hf_encdec.load_hf_encdec if hf_encdec.handles(cfg.src) else load_hf
+    model = read(cfg.src, parse_dtype(cfg.dtype))
     kind = read_hf_config(cfg.src)["model_type"]  # load_hf refused a config.json without a known one
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,16 +68,19 @@ class ExportHfConfig:
 
 
 def export_hf(cfg: ExportHfConfig) -> None:
-    """Write a run's model as a Hugging Face folder (LlamaForCausalLM or GPT2LMHeadModel).
+    """Write a run's model as a Hugging Face folder (LlamaForCausalLM, GPT2LMHeadModel,
+    T5ForConditionalGeneration or BartForConditionalGeneration).
 
     OUT gets config.json, model.safetensors, generation_config.json and, when the run has
     a tokenizer.json, tokenizer.json + tokenizer_config.json + special_tokens_map.json, so
-    AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) load
+    AutoModelForCausalLM (AutoModelForSeq2SeqLM) and AutoTokenizer.from_pretrained(OUT) load
     it. Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
     """
     from lmlab.device import parse_dtype
     from lmlab.interop.hf import export_hf as write_hf
     from lmlab.interop.hf import hf_family
+    from lmlab.interop.hf_encdec import ARCHITECTURES, export_hf_encdec
+    from lmlab.models.encdec import EncoderDecoder
     from lmlab.models.registry import load_model
 
     if cfg.ckpt is None or cfg.out is None:
@@ -83,12 +89,18 @@ def export_hf(cfg: ExportHfConfig) -> None:
     if (out / "model.safetensors").exists() and not cfg.overwrite:
         raise LmlabError(f"{out} already holds a model; pass --overwrite or choose another --out")
     model = load_model(cfg.ckpt, dtype=parse_dtype(cfg.dtype))
-    family = hf_family(model.config)
     src = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
-    write_hf(model, out, tokenizer_dir=src)
+    if isinstance(model, EncoderDecoder):
+        from lmlab.interop.hf_encdec import hf_family as encdec_family
+
+        architecture = ARCHITECTURES[encdec_family(model.config)]
+        export_hf_encdec(model, out, tokenizer_dir=src)
+    else:
+        architecture = "LlamaForCausalLM" if hf_family(model.config) == "llama" else "GPT2LMHeadModel"
+        write_hf(model, out, tokenizer_dir=src)
     save_config(cfg, out / "config.yaml")
     files = sorted(p.name for p in out.iterdir() if p.is_file())
-    info = {"architecture": "LlamaForCausalLM" if family == "llama" else "GPT2LMHeadModel",
+    info = {"architecture": architecture,
             "params": model.num_params(), "out": str(out), "files": files}
     if cfg.json:
         print(json.dumps(info))
