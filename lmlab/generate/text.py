@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.generate.beam import beam_search
+from lmlab.generate.beam import beam_search, check_beam_settings
 from lmlab.generate.decode import decode
 from lmlab.generate.steps import family
 
@@ -70,6 +70,7 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
     ``length_penalty`` and ``early_stopping``) and cuts its best hypothesis at a stop string
     afterwards; otherwise the keyword arguments are :func:`decode`'s.
     """
+    check_beam_settings(num_beams, length_penalty, early_stopping)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     encdec = family(model) == "encdec"
     if eos_id is None:
