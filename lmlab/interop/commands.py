@@ -26,6 +26,7 @@ def import_hf(cfg: ImportHfConfig) -> None:
 
     Decoders: LlamaForCausalLM, GPT2LMHeadModel. Encoders: BertForMaskedLM, BertForPreTraining,
     BertModel (no MLM head, e.g. sentence encoders: embeddings only), RobertaForMaskedLM, RobertaModel.
+    Encoder-decoders: T5ForConditionalGeneration (v1.0 and v1.1), BartForConditionalGeneration.
 
     Reads the files directly (transformers is not needed). Writes OUT/model.safetensors,
     OUT/config.yaml and copies tokenizer.json, tokenizer_config.json,
@@ -79,12 +80,14 @@ class ExportHfConfig:
 
 def export_hf(cfg: ExportHfConfig) -> None:
     """Write a run's model as a Hugging Face folder (LlamaForCausalLM, GPT2LMHeadModel, BertForMaskedLM,
-    BertForPreTraining, BertModel, RobertaForMaskedLM or RobertaModel).
+    BertForPreTraining, BertModel, RobertaForMaskedLM, RobertaModel, T5ForConditionalGeneration or
+    BartForConditionalGeneration).
 
     OUT gets config.json, model.safetensors, generation_config.json and, when the run has
     a tokenizer.json, tokenizer.json + tokenizer_config.json + special_tokens_map.json, so
     AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) load
-    it (AutoModelForMaskedLM for an encoder). Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
+    it (AutoModelForMaskedLM for an encoder, AutoModelForSeq2SeqLM for an
+    encoder-decoder). Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
     """
     from lmlab.device import parse_dtype
     from lmlab.interop.hf_auto import export_hf_model

@@ -1,5 +1,6 @@
-"""Which Hugging Face converter handles a folder or a model: decoders (:mod:`lmlab.interop.hf`) and
-encoders (:mod:`lmlab.interop.hf_encoder`), dispatched on ``config.json``'s ``model_type`` (import)
+"""Which Hugging Face converter handles a folder or a model: decoders (:mod:`lmlab.interop.hf`),
+encoders (:mod:`lmlab.interop.hf_encoder`) and encoder-decoders (:mod:`lmlab.interop.hf_encdec`),
+dispatched on ``config.json``'s ``model_type`` (import)
 or on the model's class (export). ``lmlab import hf``, ``lmlab export hf`` and ``lmlab.load``
 go through here, so a new family is one line in each function."""
 
@@ -12,15 +13,18 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.interop import hf, hf_encoder
+from lmlab.interop import hf, hf_encdec, hf_encoder
 from lmlab.models.decoder import Decoder
+from lmlab.models.encdec import EncoderDecoder
 from lmlab.models.encoder import Encoder
 
 
 def supported() -> str:
     """Return the supported model types and architectures as one phrase for error messages."""
     return (f"supported: {', '.join(hf.SUPPORTED)} (decoders: LlamaForCausalLM, GPT2LMHeadModel); "
-            f"{', '.join(hf_encoder.MODEL_TYPES)} (encoders: {', '.join(hf_encoder.ARCHITECTURES)})")
+            f"{', '.join(hf_encoder.MODEL_TYPES)} (encoders: {', '.join(hf_encoder.ARCHITECTURES)}); "
+            f"{', '.join(hf_encdec.MODEL_TYPES)} "
+            f"(encoder-decoders: {', '.join(hf_encdec.ARCHITECTURES.values())})")
 
 
 def load_hf_model(src: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[nn.Module, str]:
@@ -31,6 +35,8 @@ def load_hf_model(src: str | os.PathLike, dtype: torch.dtype | None = None) -> t
     kind = config.get("model_type")
     if hf_encoder.is_encoder_config(config):
         return hf_encoder.load_hf_encoder(src, dtype), kind
+    if kind in hf_encdec.MODEL_TYPES:
+        return hf_encdec.load_hf_encdec(src, dtype), kind
     if kind in hf.SUPPORTED:
         return hf.load_hf(src, dtype), kind
     raise LmlabError(f"model_type {kind!r} in {Path(src) / 'config.json'} cannot be converted; {supported()}")
@@ -42,6 +48,9 @@ def export_hf_model(model: nn.Module, out: str | os.PathLike, tokenizer_dir: str
     if isinstance(model, Encoder):
         arch = hf_encoder.hf_architecture(model.config)
         return arch, hf_encoder.export_hf_encoder(model, out, tokenizer_dir, dtype)
+    if isinstance(model, EncoderDecoder):
+        hf_encdec.export_hf_encdec(model, out, tokenizer_dir, dtype)
+        return hf_encdec.ARCHITECTURES[hf_encdec.hf_family(model.config)], []
     if not isinstance(model, Decoder):
         raise LmlabError(f"a {type(model).__name__} has no Hugging Face counterpart; {supported()}")
     family = hf.hf_family(model.config)
