@@ -122,3 +122,43 @@ def run(cfg: GenerateConfig) -> None:
         for i, (p, r) in enumerate(zip(prompts, results)):
             print(("" if i == 0 else "-----\n") + (f"{p}\n=> {r.text}" if encdec else p + r.text))
     print(f"[{n_new} tokens in {seconds:.2f}s, {speed['tokens_per_s']:.1f} tokens/s]", file=sys.stderr)
+
+
+@dataclass
+class FillMaskConfig:
+    ckpt: Path | None = arg(None, "an encoder: run folder, model.safetensors or Hugging Face folder "
+                                  "(BertForMaskedLM, RobertaForMaskedLM, ...)")
+    text: str | None = arg(None, "text with one or more mask tokens ([MASK] for BERT, <mask> for RoBERTa)")
+    top_k: int = arg(5, "candidates per mask")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    json: bool = arg(False, "print the candidates as one JSON object")
+
+
+def fill_mask(cfg: FillMaskConfig) -> None:
+    """The most likely tokens, with probabilities, at each mask token of a text (BERT, RoBERTa).
+
+    The mask token is the tokenizer's ([MASK], <mask>, or <|mask|> for lmlab tokenizers);
+    the text is encoded with the tokenizer's template ([CLS] ... [SEP]). Example:
+    lmlab fill-mask --ckpt runs/bert --text "The [MASK] of Denmark" --top-k 5
+    """
+    from lmlab.device import resolve_device
+    from lmlab.generate.fill_mask import check_fill_mask_model
+    from lmlab.generate.fill_mask import fill_mask as fill
+    from lmlab.loader import load_model_any, load_tokenizer_any
+
+    if cfg.ckpt is None or cfg.text is None:
+        raise LmlabError("fill-mask needs --ckpt RUN (an encoder) and --text \"... [MASK] ...\"")
+    tokenizer = load_tokenizer_any(cfg.ckpt) if Path(cfg.ckpt).exists() else None
+    model = check_fill_mask_model(load_model_any(cfg.ckpt, resolve_device(cfg.device)))
+    if tokenizer is None:
+        raise LmlabError(f"no tokenizer.json beside {cfg.ckpt}; copy the tokenizer the model was trained "
+                         "with there")
+    fills = fill(model, tokenizer, cfg.text, cfg.top_k)
+    if cfg.json:
+        print(json.dumps({"text": cfg.text, "masks": [f.as_dict() for f in fills]}, ensure_ascii=False))
+        return
+    for n, f in enumerate(fills, 1):
+        if len(fills) > 1:
+            print(f"mask {n} (token {f.index}):")
+        for c in f.candidates:
+            print(f"  {c.prob:7.4f}  {c.text or c.token}")
