@@ -154,7 +154,8 @@ def test_blank_infilling_is_recoverable_with_glm_positions_and_mask(tok, tokens)
     for seed in range(100):
         offset = seed * 3
         ex = glm(tokens, offset, example_rng(seed))
-        x, labels, block, attend = ex["input_ids"], ex["labels"], ex["block_position_ids"], ex["attention_mask"]
+        x, labels, attend = ex["input_ids"], ex["labels"], ex["attention_mask"]
+        block = ex["block_position_ids"]
         assert _glm_recover(ex, ids.mask, ids.sop, ids.eop) == list(tokens[offset:offset + glm.window])
         a_len = int(np.argmax(labels != IGNORE))
         n = int((x != ids.pad).sum())

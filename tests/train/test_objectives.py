@@ -16,8 +16,8 @@ from lmlab.cli import main
 from lmlab.data.prepare import prepare
 from lmlab.train.log import read_metrics
 
-COMMON = ["--block-size", "32", "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--no-progress",
-          "--warmup-steps", "5", "--log-interval", "1", "--eval-iters", "2", "--lr", "3e-3",
+COMMON = ["--block-size", "32", "--batch-size", "8", "--precision", "fp32", "--device", "cpu",
+          "--no-progress", "--warmup-steps", "5", "--log-interval", "1", "--eval-iters", "2", "--lr", "3e-3",
           "--d-model", "32", "--n-layer", "1"]
 # objective -> the tiny preset it trains in these tests
 RUNS = {
