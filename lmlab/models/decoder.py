@@ -19,10 +19,11 @@ from torch.utils.checkpoint import checkpoint
 
 from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
-from lmlab.nn.attention import Attention, KVCache, causal_mask
+from lmlab.nn.attention import KVCache, causal_mask
+from lmlab.nn.block import BlockSpec, TransformerBlock
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
-from lmlab.nn.mlp import GeluMLP, SwiGLU, swiglu_hidden
+from lmlab.nn.mlp import swiglu_hidden
 from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
 from lmlab.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, rope_type
 
@@ -100,28 +101,12 @@ class DecoderConfig(DictConfig):
 
 
 
-class Block(nn.Module):
-    """One pre-norm Transformer block: attention then MLP, each with a residual connection."""
-
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        self.norm1 = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.attn = Attention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.bias, cfg.dropout)
-        self.norm2 = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        if cfg.mlp == "gelu":
-            self.mlp: nn.Module = GeluMLP(cfg.d_model, cfg.d_ff, cfg.bias, cfg.gelu_approx)
-        else:
-            self.mlp = SwiGLU(cfg.d_model, cfg.d_ff, cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None, layer: int, mask: torch.Tensor | None,
-                is_causal: bool) -> torch.Tensor:
-        """Return the block's output for ``x (B, T, d_model)``."""
-        a = self.attn(self.norm1(x), rope, cache, layer, mask, is_causal)
-        x = x + (self.drop(a) if self.drop is not None else a)
-        m = self.mlp(self.norm2(x))
-        return x + (self.drop(m) if self.drop is not None else m)
+def block_spec(cfg: DecoderConfig) -> BlockSpec:
+    """Return the pre-norm block of a decoder config: GELU MLP (tanh or exact) or SwiGLU."""
+    act = "silu" if cfg.mlp == "swiglu" else ("gelu_tanh" if cfg.gelu_approx == "tanh" else "gelu")
+    return BlockSpec(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, norm=cfg.norm,
+                     norm_eps=cfg.norm_eps, norm_bias=cfg.bias, bias=cfg.bias, act=act,
+                     gated=cfg.mlp == "swiglu", dropout=cfg.dropout)
 
 
 class Decoder(nn.Module):
@@ -142,7 +127,7 @@ class Decoder(nn.Module):
         if cfg.block_positions:
             self.block_pos_emb = LearnedPositions(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(block_spec(cfg)) for _ in range(cfg.n_layer))
         self.norm_f = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

@@ -1,8 +1,17 @@
-"""Causal self-attention for MHA, MQA and GQA (one class, ``n_kv_heads``) with a KV cache.
+"""Attention for every Transformer in the lab: one class for causal and bidirectional
+self-attention and for cross-attention, with MHA, MQA and GQA (``n_kv_heads``), and its caches.
 
 MHA has ``n_kv_heads == n_heads``, MQA ``n_kv_heads == 1``, GQA anything in between that
 divides ``n_heads``; query head ``h`` reads KV head ``h // (n_heads // n_kv_heads)``.
-Queries, keys and values come from one fused projection laid out ``[q; k; v]``.
+In self-attention, queries, keys and values come from one fused projection laid out
+``[q; k; v]``; in cross-attention (``cross=True``, the encoder-decoder's second sublayer) the
+queries come from ``q`` and the keys and values from ``kv`` (``[k; v]``) applied to the encoder
+output, once per generation (:class:`CrossKVCache`).
+
+Masks are boolean (True = may attend) or float (added to the scores: T5's relative position
+bias, with padding folded in as a large negative number), broadcastable to
+``(B, n_head, T_query, T_key)``; :func:`padding_mask` turns a ``(B, T)`` attention mask of
+1s and 0s into the boolean form for bidirectional attention.
 
 Masking rule (see REFERENCE.md): SDPA's ``is_causal`` aligns its mask top-left, which is
 only right when there are as many queries as keys. With a cache, a single query needs no
@@ -53,6 +62,42 @@ class KVCache:
         """Forget the stored positions (the buffers are reused)."""
         self.length = 0
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (beam search: each beam continues one of the previous beams).
+        Copies in place, so the per-layer views stay valid."""
+        self.k.copy_(self.k.index_select(1, index))
+        self.v.copy_(self.v.index_select(1, index))
+
+
+class CrossKVCache:
+    """Cross-attention keys and values of the encoder output, one ``(k, v)`` per layer.
+
+    The encoder output does not change while the decoder generates, so each layer projects
+    it on its first call and reuses the result at every later step.
+    """
+
+    def __init__(self, n_layer: int):
+        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return the stored ``(k, v)`` of ``layer`` (``(B, H_kv, S, D)`` each), None before the first."""
+        return self.kv[layer]
+
+    def put(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the keys and values of ``layer``."""
+        self.kv[layer] = (k, v)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        self.kv = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+                   for kv in self.kv]
+
+
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return the boolean SDPA mask ``(B, 1, 1, T)`` (True = may attend) for a ``(B, T)`` mask of
+    1 (real token) and 0 (padding): every query sees every real key (bidirectional attention)."""
+    return attention_mask.to(torch.bool)[:, None, None, :]
+
 
 def causal_mask(n_query: int, n_key: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Return the lower-right-aligned causal mask ``(n_query, n_key)``: True where query ``i`` may
@@ -63,28 +108,44 @@ def causal_mask(n_query: int, n_key: int, device: torch.device | str = "cpu") ->
 
 
 class Attention(nn.Module):
-    """Multi-head causal self-attention with grouped KV heads, RoPE and an optional KV cache."""
+    """Multi-head attention with grouped KV heads, optional RoPE and a cache.
+
+    ``cross=False``: self-attention over ``x`` (causal or bidirectional, by the mask and
+    ``is_causal``), keys and values appended to a :class:`KVCache` when one is given.
+    ``cross=True``: queries from ``x``, keys and values from ``memory`` (width ``d_memory``,
+    default ``d_model``), kept in a :class:`CrossKVCache` when one is given. ``scale``: the
+    score scale (None = ``1/sqrt(head_dim)``; T5 folds it into its weights and uses 1).
+    """
 
     def __init__(self, d_model: int, n_head: int, n_kv_heads: int, head_dim: int, bias: bool = False,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, cross: bool = False, d_memory: int | None = None,
+                 scale: float | None = None):
         super().__init__()
         if n_head % n_kv_heads:
             raise ValueError(f"n_head={n_head} is not a multiple of n_kv_heads={n_kv_heads}")
         self.n_head, self.n_kv_heads, self.head_dim = n_head, n_kv_heads, head_dim
-        self.qkv = Linear(d_model, (n_head + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.cross, self.scale = cross, scale
+        if cross:
+            self.q = Linear(d_model, n_head * head_dim, bias=bias)
+            self.kv = Linear(d_memory or d_model, 2 * n_kv_heads * head_dim, bias=bias)
+        else:
+            self.qkv = Linear(d_model, (n_head + 2 * n_kv_heads) * head_dim, bias=bias)
         self.proj = Linear(n_head * head_dim, d_model, bias=bias)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+                cache: KVCache | CrossKVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
+                is_causal: bool = False, memory: torch.Tensor | None = None) -> torch.Tensor:
         """Attend ``x (B, T, d_model)``; return ``(B, T, d_model)``.
 
         ``rope``: ``(cos, sin)`` for the T positions; ``cache``/``layer``: where to store and
-        read keys/values; ``mask``: boolean, True = may attend, broadcastable to
-        ``(B, n_head, T, keys)``; ``is_causal``: use SDPA's own causal mask (only valid when
-        the queries are all the keys, i.e. no cache content before them).
+        read keys/values; ``mask``: boolean (True = may attend) or float (added to the
+        scores), broadcastable to ``(B, n_head, T, keys)``; ``is_causal``: use SDPA's own
+        causal mask (only valid when the queries are all the keys, i.e. no cache content
+        before them); ``memory (B, S, d_memory)``: the encoder output (cross-attention).
         """
+        if self.cross:
+            return self._cross(x, memory, cache, layer, mask)
         B, T, _ = x.shape
         nh, nkv, hd = self.n_head, self.n_kv_heads, self.head_dim
         # With one position, (B, 1, H, D) and (B, H, 1, D) are the same memory: view the
@@ -104,12 +165,36 @@ class Attention(nn.Module):
         if T == 1:
             # One query per head: the query heads sharing a KV head become that many queries
             # against it, so K/V are never repeated (measured fastest for decoding).
+            if mask is not None and mask.shape[1] > 1:  # per-head (bias) mask: heads -> (kv head, group)
+                mask = mask.reshape(mask.shape[0], nkv, nh // nkv, mask.shape[-1])
             y = F.scaled_dot_product_attention(q.reshape(B, nkv, nh // nkv, hd), k, v, attn_mask=mask,
-                                               dropout_p=dropout)
+                                               dropout_p=dropout, scale=self.scale)
             y = y.reshape(B, 1, nh * hd)
         else:
             # enable_gqa measured 1.5-3x faster on CPU than repeating K/V for T > 1.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=is_causal and mask is None, enable_gqa=nh > nkv)
+                                               is_causal=is_causal and mask is None, enable_gqa=nh > nkv,
+                                               scale=self.scale)
             y = y.transpose(1, 2).reshape(B, T, nh * hd)
         return self.proj(y)
+
+    def _cross(self, x: torch.Tensor, memory: torch.Tensor | None, cache: CrossKVCache | None, layer: int,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Cross-attention of ``x`` to ``memory`` (or to the keys/values cached for ``layer``)."""
+        B, T, _ = x.shape
+        nh, nkv, hd = self.n_head, self.n_kv_heads, self.head_dim
+        kv = cache.get(layer) if cache is not None else None
+        if kv is None:
+            if memory is None:
+                raise ValueError("cross-attention needs the encoder output (memory) on its first call")
+            S = memory.shape[1]
+            k, v = self.kv(memory).view(B, S, 2 * nkv, hd).transpose(1, 2).split([nkv, nkv], dim=1)
+            if cache is not None:
+                cache.put(layer, k, v)
+        else:
+            k, v = kv
+        q = self.q(x).view(B, T, nh, hd).transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=nh > nkv,
+                                           scale=self.scale)
+        return self.proj(y.transpose(1, 2).reshape(B, T, nh * hd))

@@ -1,4 +1,5 @@
-"""Position-wise feed-forward blocks: GELU MLP (GPT-2) and SwiGLU (LLaMA)."""
+"""Position-wise feed-forward blocks: the dense MLP (GPT-2, BERT, T5 v1.0) and the gated one
+(SwiGLU in LLaMA, GEGLU in T5 v1.1)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,35 @@ from torch import nn
 
 from lmlab.nn.linear import Linear
 
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
-class GeluMLP(nn.Module):
-    """``proj(gelu(fc(x)))``; GPT-2 uses the tanh approximation of GELU."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "tanh"):
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Apply the activation ``name``: exact GELU (BERT, BART), tanh-approximated GELU (GPT-2,
+    T5 v1.1's "gelu_new"), ReLU (Vaswani, T5 v1.0) or SiLU (LLaMA's gate)."""
+    if name == "gelu":
+        return F.gelu(x)
+    if name == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu(x)
+    if name == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown activation {name!r}; use one of {', '.join(ACTIVATIONS)}")
+
+
+class MLP(nn.Module):
+    """The dense feed-forward block ``proj(act(fc(x)))`` (GPT-2, BERT, BART, Vaswani, T5 v1.0)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True, act: str = "gelu_tanh"):
         super().__init__()
         self.fc = Linear(dim, hidden, bias=bias)
         self.proj = Linear(hidden, dim, bias=bias)
-        self.approximate = approximate
+        self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the MLP output, same shape as ``x``."""
-        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
+        return self.proj(activation(self.act, self.fc(x)))
 
 
 class SiluGate(torch.autograd.Function):
@@ -52,27 +69,30 @@ class SiluGate(torch.autograd.Function):
         return out
 
 
-class SwiGLU(nn.Module):
-    """Gated MLP ``w2(silu(w1 x) * w3 x)`` (Shazeer 2020), as in LLaMA.
+class GatedMLP(nn.Module):
+    """Gated feed-forward block ``w2(act(w1 x) * w3 x)`` (Shazeer 2020): SwiGLU with ``act='silu'``
+    (LLaMA), GEGLU with ``act='gelu_tanh'`` (T5 v1.1).
 
     ``w1`` (gate) and ``w3`` (up) are fused into one Linear ``w13`` whose first
     ``hidden`` output rows are ``w1`` and the last ``hidden`` are ``w3``: one matmul
-    instead of two. Hugging Face's ``gate_proj``/``up_proj`` are exactly those halves.
+    instead of two. Hugging Face's ``gate_proj``/``up_proj`` (``wi_0``/``wi_1`` in T5)
+    are exactly those halves.
     """
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False):
+    def __init__(self, dim: int, hidden: int, bias: bool = False, act: str = "silu"):
         super().__init__()
         self.hidden = hidden
+        self.act = act
         self.w13 = Linear(dim, 2 * hidden, bias=bias)
         self.w2 = Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the gated MLP output, same shape as ``x``."""
         h = self.w13(x)
-        if torch.is_grad_enabled() and h.requires_grad and h.dtype == torch.float32:
+        if self.act == "silu" and torch.is_grad_enabled() and h.requires_grad and h.dtype == torch.float32:
             return self.w2(SiluGate.apply(h))
         gate, up = h.chunk(2, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(activation(self.act, gate) * up)
 
 
 def swiglu_hidden(dim: int, multiple_of: int = 256, ffn_dim_multiplier: float | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Position information: learned and sinusoidal absolute embeddings, and RoPE.
+"""Position information: learned and sinusoidal absolute embeddings, T5's bucketed relative
+position bias, and RoPE.
 
 RoPE follows Hugging Face LLaMA's "rotate half" pairing: dimension ``i`` is rotated with
 dimension ``i + head_dim/2`` (Meta's original code pairs ``2i`` with ``2i+1``; converting
@@ -51,6 +52,56 @@ class SinusoidalPositions(nn.Module):
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """Return the embeddings of integer ``positions`` (any shape) -> ``(*shape, dim)``."""
         return self.table[positions]
+
+
+def relative_position_bucket(relative: torch.Tensor, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> torch.Tensor:
+    """Return T5's bucket of each relative position ``key - query`` (Raffel et al. 2020).
+
+    Half the buckets (all of them when causal) cover exact distances ``0..num_buckets/4-1``
+    (``/2`` when causal), the rest grow logarithmically up to ``max_distance``, beyond which
+    every distance shares the last bucket; bidirectional buckets keep the sign (later keys use
+    the upper half).
+    """
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative > 0).long() * num_buckets
+        relative = relative.abs()
+    else:
+        relative = -torch.clamp(relative, max=0)
+    max_exact = num_buckets // 2
+    is_small = relative < max_exact
+    large = max_exact + (torch.log(relative.float() / max_exact) / math.log(max_distance / max_exact)
+                         * (num_buckets - max_exact)).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, relative, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned scalar bias per head and relative-position bucket, added to the attention scores.
+
+    ``weight (num_buckets, n_head)`` is Hugging Face's ``relative_attention_bias.weight``. The
+    encoder uses bidirectional buckets, the decoder's self-attention causal ones; the bias is
+    computed once per forward pass and shared by all layers.
+    """
+
+    def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128,
+                 bidirectional: bool = True):
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.weight = nn.Parameter(torch.empty(num_buckets, n_head))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, n_query: int, n_key: int, start: int = 0) -> torch.Tensor:
+        """Return the bias ``(1, n_head, n_query, n_key)`` for queries at positions
+        ``start..start+n_query-1`` and keys at ``0..n_key-1``."""
+        device = self.weight.device
+        query = torch.arange(start, start + n_query, device=device)[:, None]
+        key = torch.arange(n_key, device=device)[None, :]
+        bucket = relative_position_bucket(key - query, self.bidirectional, self.num_buckets,
+                                          self.max_distance)
+        return self.weight[bucket].permute(2, 0, 1).unsqueeze(0)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> torch.Tensor:

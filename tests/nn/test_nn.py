@@ -10,14 +10,14 @@ import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
 from lmlab.nn import (
+    MLP,
     Attention,
-    GeluMLP,
+    GatedMLP,
     KVCache,
     LayerNorm,
     RMSNorm,
     RotaryEmbedding,
     SinusoidalPositions,
-    SwiGLU,
     apply_rope,
     causal_mask,
     swiglu_hidden,
@@ -55,7 +55,7 @@ def test_layernorm_with_and_without_bias():
 
 def test_swiglu_fused_equals_separate_projections():
     torch.manual_seed(0)
-    mlp = SwiGLU(12, 20)
+    mlp = GatedMLP(12, 20)
     w1, w3 = mlp.w13.weight[:20], mlp.w13.weight[20:]
     x = torch.randn(2, 3, 12)
     ref = mlp.w2(F.silu(x @ w1.T) * (x @ w3.T))
@@ -66,7 +66,7 @@ def test_swiglu_fused_equals_separate_projections():
 
 def test_gelu_mlp_uses_tanh_approximation():
     torch.manual_seed(0)
-    mlp = GeluMLP(8, 32)
+    mlp = MLP(8, 32)
     x = torch.randn(5, 8)
     h = mlp.fc(x)
     gelu_new = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
