@@ -18,7 +18,8 @@ The batches come from :mod:`lmlab.data.collators`; :mod:`lmlab.train.parts` pair
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -69,24 +70,64 @@ def blank_infilling_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
                  targets=batch["labels"], **extra)
 
 
-def masked_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Share of the scored positions (labels != -100) whose arg-max prediction is the label."""
-    scored = labels != IGNORE_INDEX
-    hits = (logits.argmax(-1) == labels) & scored
-    return hits.sum().float() / scored.sum().clamp_min(1)
+def mlm_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Masked LM (BERT, RoBERTa): the encoder's mean cross-entropy over the masked positions, and
+    ``mlm_accuracy``, the share of them whose arg-max prediction is the original token.
+
+    The loss comes from the encoder's forward with ``targets`` (its vocabulary projection runs only
+    at the masked positions); the accuracy is read off those same logits as the head emits them.
+    """
+    with _capture_output(_unwrap(model).require_mlm_head()) as head:
+        loss = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                     targets=batch["labels"])
+    return loss, {"mlm_accuracy": _accuracy(head, batch["labels"])}
 
 
-def nsp_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return BERT's next-sentence ``(cross-entropy, accuracy)`` of ``logits (B, 2)`` on ``labels (B,)``."""
-    return F.cross_entropy(logits.float(), labels), (logits.argmax(-1) == labels).float().mean()
+def mlm_nsp_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """BERT's pretraining loss: masked LM plus next-sentence cross-entropy (from the pooled [CLS]),
+    with ``mlm_accuracy``, ``nsp_loss`` and ``nsp_accuracy`` as metrics.
+
+    Both losses come from one forward through the (possibly data-parallel) model: the last
+    block's output, captured on the way, feeds the next-sentence head.
+    """
+    raw = _unwrap(model)
+    with _capture_output(raw.require_mlm_head()) as head, _capture_output(raw.blocks[-1]) as hidden:
+        mlm = model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                    targets=batch["labels"])
+    logits = raw.nsp_logits(hidden[0])
+    nsp = F.cross_entropy(logits.float(), batch["next_sentence_label"])
+    nsp_accuracy = (logits.argmax(-1) == batch["next_sentence_label"]).float().mean()
+    return mlm + nsp, {"mlm_accuracy": _accuracy(head, batch["labels"]), "nsp_loss": nsp.detach(),
+                       "nsp_accuracy": nsp_accuracy}
 
 
-def shift_right(labels: torch.Tensor, start_id: int) -> torch.Tensor:
-    """Teacher forcing's decoder input: ``labels`` shifted right by one, ``start_id`` first (and in
-    place of -100, as the position after an ignored label predicts nothing that counts)."""
-    shifted = labels.new_full(labels.shape, start_id)
-    shifted[:, 1:] = labels[:, :-1]
-    return shifted.masked_fill(shifted == IGNORE_INDEX, start_id)
+def seq2seq_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Span corruption (T5) and denoising (BART): the encoder-decoder's mean cross-entropy of the
+    target given the corrupted input, teacher-forced (the model shifts the labels right behind
+    its ``decoder_start_token_id`` to make the decoder's input)."""
+    return model(batch["input_ids"], attention_mask=batch.get("attention_mask"), targets=batch["labels"])
+
+
+def _accuracy(captured: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Arg-max accuracy of the masked-position logits the MLM head emitted (rows in the order of
+    the scored positions); 0 when nothing was masked."""
+    scored = labels[labels != IGNORE_INDEX]
+    if not captured or scored.numel() == 0:
+        return torch.zeros((), device=labels.device)
+    return (captured[0].argmax(-1) == scored).float().mean()
+
+
+@contextlib.contextmanager
+def _capture_output(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect ``module``'s outputs during the enclosed forward pass (a hook, removed on exit), so an
+    objective reads what the model computed without a second pass or a call around its forward
+    (which data parallelism needs)."""
+    outputs: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _args, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lmlab.data.collators import ObjectiveBatches, build_examples
+from lmlab.data.special import find_special_ids
 from lmlab.data.windows import RandomWindows
 from lmlab.errors import LmlabError
 from lmlab.models.elmo import ELMo, bilm_loss
@@ -22,15 +23,24 @@ from lmlab.train import objectives
 from lmlab.train.bptt import TruncatedBPTT
 
 OBJECTIVE_NAMES = ("causal", "mlm", "mlm+nsp", "span-corruption", "denoise", "blank-infilling")
-# The objectives each family can train with; the first is its natural one (--objective auto).
+# The objectives each family can train with (others: causal only).
 FITS: dict[str, tuple[str, ...]] = {
     "decoder": ("causal", "blank-infilling"),
+    "encoder": ("mlm", "mlm+nsp"),
+    "encdec": ("span-corruption", "denoise"),
 }
 
 
 def fitting_objectives(model: nn.Module) -> tuple[str, ...]:
-    """Return the objectives ``model`` can be trained with, its natural one first."""
-    return FITS.get(family_of(model).arch, ("causal",))
+    """Return the objectives ``model`` can be trained with, its natural one first: the one its
+    config names (``objective``: BERT mlm+nsp, RoBERTa mlm, T5 span-corruption, BART denoise),
+    else the family's first. An encoder without a next-sentence head cannot train mlm+nsp."""
+    config = getattr(model, "config", None)
+    fits = FITS.get(family_of(model).arch, ("causal",))
+    if "mlm+nsp" in fits and not getattr(config, "nsp", False):
+        fits = tuple(f for f in fits if f != "mlm+nsp")
+    natural = getattr(config, "objective", None)
+    return (natural, *(f for f in fits if f != natural)) if natural in fits else fits
 
 
 def resolve_objective(model: nn.Module, name: str = "auto") -> str:
@@ -48,6 +58,20 @@ def resolve_objective(model: nn.Module, name: str = "auto") -> str:
         raise LmlabError(f"the {name} objective does not fit a {arch} model; objectives that fit it: "
                          f"{', '.join(fits)} (or pick a model preset of another family)")
     return name
+
+
+def with_tokenizer_ids(config: Any, tokenizer: Any) -> Any:
+    """Return ``config`` with ``tokenizer``'s special ids where its family stores them: an
+    encoder-decoder's pad, eos, bos and decoder start ids (the family's convention for the start
+    kept); other configs unchanged, as is one whose tokenizer has no pad or eos token."""
+    if family_of(config).arch != "encdec":
+        return config
+    from lmlab.models.encdec import with_special_ids
+
+    ids = find_special_ids(tokenizer)
+    if ids.pad is None or ids.eos is None:
+        return config
+    return with_special_ids(config, ids.pad, ids.eos, ids.bos)
 
 
 def training_parts(model: nn.Module, tokens: Any, *, block_size: int, batch_size: int, seed: int,
@@ -81,5 +105,9 @@ def training_parts(model: nn.Module, tokens: Any, *, block_size: int, batch_size
 
 
 OBJECTIVES: dict[str, objectives.Objective] = {
+    "mlm": objectives.mlm_loss,
+    "mlm+nsp": objectives.mlm_nsp_loss,
+    "span-corruption": objectives.seq2seq_loss,
+    "denoise": objectives.seq2seq_loss,
     "blank-infilling": objectives.blank_infilling_loss,
 }

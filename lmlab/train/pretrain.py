@@ -26,6 +26,8 @@ from lmlab.train.options import LoopOptions, OptimOptions
 MODEL_FLAGS = ("vocab_size", "n_layer", "n_head", "n_kv_heads", "d_model", "d_ff", "dropout")
 # Options a resumed run takes from the command line, never from the run's saved config.yaml.
 NOT_INHERITED = ("resume", "overwrite", "stop_at_step", "json", "out", "device", "progress")
+# Special-token ids of a model config that a new run takes from the data's tokenizer unless given.
+SPECIAL_ID_KEYS = {"pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"}
 ObjectiveName = Literal["auto", "causal", "mlm", "mlm+nsp", "span-corruption", "denoise", "blank-infilling"]
 
 
@@ -242,7 +244,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     from lmlab.train import checkpoint as ckpt
     from lmlab.train import distributed as D
     from lmlab.train.loop import Trainer, TrainSettings
-    from lmlab.train.parts import resolve_objective, training_parts
+    from lmlab.train.parts import resolve_objective, training_parts, with_tokenizer_ids
     from lmlab.train.validate import evaluate_objective
 
     if cfg.resume and cfg.out is not None:
@@ -266,6 +268,9 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     try:
         torch.manual_seed(cfg.seed)
         mc, init_model = _model_config(cfg, data.vocab_size)
+        given_ids = SPECIAL_ID_KEYS & set(parse_model_args(cfg.model_args))
+        if init_model is None and not cfg.resume and not given_ids:
+            mc = with_tokenizer_ids(mc, data.tokenizer())  # e.g. a T5 preset on lmlab data: its pad and eos
         if cfg.init is not None and not cfg.resume:
             check_same_tokenizer(cfg.init, Path(cfg.data))
         model = build_model(mc, data.tokenizer()) if init_model is None else init_model.train()
