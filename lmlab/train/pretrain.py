@@ -70,8 +70,9 @@ class PretrainConfig(LoopOptions):
         "auto",
         "what the model learns to predict: causal (next token; decoders, RNNs), mlm or mlm+nsp "
         "(BERT; encoders), span-corruption (T5) or denoise (BART; encoder-decoders), blank-infilling "
-        "(GLM; decoders); auto = the model family's own. All but causal need the special tokens of "
-        "'lmlab data prepare --mask-tokens'",
+        "(GLM; decoders); auto = the model family's own. All but causal need special tokens (a mask, "
+        "T5 sentinels, ...): Hugging Face BERT/T5/BART tokenizers have them, 'lmlab data prepare "
+        "--mask-tokens' adds them",
     )
     masking: Literal["dynamic", "static"] = arg(
         "dynamic",
