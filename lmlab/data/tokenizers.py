@@ -186,4 +186,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except Exception as e:  # the Rust side raises a plain Exception
         raise LmlabError(f"{p} is not a valid tokenizer.json ({e}); re-create it with "
                          "'lmlab tokenizer train'") from None
+    # A Tokenizer encodes whole texts; padding and truncation are the caller's business. Some Hugging
+    # Face files enable them (all-MiniLM-L6-v2's pads every text to 128 ids and cuts it there).
+    hf.no_padding()
+    hf.no_truncation()
     return Tokenizer(hf)

@@ -26,6 +26,11 @@ class EvalConfig:
     max_tokens: int | None = arg(
         None, "score about this many tokens spread over the split (default: the whole split)"
     )
+    pll_tokens: int = arg(1024, "encoders: tokens scored by pseudo-log-likelihood, each masked in turn "
+                                "(one forward pass of its window per token; 0 skips it)")
+    mask_prob: float = arg(0.15, "encoders: share of tokens masked for the masked-token loss "
+                                 "(BERT's 80/10/10)")
+    seed: int = arg(0, "encoders: seed of the masking (the figures repeat exactly for a seed)")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: Precision = arg("fp32", "autocast precision of the forward pass")
     json: bool = arg(False, "print the figures as one JSON object")
@@ -39,11 +44,17 @@ def evaluate(cfg: EvalConfig) -> int:
     once; bits per byte = total nats / ln 2 / UTF-8 bytes of the scored text (the
     split's byte count, or tokens x bytes-per-token for a partial pass with
     --max-tokens). Example: lmlab eval --ckpt runs/tiny --data data/shk --stride 64 --json
+
+    Encoders (BERT, RoBERTa) get what fits them instead: masked-token loss and accuracy
+    under BERT's masking (seeded, so repeatable; --max-tokens caps the windows) and
+    pseudo-log-likelihood bits per byte (Salazar et al. 2020; --pll-tokens caps it). These
+    are not comparable to a causal LM's figures.
     """
     from lmlab.data.prepare import load_prepared
     from lmlab.device import resolve_device
     from lmlab.evaluate.perplexity import evaluate_perplexity
     from lmlab.loader import check_same_tokenizer, load_model_any
+    from lmlab.models.encoder import Encoder
 
     if cfg.ckpt is None or cfg.data is None:
         raise LmlabError("eval needs --ckpt RUN (or a model.safetensors) and --data DIR (prepared data)")
@@ -62,6 +73,8 @@ def evaluate(cfg: EvalConfig) -> int:
         )
     check_same_tokenizer(cfg.ckpt, cfg.data)
     block = cfg.block_size or model.config.block_size
+    if isinstance(model, Encoder):
+        return _evaluate_encoder(cfg, model, data, block, device)
     tokens = data.train if cfg.split == "train" else data.val
     stride = block if cfg.stride is None else cfg.stride
     if not 0 < stride <= block:
@@ -99,4 +112,30 @@ def evaluate(cfg: EvalConfig) -> int:
             f"bits per byte {r.bits_per_byte:.4f} ({r.tokens:,} tokens in {r.windows} windows"
             f"{f' sliding by {stride}' if stride < block else ''}{'' if r.full_pass else ', partial pass'})"
         )
+    return 0
+
+
+def _evaluate_encoder(cfg: EvalConfig, model, data, block: int, device) -> int:
+    """Masked-token loss/accuracy and pseudo-log-likelihood bits per byte of an encoder."""
+    from lmlab.evaluate.masked import NOT_COMPARABLE, evaluate_masked_lm
+
+    if cfg.stride is not None:
+        raise LmlabError("--stride is for causal LMs; an encoder reads each window whole, drop --stride")
+    tokens = data.train if cfg.split == "train" else data.val
+    r = evaluate_masked_lm(model, data.tokenizer(), tokens, block_size=block, batch_size=cfg.batch_size,
+                           device=device, precision=cfg.precision, max_tokens=cfg.max_tokens,
+                           pll_tokens=cfg.pll_tokens, seed=cfg.seed, mask_prob=cfg.mask_prob,
+                           bytes_per_token=data.bytes_per_token(cfg.split))
+    figures = {"split": cfg.split, "objective": "mlm", **r.as_dict(), "mask_prob": cfg.mask_prob,
+               "seed": cfg.seed, "block_size": block, "note": NOT_COMPARABLE}
+    if cfg.json:
+        print(json.dumps(figures))
+        return 0
+    print(f"{cfg.split}: masked-token loss {r.masked_loss:.4f} nats, accuracy {r.masked_accuracy:.2%} "
+          f"({r.masked_tokens:,} masked tokens in {r.windows} windows, seed {cfg.seed})")
+    if r.pll_tokens:
+        bpb = f"{r.pll_bits_per_byte:.4f}" if r.pll_bits_per_byte is not None else "n/a"
+        print(f"{cfg.split}: pseudo-log-likelihood {r.pll_nats_per_token:.4f} nats/token, "
+              f"bits per byte {bpb}, pseudo-perplexity {r.pseudo_perplexity:.3f} ({r.pll_tokens:,} tokens)")
+    print(f"note: {NOT_COMPARABLE}")
     return 0

@@ -16,7 +16,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generate.sampling import check_settings, process_logits, select_next
-from lmlab.generate.steps import context_limit, fit_prompts, steps_for
+from lmlab.generate.steps import family, fit_model_prompts, steps_for
 
 
 @torch.inference_mode()
@@ -27,20 +27,25 @@ def decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, temp
            use_cache: bool = True, truncate: bool = False) -> list[list[int]]:
     """Continue each id list in ``prompts``; return the new tokens of each row.
 
-    ``model``: a Transformer ``Decoder`` (KV cache; left-padded batch), a recurrent
+    ``model``: a Transformer ``Decoder`` (KV cache; left-padded batch), an ``EncoderDecoder``
+    (each prompt is a source; the new tokens are its target, decoded from the start token with
+    the self-attention and cross-attention caches), a recurrent
     ``RNNLM`` (rnn/lstm/gru: carries the recurrent state), an ``ELMo`` (its forward LM,
     carrying the LSTM state) or an ``NPLM`` (reads the last ``context`` tokens). A row
     ends after it emits ``eos_id`` (one id or several), after its output ends with one
-    of the ``stop`` id sequences (both kept in the output), when ``on_token(row, token)``
+    of the ``stop`` id sequences (both kept in the output; an encoder-decoder's ``eos_id``
+    defaults to its config's), when ``on_token(row, token)``
     returns True, or after ``max_new_tokens``. ``seed`` makes sampling reproducible.
     ``use_cache=False`` recomputes the whole sequence every step (slow; the reference the
     cache and the carried state are tested against). A decoder raises LmlabError when a
     prompt plus ``max_new_tokens`` exceeds ``block_size`` unless ``truncate`` keeps the
-    prompt's tail; the other models have no context limit.
+    prompt's tail; an encoder-decoder with absolute positions when a source or the target
+    exceeds ``block_size`` (``truncate`` keeps a source's head); the other models have no
+    context limit. The repetition penalty counts the prompt, or an encoder-decoder's target
+    (start token included), as Hugging Face does.
     """
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    prompts = fit_prompts([list(map(int, p)) for p in prompts], max_new_tokens, context_limit(model),
-                           truncate)
+    prompts = fit_model_prompts(model, [list(map(int, p)) for p in prompts], max_new_tokens, truncate)
     B = len(prompts)
     if max_new_tokens == 0:
         return [[] for _ in prompts]
@@ -53,11 +58,14 @@ def decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, temp
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(B, vocab, dtype=torch.bool, device=device)
-        for r, p in enumerate(prompts):
+        context = ([[model.config.decoder_start_token_id]] * B if family(model) == "encdec" else prompts)
+        for r, p in enumerate(context):
             seen[r, torch.tensor(p, device=device)] = True
     generator = None
     if seed is not None and temperature > 0:
         generator = torch.Generator(device=device).manual_seed(seed)
+    if eos_id is None and family(model) == "encdec":
+        eos_id = model.config.eos_token_id  # a target ends at end-of-sequence
     eos = set() if eos_id is None else ({int(eos_id)} if isinstance(eos_id, int) else set(map(int, eos_id)))
     stops = [list(map(int, s)) for s in (stop or []) if len(s)]
 
@@ -95,9 +103,12 @@ def generate_ids(model: nn.Module, ids: Any, max_new_tokens: int, **kwargs: Any)
     """Continue ``ids`` with :func:`decode`'s options; return prompt + new tokens in the input's form.
 
     ``ids``: LongTensor ``(B, T)`` -> LongTensor ``(B, T + n)`` (rows that stopped early are
-    filled with ``eos_id``, or 0 without one); ``(T,)`` -> ``(T + n,)``; a list of id lists
-    -> a list of id lists. With ``truncate`` the returned prompts are the kept tails (only
-    a Transformer decoder has a context limit; other models keep the prompts whole).
+    filled with ``eos_id``, or without one 0, an encoder-decoder's pad id); ``(T,)`` ->
+    ``(T + n,)``; a list of id lists -> a list of id lists. With ``truncate`` the returned
+    prompts are the kept tails (only a Transformer decoder has a context limit; other models
+    keep the prompts whole). An
+    encoder-decoder reads ``ids`` as sources (a tensor's rows unpadded) and returns only the
+    new target tokens (``(B, n)``, ``(n,)`` or lists), as its output is not a continuation.
     """
     is_tensor = isinstance(ids, torch.Tensor)
     if is_tensor and ids.dim() not in (1, 2):
@@ -105,12 +116,15 @@ def generate_ids(model: nn.Module, ids: Any, max_new_tokens: int, **kwargs: Any)
     rows = ids.reshape(-1, ids.shape[-1]).tolist() if is_tensor else [list(map(int, r)) for r in ids]
     check_settings(max_new_tokens, kwargs.get("temperature", 1.0), kwargs.get("top_k"), kwargs.get("top_p"),
                     kwargs.get("repetition_penalty", 1.0))
-    rows = fit_prompts(rows, max_new_tokens, context_limit(model), bool(kwargs.get("truncate")))
+    rows = fit_model_prompts(model, rows, max_new_tokens, bool(kwargs.get("truncate")))
     new = decode(model, rows, max_new_tokens, **kwargs)
+    if family(model) == "encdec":
+        rows = [[] for _ in rows]  # the output is the target alone
     if not is_tensor:
         return [p + x for p, x in zip(rows, new)]
     eos = kwargs.get("eos_id")
-    fill = 0 if eos is None else (int(eos) if isinstance(eos, int) else int(list(eos)[0]))
+    ends = [] if eos is None else [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+    fill = ends[0] if ends else (model.config.pad_token_id if family(model) == "encdec" else 0)
     n = max(len(x) for x in new)
     full = [p + x + [fill] * (n - len(x)) for p, x in zip(rows, new)]
     result = torch.tensor(full, dtype=torch.long, device=ids.device)

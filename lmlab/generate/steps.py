@@ -4,7 +4,11 @@ Transformer decoders use the KV cache their attention modules own, and a batch o
 is left-padded: padding gets no attention and real tokens keep the position ids they
 would have alone. Recurrent LMs (RNN/LSTM/GRU) and ELMo's forward LM read each prompt
 without padding and carry their state, one token a step; the NPLM reads the last
-``context`` tokens. Either way every row decodes as if it ran by itself.
+``context`` tokens. An encoder-decoder reads each prompt as a source: the encoder runs once,
+the decoder starts from its start token with a self-attention KV cache and the cross-attention
+keys/values computed once. Either way every row decodes as if it ran by itself.
+
+Every strategy can also ``reorder(index)`` its rows (beam search, :mod:`lmlab.generate.beam`).
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.models.decoder import Decoder
 from lmlab.models.elmo import ELMo
+from lmlab.models.encdec import EncoderDecoder
 from lmlab.models.nplm import NPLM
 from lmlab.models.rnn import RNNLM
 
 
 def family(model: nn.Module) -> str:
-    """Return how ``model`` decodes: 'decoder', 'recurrent', 'elmo' or 'nplm'; raise LmlabError otherwise."""
-    for cls, name in ((Decoder, "decoder"), (RNNLM, "recurrent"), (ELMo, "elmo"), (NPLM, "nplm")):
+    """Return how ``model`` decodes: 'decoder', 'encdec', 'recurrent', 'elmo' or 'nplm'; raise
+    LmlabError otherwise."""
+    for cls, name in ((Decoder, "decoder"), (EncoderDecoder, "encdec"), (RNNLM, "recurrent"), (ELMo, "elmo"),
+                      (NPLM, "nplm")):
         if isinstance(model, cls):
             return name
     raise LmlabError(f"a {type(model).__name__} cannot generate text; generation supports Transformer "
-                     "decoders (GPT-2/LLaMA runs, Hugging Face folders), recurrent LMs (rnn/lstm/gru "
-                     "presets), the NPLM and ELMo (its forward LM); load one of those")
+                     "decoders (GPT-2/LLaMA runs, Hugging Face folders), encoder-decoders (Transformer, "
+                     "T5, BART), recurrent LMs (rnn/lstm/gru presets), the NPLM and ELMo (its forward LM); "
+                     "load one of those")
 
 
 def context_limit(model: nn.Module) -> int | None:
@@ -39,6 +47,30 @@ def context_limit(model: nn.Module) -> int | None:
     is only the training window (the NPLM reads its last ``context`` tokens, whatever the length).
     """
     return model.config.block_size if family(model) == "decoder" else None
+
+
+def fit_model_prompts(model: nn.Module, prompts: list[list[int]], max_new_tokens: int,
+                      truncate: bool) -> list[list[int]]:
+    """Check ``prompts`` fit ``model``: a decoder's prompt + new tokens its context (:func:`fit_prompts`);
+    an encoder-decoder's sources and new tokens its source and target positions (with ``truncate``
+    a source keeps its first tokens). Returns the prompts as they will be read."""
+    if family(model) != "encdec":
+        return fit_prompts(prompts, max_new_tokens, context_limit(model), truncate)
+    fit_prompts(prompts, max_new_tokens, None, truncate)  # no empty prompts
+    limit = model.config.max_positions
+    if limit is None:
+        return prompts
+    if max_new_tokens > limit:
+        raise LmlabError(f"max_new_tokens ({max_new_tokens}) exceeds the model's {limit} target positions "
+                         f"(block_size); lower max_new_tokens to at most {limit}")
+    longest = max(len(p) for p in prompts)
+    if longest <= limit:
+        return prompts
+    if truncate:
+        return [p[:limit] for p in prompts]
+    raise LmlabError(f"the source has {longest} tokens but the model has {limit} source positions "
+                     f"(block_size); shorten the source, or set truncate (--truncate) to keep its first "
+                     f"{limit} tokens")
 
 
 def fit_prompts(prompts: list[list[int]], max_new_tokens: int, block_size: int | None,
@@ -95,6 +127,14 @@ class _DecoderSteps:
             self.first_new_pos = torch.tensor(lens, device=device)
         self.cache = model.new_kv_cache(B, self.T0 + max_new_tokens) if use_cache else None
 
+    def reorder(self, index: torch.Tensor) -> None:
+        self.seq = self.seq.index_select(0, index)
+        if self.padded:
+            self.valid = self.valid.index_select(0, index)
+            self.first_new_pos = self.first_new_pos.index_select(0, index)
+        if self.cache is not None:
+            self.cache.reorder(index)
+
     def prefill(self) -> torch.Tensor:
         mask = self.valid[:, :self.T0] if self.padded else None
         return self.model(self.seq, kv_cache=self.cache, positions=self.prompt_pos, attention_mask=mask,
@@ -109,6 +149,54 @@ class _DecoderSteps:
         self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
         pos = (self.valid[:, :L].long().cumsum(1) - 1).clamp(min=0) if self.padded else None
         return self.model(self.seq, positions=pos, attention_mask=mask, last_only=True)[:, -1]
+
+
+class _EncDecSteps:
+    """Encoder-decoder: the sources are right-padded (padding masked) and encoded once; the decoder
+    starts every row from ``decoder_start_token_id`` and appends one token a step with its
+    self-attention KV cache and the cross-attention keys/values of the encoder output, projected
+    once (:class:`~lmlab.nn.attention.CrossKVCache`). ``use_cache=False`` rereads the whole target
+    every step (the reference). ``expand``: rows per source (beam search), the encoder still runs
+    once per source."""
+
+    def __init__(self, model: nn.Module, sources: list[list[int]], max_new_tokens: int, use_cache: bool,
+                 device: torch.device, expand: int = 1):
+        S = max(len(s) for s in sources)
+        ids = torch.full((len(sources), S), model.config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(sources), S, dtype=torch.long)
+        for r, s in enumerate(sources):
+            ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), 1
+        ids, mask = ids.to(device), mask.to(device)
+        self.mask = mask if bool((mask == 0).any()) else None
+        self.model = model
+        self.memory = model.encode(ids, self.mask)
+        if expand > 1:
+            rows = torch.arange(len(sources), device=device).repeat_interleave(expand)
+            self.memory = self.memory.index_select(0, rows)
+            self.mask = None if self.mask is None else self.mask.index_select(0, rows)
+        B = self.memory.shape[0]
+        self.seq = torch.full((B, 1), model.config.decoder_start_token_id, dtype=torch.long, device=device)
+        self.cache = self.cross = None
+        if use_cache:
+            self.cache, self.cross = model.new_kv_cache(B, max_new_tokens + 1), model.new_cross_cache()
+
+    def prefill(self) -> torch.Tensor:
+        if self.cache is None:
+            return self.model.decode(self.seq, self.memory, self.mask, last_only=True)[:, -1]
+        return self.model.decode_step(self.seq, self.memory, self.mask, self.cache, self.cross)
+
+    def step(self, nxt: torch.Tensor, step: int) -> torch.Tensor:  # noqa: ARG002 - shared signature
+        if self.cache is not None:
+            return self.model.decode_step(nxt[:, None], self.memory, self.mask, self.cache, self.cross)
+        self.seq = torch.cat([self.seq, nxt[:, None]], dim=1)
+        return self.model.decode(self.seq, self.memory, self.mask, last_only=True)[:, -1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.memory, self.seq = self.memory.index_select(0, index), self.seq.index_select(0, index)
+        self.mask = None if self.mask is None else self.mask.index_select(0, index)
+        if self.cache is not None:
+            self.cache.reorder(index)
+            self.cross.reorder(index)
 
 
 # A recurrent state: tensors with the batch along dim 1 (RNNLM's (h[, c]), ELMo's (h_1, c_1, ...)).
@@ -158,6 +246,9 @@ class _StateSteps:
         logits, self.state = self.forward_state(nxt[:, None], self.state)
         return logits[:, -1]
 
+    def reorder(self, index: torch.Tensor) -> None:
+        self.state = tuple(s.index_select(1, index) for s in self.state)
+
 
 class _WindowSteps:
     """NPLM: each step reads only the last ``context`` tokens of each row. Shorter rows are
@@ -179,6 +270,9 @@ class _WindowSteps:
         self.window = torch.cat([self.window[:, 1:], nxt[:, None]], dim=1)
         return self.model(self.window)[:, -1]
 
+    def reorder(self, index: torch.Tensor) -> None:
+        self.window = self.window.index_select(0, index)
+
 
 class _RecomputeSteps:
     """Any causal LM called as ``model(ids) -> (B, T, V)``, without cache or state: every step
@@ -198,11 +292,25 @@ class _RecomputeSteps:
         self.groups = [(rows, torch.cat([ids, nxt[rows][:, None]], dim=1)) for rows, ids in self.groups]
         return self._last_logits()
 
+    def reorder(self, index: torch.Tensor) -> None:
+        # beam search reorders rows among the copies of one prompt, so each row stays in its length group
+        groups = []
+        for rows, ids in self.groups:
+            where = torch.empty(len(index), dtype=torch.long, device=index.device)
+            where[rows] = torch.arange(len(rows), device=index.device)
+            groups.append((rows, ids.index_select(0, where[index[rows]])))
+        self.groups = groups
+
 
 def steps_for(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, use_cache: bool,
-               device: torch.device) -> _DecoderSteps | _StateSteps | _WindowSteps | _RecomputeSteps:
-    """Return the prefill/step strategy that decodes ``model``."""
+              device: torch.device, expand: int = 1
+              ) -> _DecoderSteps | _EncDecSteps | _StateSteps | _WindowSteps | _RecomputeSteps:
+    """Return the prefill/step strategy that decodes ``model``; ``expand``: rows per prompt (beam
+    search: each prompt's rows are adjacent)."""
     kind = family(model)
+    if kind == "encdec":
+        return _EncDecSteps(model, prompts, max_new_tokens, use_cache, device, expand)
+    prompts = [p for p in prompts for _ in range(expand)]
     if kind == "decoder":
         return _DecoderSteps(model, prompts, max_new_tokens, use_cache, device)
     if not use_cache:

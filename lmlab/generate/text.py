@@ -9,7 +9,9 @@ from typing import Any
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.generate.beam import beam_search, check_beam_settings
 from lmlab.generate.decode import decode
+from lmlab.generate.steps import family
 
 
 class IncrementalDecoder:
@@ -53,18 +55,26 @@ class Completion:
 
 def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str], max_new_tokens: int,
                   stop: Sequence[str] | None = None, eos_id: int | Sequence[int] | None = None,
-                  stream: Callable[[int, str], None] | None = None, **kwargs: Any) -> list[Completion]:
+                  stream: Callable[[int, str], None] | None = None, num_beams: int = 1,
+                  length_penalty: float = 1.0, early_stopping: bool | str = False,
+                  **kwargs: Any) -> list[Completion]:
     """Continue text ``prompts`` (one string or several); return one :class:`Completion` per prompt.
 
-    ``eos_id`` defaults to the tokenizer's end-of-text id; generation of a row stops at
-    it or when its text contains a ``stop`` string (the text is cut before the stop
-    string; the eos token is not part of the text). ``stream(row, piece)`` receives text
-    as it is produced. An empty prompt starts from the end-of-text token. Other keyword
-    arguments are :func:`decode`'s.
+    ``eos_id`` defaults to the tokenizer's end-of-text id (an encoder-decoder's: its config's
+    end-of-sequence id); generation of a row stops at it or when its text contains a ``stop``
+    string (the text is cut before the stop string; the eos token is not part of the text).
+    ``stream(row, piece)`` receives text as it is produced. An empty prompt starts from the
+    end-of-text token. An encoder-decoder reads each prompt as its source (tokenized with the
+    tokenizer's own post-processing, e.g. T5's closing ``</s>``) and the completion is the
+    target. ``num_beams > 1`` runs :func:`lmlab.generate.beam.beam_search` (with
+    ``length_penalty`` and ``early_stopping``) and cuts its best hypothesis at a stop string
+    afterwards; otherwise the keyword arguments are :func:`decode`'s.
     """
+    check_beam_settings(num_beams, length_penalty, early_stopping)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    encdec = family(model) == "encdec"
     if eos_id is None:
-        eos_id = getattr(tokenizer, "eot_id", None)
+        eos_id = model.config.eos_token_id if encdec else getattr(tokenizer, "eot_id", None)
     eos = set() if eos_id is None else ({int(eos_id)} if isinstance(eos_id, int) else set(map(int, eos_id)))
     encoded = []
     for t in texts:
@@ -72,6 +82,9 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
         # lmlab's tokenizers add nothing)
         ids = tokenizer.hf.encode(t).ids if hasattr(tokenizer, "hf") else list(tokenizer.encode(t))
         if not ids:
+            if encdec:
+                raise LmlabError("an encoder-decoder needs a source text to generate from; "
+                                 "give a non-empty prompt")
             if not eos:
                 raise LmlabError("an empty prompt needs an end-of-text token to start from; give some text")
             ids = [min(eos)]
@@ -106,7 +119,17 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
         pending[row] = tail[len(tail) - hold:]
         return False
 
-    decode(model, encoded, max_new_tokens, eos_id=eos_id, on_token=on_token, **kwargs)
+    if num_beams > 1:
+        # beam search is deterministic: the sampling settings in kwargs do not apply
+        beams = beam_search(model, encoded, max_new_tokens, num_beams, length_penalty, early_stopping,
+                            eos_id=eos_id, use_cache=kwargs.get("use_cache", True),
+                            truncate=kwargs.get("truncate", False))
+        for row, best in enumerate(beams):
+            for token in best[0].tokens:  # replay the best hypothesis through the text rules
+                if on_token(row, token):
+                    break
+    else:
+        decode(model, encoded, max_new_tokens, eos_id=eos_id, on_token=on_token, **kwargs)
     for row in range(len(texts)):
         if results[row].finish_reason == "length":
             emit(row, pending[row] + decoders[row].flush())

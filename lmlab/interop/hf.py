@@ -153,7 +153,9 @@ def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", gelu_approx=approx, pos="learned",
             bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
             init_std=hf.get("initializer_range", 0.02))
-    raise LmlabError(f"model_type {kind!r} cannot be converted; supported: {', '.join(SUPPORTED)}")
+    raise LmlabError(f"model_type {kind!r} cannot be converted; supported: {', '.join(SUPPORTED)} "
+                     "(LlamaForCausalLM, GPT2LMHeadModel), t5, bart (T5ForConditionalGeneration, "
+                     "BartForConditionalGeneration)")
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
