@@ -25,7 +25,7 @@ import numpy as np
 
 from lmlab.console import progress
 from lmlab.data.corpora import Corpus, get_corpus
-from lmlab.data.special import add_objective_tokens
+from lmlab.data.special import ROLE_NAMES, add_objective_tokens, special_token
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
@@ -120,8 +120,6 @@ def document_separator(tokenizer: Tokenizer) -> int:
     (``[SEP]``) or RoBERTa (``</s>``) tokenizer; raise LmlabError when the tokenizer has none."""
     if tokenizer.eot_id is not None:
         return tokenizer.eot_id
-    from lmlab.data.mask_tokens import ROLE_NAMES, special_token
-
     sep = special_token(tokenizer, "sep")
     if sep is None:
         raise LmlabError(f"the tokenizer has no token to separate documents (<|endoftext|> or "

@@ -12,6 +12,7 @@ that every existing id keeps its meaning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "bos": ("<s>",),
     "sop": ("<|sop|>", "<|startofpiece|>", "[sop]"),
     "eop": ("<|eop|>", "<|endofpiece|>", "[eop]"),
+    "unk": ("[UNK]", "<unk>"),
 }
 # What --mask-tokens appends for a role the tokenizer lacks (bos stays optional: BART's <s>).
 APPENDED = {"mask": "<|mask|>", "cls": "<|cls|>", "sep": "<|sep|>", "pad": "<|pad|>", "sop": "<|sop|>",
@@ -54,6 +56,7 @@ class SpecialIds:
     bos: int | None
     sop: int | None
     eop: int | None
+    unk: int | None
     sentinels: tuple[int, ...]
     specials: np.ndarray  # ids of every special (added) token: never masked, never a random replacement
     vocab_size: int
@@ -69,21 +72,32 @@ class SpecialIds:
                              f"{'; '.join(missing)}; {FIX}")
 
 
+def special_token(tokenizer: Any, role: str) -> tuple[str, int] | None:
+    """Return ``(name, id)`` of the tokenizer's token for ``role`` (a key of ROLE_NAMES), or None."""
+    for name in ROLE_NAMES[role]:
+        i = tokenizer.token_to_id(name)
+        if i is not None:
+            return name, int(i)
+    return None
+
+
+def special_ids(tokenizer: Any) -> list[int]:
+    """Return the sorted ids of every special (added) token of an lmlab or ``tokenizers`` tokenizer."""
+    hf = tokenizer.hf if hasattr(tokenizer, "hf") else tokenizer
+    return sorted(int(i) for i, tok in hf.get_added_tokens_decoder().items() if tok.special)
+
+
 def find_special_ids(tokenizer: Tokenizer) -> SpecialIds:
     """Look up every role's token and the T5 sentinels by name; return their ids."""
     def first(role: str) -> int | None:
-        for name in ROLE_NAMES[role]:
-            i = tokenizer.token_to_id(name)
-            if i is not None:
-                return int(i)
-        return None
+        found = special_token(tokenizer, role)
+        return None if found is None else found[1]
 
     sentinels = []
     while (i := tokenizer.token_to_id(sentinel_name(len(sentinels)))) is not None:
         sentinels.append(int(i))
-    added = tokenizer.hf.get_added_tokens_decoder()
-    specials = np.array(sorted(i for i, tok in added.items() if tok.special), dtype=np.int64)
-    return SpecialIds(**{r: first(r) for r in ROLE_NAMES}, sentinels=tuple(sentinels), specials=specials,
+    return SpecialIds(**{r: first(r) for r in ROLE_NAMES}, sentinels=tuple(sentinels),
+                      specials=np.array(special_ids(tokenizer), dtype=np.int64),
                       vocab_size=tokenizer.vocab_size)
 
 
