@@ -63,15 +63,17 @@ def resolve_objective(model: nn.Module, name: str = "auto") -> str:
 def with_tokenizer_ids(config: Any, tokenizer: Any) -> Any:
     """Return ``config`` with ``tokenizer``'s special ids where its family stores them: an
     encoder-decoder's pad, eos, bos and decoder start ids (the family's convention for the start
-    kept); other configs unchanged, as is one whose tokenizer has no pad or eos token."""
-    if family_of(config).arch != "encdec":
-        return config
-    from lmlab.models.encdec import with_special_ids
-
+    kept), a RoBERTa-style encoder's pad id (its positions skip padding); other configs, and
+    ids the tokenizer does not have, unchanged."""
+    arch = family_of(config).arch
     ids = find_special_ids(tokenizer)
-    if ids.pad is None or ids.eos is None:
-        return config
-    return with_special_ids(config, ids.pad, ids.eos, ids.bos)
+    if arch == "encdec" and ids.pad is not None and ids.eos is not None:
+        from lmlab.models.encdec import with_special_ids
+
+        return with_special_ids(config, ids.pad, ids.eos, ids.bos)
+    if arch == "encoder" and config.pad_id is not None and ids.pad is not None:
+        return type(config).from_dict({**config.to_dict(), "pad_id": ids.pad})
+    return config
 
 
 def training_parts(model: nn.Module, tokens: Any, *, block_size: int, batch_size: int, seed: int,

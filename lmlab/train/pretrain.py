@@ -27,7 +27,7 @@ MODEL_FLAGS = ("vocab_size", "n_layer", "n_head", "n_kv_heads", "d_model", "d_ff
 # Options a resumed run takes from the command line, never from the run's saved config.yaml.
 NOT_INHERITED = ("resume", "overwrite", "stop_at_step", "json", "out", "device", "progress")
 # Special-token ids of a model config that a new run takes from the data's tokenizer unless given.
-SPECIAL_ID_KEYS = {"pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"}
+SPECIAL_ID_KEYS = {"pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id", "pad_id"}
 ObjectiveName = Literal["auto", "causal", "mlm", "mlm+nsp", "span-corruption", "denoise", "blank-infilling"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.cli import main
-from lmlab.data.prepare import prepare
+from lmlab.data.prepare import load_prepared, prepare
 from lmlab.train.log import read_metrics
 
 COMMON = ["--block-size", "32", "--batch-size", "8", "--precision", "fp32", "--device", "cpu",
@@ -82,6 +82,10 @@ def test_auto_picks_each_family_its_own_objective(mask_data, tmp_path):
         assert main(["pretrain", "--model", preset, *COMMON, "--data", str(mask_data), "--out", str(out),
                      "--max-steps", "1", "--eval-iters", "0"]) == 0
         assert f"objective: {natural}" in (out / "config.yaml").read_text()
+    # a new run takes the data tokenizer's special ids (RoBERTa's positions skip its padding)
+    pad = load_prepared(mask_data).tokenizer().pad_id
+    assert f"pad_id={pad}" in (tmp_path / "roberta-micro" / "config.yaml").read_text()
+    assert f"pad_token_id={pad}" in (tmp_path / "t5-tiny" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("objective", ["mlm+nsp", "span-corruption", "blank-infilling"])
