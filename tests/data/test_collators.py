@@ -222,3 +222,16 @@ def test_static_masks_are_fixed_per_window_dynamic_ones_are_not(tok, tokens):
     # validation noise depends on the window only
     one, two = eval_examples(tokens, builder, np.array([3, 9])), eval_examples(tokens, builder, np.array([3]))
     assert np.array_equal(one[0]["labels"], two[0]["labels"])
+
+
+def test_data_prepare_mask_tokens_flag(text_corpus, tmp_path, monkeypatch, capsys):
+    import json
+
+    from lmlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "prepare", "--corpus", str(text_corpus), "--tokenizer", "char", "--mask-tokens",
+                 "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["out"] == "runs/data/corpus-char-masks"  # its own default folder, beside the plain one
+    assert find_special_ids(load_prepared(tmp_path / meta["out"]).tokenizer()).sentinels
