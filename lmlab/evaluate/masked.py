@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.mask_tokens import special_ids, special_token
+from lmlab.data.special import special_ids, special_token
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.models.encoder import Encoder

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lmlab.data.mask_tokens import ROLE_NAMES, special_token
+from lmlab.data.special import ROLE_NAMES, special_token
 from lmlab.errors import LmlabError
 from lmlab.models.encoder import Encoder
 
