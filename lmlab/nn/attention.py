@@ -189,7 +189,8 @@ class Attention(nn.Module):
                 raise ValueError("cross-attention needs the encoder output (memory) on its first call")
             S = memory.shape[1]
             k, v = self.kv(memory).view(B, S, 2 * nkv, hd).transpose(1, 2).split([nkv, nkv], dim=1)
-            if cache is not None:
+            if cache is not None:  # read at every decoding step: laid out once as SDPA reads them fastest
+                k, v = k.contiguous(), v.contiguous()
                 cache.put(layer, k, v)
         else:
             k, v = kv

@@ -83,7 +83,10 @@ class RelativePositionBias(nn.Module):
 
     ``weight (num_buckets, n_head)`` is Hugging Face's ``relative_attention_bias.weight``. The
     encoder uses bidirectional buckets, the decoder's self-attention causal ones; the bias is
-    computed once per forward pass and shared by all layers.
+    computed once per forward pass and shared by all layers. The buckets depend on the distance
+    alone, so they are computed once for every distance up to the longest seen (a table, grown by
+    doubling) and looked up: a decoding step's bias is then a slice and one gather, not the dozen
+    small ops of the bucketing.
     """
 
     def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128,
@@ -92,15 +95,32 @@ class RelativePositionBias(nn.Module):
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
         self.weight = nn.Parameter(torch.empty(num_buckets, n_head))
         nn.init.normal_(self.weight, std=0.02)
+        self._table: torch.Tensor | None = None  # bucket of distance r at index r + reach - 1
+
+    def _buckets(self, reach: int) -> tuple[torch.Tensor, int]:
+        """Return ``(table, r0)``: the bucket of every distance ``r`` in ``-r0..r0`` at ``table[r + r0]``,
+        with ``r0 >= reach - 1``."""
+        table = self._table
+        device = self.weight.device
+        if table is None or table.device != device or (table.shape[0] - 1) // 2 < reach - 1:
+            r0 = 64
+            while r0 < reach - 1:
+                r0 *= 2
+            table = relative_position_bucket(torch.arange(-r0, r0 + 1, device=device), self.bidirectional,
+                                             self.num_buckets, self.max_distance)
+            self._table = table
+        return table, (table.shape[0] - 1) // 2
 
     def forward(self, n_query: int, n_key: int, start: int = 0) -> torch.Tensor:
         """Return the bias ``(1, n_head, n_query, n_key)`` for queries at positions
         ``start..start+n_query-1`` and keys at ``0..n_key-1``."""
-        device = self.weight.device
-        query = torch.arange(start, start + n_query, device=device)[:, None]
-        key = torch.arange(n_key, device=device)[None, :]
-        bucket = relative_position_bucket(key - query, self.bidirectional, self.num_buckets,
-                                          self.max_distance)
+        table, r0 = self._buckets(max(n_key, start + n_query))
+        if n_query == 1:  # distances -start .. n_key-1-start: a slice of the table
+            bucket = table[r0 - start: r0 - start + n_key][None, :]
+        else:
+            device = table.device
+            query = torch.arange(start, start + n_query, device=device)[:, None]
+            bucket = table[torch.arange(r0, r0 + n_key, device=device)[None, :] - query]
         return self.weight[bucket].permute(2, 0, 1).unsqueeze(0)
 
 

@@ -91,6 +91,20 @@ def test_relative_position_buckets_equal_hugging_face_t5(bidirectional):
     torch.testing.assert_close(out[0, 1], bias.weight[buckets, 1])
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_position_bias_table_lookup_equals_direct_bucketing(bidirectional):
+    from lmlab.nn.positions import relative_position_bucket
+
+    bias = RelativePositionBias(2, num_buckets=8, max_distance=20, bidirectional=bidirectional)
+    # decoding steps (one query), a chunk after a cache, a square, and lengths that grow the table
+    cases = [(1, 1, 0), (1, 9, 8), (3, 12, 9), (5, 5, 0), (1, 200, 199), (150, 300, 150)]
+    for n_query, n_key, start in cases:
+        key = torch.arange(n_key)[None, :]
+        query = torch.arange(start, start + n_query)[:, None]
+        ref = bias.weight[relative_position_bucket(key - query, bidirectional, 8, 20)].permute(2, 0, 1)
+        assert torch.equal(bias(n_query, n_key, start), ref[None])
+
+
 def test_post_norm_block_normalises_after_each_residual():
     torch.manual_seed(0)
     spec = BlockSpec(16, 4, 4, 4, 32, act="gelu", post_norm=True, cross=True)
