@@ -16,6 +16,9 @@ from lmlab.errors import LmlabError
 class EvalConfig:
     ckpt: Path | None = arg(None, "run folder or model.safetensors to evaluate")
     data: Path | None = arg(None, "prepared data folder (same tokenizer as the model)")
+    pairs: Path | None = arg(None, "encoder-decoders: a file of source/target pairs (JSON lines with "
+                                   "\"source\" and \"target\", or source<TAB>target) to score the target "
+                                   "given the source")
     split: Literal["train", "val"] = arg("val", "which split to score")
     block_size: int | None = arg(None, "tokens per window (default: the model's context)")
     stride: int | None = arg(
@@ -49,6 +52,12 @@ def evaluate(cfg: EvalConfig) -> int:
     under BERT's masking (seeded, so repeatable; --max-tokens caps the windows) and
     pseudo-log-likelihood bits per byte (Salazar et al. 2020; --pll-tokens caps it). These
     are not comparable to a causal LM's figures.
+
+    An encoder-decoder (Transformer, T5, BART) gets the conditional bits per byte of a
+    target given its source, which is not comparable to a causal LM's either: on --pairs
+    FILE (JSON lines {"source": ..., "target": ...} or source<TAB>target), or on --data,
+    whose windows of --block-size tokens are cut in halves (the second half is the target,
+    the first its source). Example: lmlab eval --ckpt runs/t5 --pairs dev.jsonl --json
     """
     from lmlab.data.prepare import load_prepared
     from lmlab.device import resolve_device
@@ -56,16 +65,24 @@ def evaluate(cfg: EvalConfig) -> int:
     from lmlab.loader import check_same_tokenizer, load_model_any
     from lmlab.models.encoder import Encoder
 
-    if cfg.ckpt is None or cfg.data is None:
-        raise LmlabError("eval needs --ckpt RUN (or a model.safetensors) and --data DIR (prepared data)")
+    if cfg.ckpt is None or (cfg.data is None and cfg.pairs is None):
+        raise LmlabError("eval needs --ckpt RUN (or a model.safetensors) and --data DIR (prepared data); "
+                         "an encoder-decoder also takes --pairs FILE")
     for name in ("batch_size", "block_size", "max_tokens"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise LmlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}; give a positive "
                              "number or leave it out for the default")
-    data = load_prepared(cfg.data)
     device = resolve_device(cfg.device)
     model = load_model_any(cfg.ckpt, device)
+    from lmlab.models.encdec import EncoderDecoder
+
+    if isinstance(model, EncoderDecoder):
+        return _evaluate_encdec(cfg, model, device)
+    if cfg.pairs is not None or cfg.data is None:
+        raise LmlabError(f"--pairs is for encoder-decoders; this {type(model).__name__} is scored on "
+                         "--data DIR (prepared data)")
+    data = load_prepared(cfg.data)
     if model.config.vocab_size < data.vocab_size:
         raise LmlabError(
             f"the model's vocabulary ({model.config.vocab_size}) is smaller than the data's "
@@ -112,6 +129,58 @@ def evaluate(cfg: EvalConfig) -> int:
             f"bits per byte {r.bits_per_byte:.4f} ({r.tokens:,} tokens in {r.windows} windows"
             f"{f' sliding by {stride}' if stride < block else ''}{'' if r.full_pass else ', partial pass'})"
         )
+    return 0
+
+
+def _evaluate_encdec(cfg: EvalConfig, model, device) -> int:
+    """Conditional bits per byte of an encoder-decoder on --pairs or on --data's windows cut in halves."""
+    import numpy as np
+
+    from lmlab.data.prepare import load_prepared
+    from lmlab.evaluate.conditional import NOTE, encode_pairs, evaluate_conditional, read_pairs, window_pairs
+    from lmlab.loader import check_same_tokenizer, load_tokenizer_any
+
+    eos = model.config.eos_token_id
+    if cfg.pairs is not None:
+        tokenizer = load_tokenizer_any(cfg.ckpt)
+        if tokenizer is None:
+            raise LmlabError(f"no tokenizer.json beside {cfg.ckpt}; --pairs needs the model's tokenizer "
+                             "there")
+        examples = encode_pairs(read_pairs(cfg.pairs), tokenizer, eos)
+        if cfg.max_tokens is not None:  # the first pairs holding about that many target tokens
+            counts = np.cumsum([len(e.target) for e in examples])
+            examples = examples[: int(np.searchsorted(counts, cfg.max_tokens)) + 1]
+        source = f"pairs {cfg.pairs}"
+        block = None
+    else:
+        data = load_prepared(cfg.data)
+        if model.config.vocab_size < data.vocab_size:
+            raise LmlabError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the data's "
+                             f"({data.vocab_size}); evaluate on data prepared with the model's tokenizer")
+        check_same_tokenizer(cfg.ckpt, cfg.data)
+        block = cfg.block_size or model.config.block_size
+        positions = model.config.max_positions
+        if positions is not None and block - block // 2 + 1 > positions:
+            raise LmlabError(f"--block-size {block} makes targets of {block - block // 2 + 1} tokens (end "
+                             f"included) but the model has {positions} target positions; use --block-size "
+                             f"{2 * (positions - 1)} or less")
+        tokens = data.train if cfg.split == "train" else data.val
+        per_window = block - block // 2
+        limit = None if cfg.max_tokens is None else max(1, math.ceil(cfg.max_tokens / per_window))
+        examples = window_pairs(tokens, block, data.bytes_per_token(cfg.split), eos, limit)
+        source = f"{cfg.split} windows of {block} tokens cut in halves (first half -> second half)"
+    r = evaluate_conditional(model, examples, batch_size=cfg.batch_size, device=device,
+                             precision=cfg.precision)
+    figures = {"mode": "conditional", "on": source, "loss": r.loss, "perplexity": r.perplexity,
+               "bits_per_byte": r.bits_per_byte, "tokens": r.tokens, "bytes": r.bytes, "examples": r.examples,
+               "block_size": block, "note": NOTE}
+    if cfg.json:
+        print(json.dumps(figures))
+        return 0
+    bpb = "n/a" if r.bits_per_byte is None else f"{r.bits_per_byte:.4f}"
+    print(f"{source}: loss {r.loss:.4f} nats/target token, perplexity {r.perplexity:.3f}, conditional "
+          f"bits per byte {bpb} ({r.tokens:,} target tokens in {r.examples} examples)")
+    print(f"note: {NOTE}")
     return 0
 
 

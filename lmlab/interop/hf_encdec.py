@@ -91,7 +91,7 @@ def config_from_hf(hf: dict[str, Any], tied: bool) -> EncDecConfig:
             gated=gated, bias=False, pos="relative", rel_buckets=hf.get("relative_attention_num_buckets", 32),
             rel_max_distance=hf.get("relative_attention_max_distance", 128), attn_scale=1.0,
             tie_embeddings=tied, scale_logits=bool(scale), dropout=float(hf.get("dropout_rate", 0.1)),
-            init_std=0.02, pad_token_id=pad, eos_token_id=_first(hf.get("eos_token_id", 1)),
+            init="t5", pad_token_id=pad, eos_token_id=_first(hf.get("eos_token_id", 1)),
             decoder_start_token_id=pad if start is None else start, objective="span-corruption")
     for a, b in (("encoder_attention_heads", "decoder_attention_heads"),
                  ("encoder_ffn_dim", "decoder_ffn_dim")):

@@ -43,7 +43,8 @@ from lmlab.nn.positions import LearnedPositions, RelativePositionBias, Sinusoida
 ARCH = "encdec"
 OBJECTIVES = ("span-corruption", "denoise")
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "act": ("relu", "gelu", "gelu_tanh"),
-            "pos": ("sinusoidal", "learned", "relative"), "objective": OBJECTIVES}
+            "pos": ("sinusoidal", "learned", "relative"), "objective": OBJECTIVES,
+            "init": ("normal", "xavier", "t5")}
 
 
 @dataclass
@@ -54,7 +55,9 @@ class EncDecConfig(DictConfig):
     ``4 * d_model`` and ``d_model // n_head``; ``decoder_start_token_id`` None is the pad id
     (T5's convention; BART and the Transformer start from the end-of-sequence id).
     ``objective`` is the pretraining objective that fits the family (``span-corruption`` for
-    T5, ``denoise`` for BART and the Transformer).
+    T5, ``denoise`` for BART and the Transformer). ``init`` is the family's initialisation
+    (:meth:`EncoderDecoder.reset_parameters`): ``normal`` N(0, init_std) (BART), ``xavier``
+    (Vaswani, as fairseq) or ``t5`` (Mesh TensorFlow's fan-in scaled normal).
     """
 
     vocab_size: int = 32128
@@ -83,6 +86,7 @@ class EncDecConfig(DictConfig):
     scale_logits: bool = False  # decoder output times d_model**-0.5 before the head (T5 v1.0)
     logits_bias: bool = False  # a fixed bias on the logits (BART's final_logits_bias)
     dropout: float = 0.0
+    init: str = "normal"
     init_std: float = 0.02
     pad_token_id: int = 1
     eos_token_id: int = 0
@@ -209,28 +213,50 @@ class EncoderDecoder(nn.Module):
     # ------------------------------------------------------------------ set-up
 
     def reset_parameters(self) -> None:
-        """Initialise: linears N(0, init_std) (pre-norm residual projections scaled down by
-        ``1/sqrt(2 n_layer)``), biases 0, norms 1, the token embedding N(0, d^-0.5) when it is
-        scaled up by sqrt(d) and N(0, 1) when the head's input is scaled down (T5), else N(0, init_std)."""
+        """Initialise by ``config.init``; biases 0, norms 1 throughout.
+
+        ``normal`` (BART, GPT-2): linears N(0, init_std), pre-norm residual projections scaled down
+        by ``1/sqrt(2 n_layer)``. ``xavier`` (Vaswani, as fairseq): Xavier-uniform linears. ``t5``
+        (Mesh TensorFlow, as Hugging Face): N(0, fan_in^-1/2) linears, queries also scaled by
+        ``head_dim^-1/2`` (T5 leaves the score unscaled), the relative bias N(0, d^-1/2). The token
+        embedding is N(0, 1) when the head's input is scaled down (T5 v1.0), N(0, d^-1/2) when the
+        embedding is scaled up by sqrt(d) or the head is untied under ``t5``, else N(0, init_std).
+        """
         c = self.config
         std = c.init_std
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear) and module is not self.lm_head:
-                residual = not c.post_norm and name.endswith(("attn.proj", "mlp.proj", "mlp.w2"))
-                layers = c.n_dec_layer if name.startswith("decoder.") else c.n_layer
-                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * layers) if residual else std)
+                if c.init == "xavier":
+                    nn.init.xavier_uniform_(module.weight)
+                elif c.init == "t5":
+                    nn.init.normal_(module.weight, 0.0, module.in_features ** -0.5)
+                    queries = c.n_head * c.head_dim if name.endswith(("attn.qkv", "cross_attn.q")) else 0
+                    with torch.no_grad():
+                        module.weight[:queries].mul_(c.head_dim ** -0.5)
+                else:
+                    residual = not c.post_norm and name.endswith(("attn.proj", "mlp.proj", "mlp.w2"))
+                    layers = c.n_dec_layer if name.startswith("decoder.") else c.n_layer
+                    nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * layers) if residual else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (LearnedPositions, RelativePositionBias)):
+            elif isinstance(module, LearnedPositions):
                 nn.init.normal_(module.weight, 0.0, std)
+            elif isinstance(module, RelativePositionBias):
+                nn.init.normal_(module.weight, 0.0, c.d_model ** -0.5 if c.init == "t5" else std)
             elif isinstance(module, (LayerNorm, RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-        emb_std = c.d_model ** -0.5 if c.embed_scale else (1.0 if c.scale_logits else std)
+        if c.scale_logits:
+            emb_std = 1.0
+        elif c.embed_scale or c.init == "t5":
+            emb_std = c.d_model ** -0.5
+        else:
+            emb_std = std
         nn.init.normal_(self.tok_emb.weight, 0.0, emb_std)
         if not c.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, 0.0, std)
+            head_std = c.d_model ** -0.5 if c.init in ("t5", "xavier") else std
+            nn.init.normal_(self.lm_head.weight, 0.0, head_std)
         if self.final_logits_bias is not None:
             self.final_logits_bias.zero_()
 
@@ -419,9 +445,10 @@ class EncoderDecoder(nn.Module):
 
 
 _VASWANI = dict(pos="sinusoidal", norm="layernorm", norm_eps=1e-5, post_norm=True, act="relu", bias=True,
-                embed_scale=True, tie_embeddings=True, objective="denoise")
+                embed_scale=True, tie_embeddings=True, objective="denoise", init="xavier")
 _T5 = dict(pos="relative", norm="rmsnorm", norm_eps=1e-6, post_norm=False, final_norm=True, act="relu",
-           bias=False, attn_scale=1.0, tie_embeddings=True, scale_logits=True, objective="span-corruption")
+           bias=False, attn_scale=1.0, tie_embeddings=True, scale_logits=True, objective="span-corruption",
+           init="t5")
 _T5_V1_1 = dict(_T5, act="gelu_tanh", gated=True, tie_embeddings=False, scale_logits=False)
 _BART = dict(pos="learned", pos_offset=2, norm="layernorm", norm_eps=1e-5, post_norm=True, act="gelu",
              bias=True, embed_norm=True, tie_embeddings=True, logits_bias=True, objective="denoise")

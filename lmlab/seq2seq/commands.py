@@ -14,14 +14,17 @@ from lmlab.seq2seq.train import TrainConfig
 
 
 def train(cfg: TrainConfig) -> None:
-    """Train a Bahdanau attention encoder-decoder (RNNsearch) on a synthetic translation task.
+    """Train a Bahdanau attention encoder-decoder (RNNsearch) or, with --arch transformer, the
+    Transformer of Vaswani et al. (2017) on a synthetic translation task.
 
     Tasks: reverse (abcd -> dcba), sort (dbca -> abcd), addition (123+45 -> 168), date
     (March 3, 98 -> 1998-03-03). Writes RUN/model.safetensors, model.json, vocab.json,
     task.json, config.yaml, metrics.jsonl (loss, held-out exact match) and attention.png
-    (the attention of one test example: source on x, output on y).
+    (the attention of one test example: source on x, output on y; for the Transformer the
+    last decoder layer's cross-attention, averaged over heads).
 
     example: lmlab seq2seq train --task reverse --out runs/s2s-reverse --steps 600
+    example: lmlab seq2seq train --arch transformer --task date --out runs/tf-date
     """
     from lmlab.seq2seq.train import train as run_training
 
@@ -31,7 +34,8 @@ def train(cfg: TrainConfig) -> None:
         return
     ex = summary["example"]
     status = " (interrupted; continue with --resume)" if summary["interrupted"] else ""
-    print(f"trained {summary['task']} for {summary['steps']} steps{status} in {summary['wall_s']:.1f}s "
+    print(f"trained {summary['arch']} on {summary['task']} for {summary['steps']} steps{status} in "
+          f"{summary['wall_s']:.1f}s "
           f"({summary['examples_per_s']:.0f} examples/s, {summary['parameters']:,} parameters)")
     print(f"held-out exact match {summary['test_exact_match']:.2%}, "
           f"per-token accuracy {summary['test_token_accuracy']:.2%} ({summary['test_size']} examples)")

@@ -1,4 +1,5 @@
-"""Training, greedy and beam decoding, exact-match evaluation and attention heatmaps for RNNsearch.
+"""Training, greedy and beam decoding, exact-match evaluation and attention heatmaps for RNNsearch
+and the Transformer (``--arch transformer``, :mod:`lmlab.seq2seq.transformer`).
 
 Training runs on the lab's one loop (:class:`lmlab.train.loop.Trainer`) with a
 teacher-forced cross-entropy objective; Adam is the loop's AdamW with weight decay 0.
@@ -14,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -23,9 +24,11 @@ from lmlab.config import arg
 from lmlab.device import set_threads
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
+from lmlab.models.encdec import EncDecConfig, EncoderDecoder
 from lmlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
 from lmlab.seq2seq.tasks import BOS, EOS, PAD, Pair, TaskSpec, Vocab, make_splits, task_vocabs
+from lmlab.seq2seq.transformer import joint_vocab, transformer_config, transformer_decode
 from lmlab.train.options import OptimOptions
 
 RUN_FILES = ("model.safetensors", "model.json", "vocab.json", "task.json")
@@ -34,13 +37,20 @@ RUN_FILES = ("model.safetensors", "model.json", "vocab.json", "task.json")
 @dataclass
 class TrainConfig:
     task: str = arg("reverse", "task: reverse, sort, addition or date")
+    arch: Literal["rnnsearch", "transformer"] = arg(
+        "rnnsearch", "rnnsearch (Bahdanau et al. 2015: GRUs + additive attention) or transformer (Vaswani et "
+        "al. 2017: --layers encoder and decoder layers of width --hidden, --heads heads)")
     out: Path | None = arg(None, "run folder to write (model.safetensors, attention.png, metrics.jsonl, ...)")
     steps: int = arg(1500, "optimiser steps")
     batch_size: int = arg(64, "examples per step")
-    hidden: int = arg(64, "GRU state size (each encoder direction, and the decoder)")
-    emb: int = arg(32, "character embedding size")
-    attn: int | None = arg(None, "hidden size of the alignment model (default: --hidden)")
-    dropout: float = arg(0.1, "dropout on embeddings and before the output layer")
+    hidden: int = arg(64, "GRU state size (each encoder direction, and the decoder); the Transformer's "
+                          "d_model")
+    emb: int = arg(32, "character embedding size (rnnsearch)")
+    attn: int | None = arg(None, "hidden size of the alignment model (rnnsearch; default: --hidden)")
+    layers: int = arg(2, "encoder and decoder layers (transformer)")
+    heads: int = arg(4, "attention heads (transformer; must divide --hidden)")
+    dropout: float = arg(0.1, "dropout on embeddings and before the output layer (transformer: after each "
+                              "sublayer)")
     optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.0,
                                            beta2=0.999),
                               "Adam (weight decay 0) and its schedule (warmup capped at a tenth of --steps)")
@@ -125,7 +135,11 @@ class PairBatches:
 
 def seq2seq_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Teacher-forced objective: mean cross-entropy per target token, plus teacher-forced token accuracy."""
-    logits = model(batch["input_ids"], batch["decoder_input_ids"])
+    src = batch["input_ids"]
+    if isinstance(getattr(model, "module", model), EncoderDecoder):  # (DDP wraps it in .module)
+        logits = model(src, batch["decoder_input_ids"], src != PAD)
+    else:
+        logits = model(src, batch["decoder_input_ids"])
     labels = batch["labels"]
     counted = labels != IGNORE_INDEX
     accuracy = (logits.argmax(-1) == labels)[counted].float().mean().detach()
@@ -266,8 +280,15 @@ def beam_decode(model: Seq2Seq, src: torch.Tensor, beam: int, max_len: int | Non
     return [max(f, key=lambda x: x[0])[1] for f in finished]
 
 
-def decode(model: Seq2Seq, src: torch.Tensor, beam: int = 1, length_penalty: float = 1.0) -> list[Hypothesis]:
-    """Decode padded sources with greedy search (``beam=1``) or beam search; return one hypothesis each."""
+def decode(model: Seq2Seq | EncoderDecoder, src: torch.Tensor, beam: int = 1, length_penalty: float = 1.0,
+           details: bool = True) -> list[Hypothesis]:
+    """Decode padded sources with greedy search (``beam=1``) or beam search; return one hypothesis each.
+
+    A Transformer decodes with the lab's generation code, and its scores and attention are computed
+    only with ``details`` (a teacher-forced pass per source; else NaN and zeros)."""
+    if isinstance(model, EncoderDecoder):
+        found = transformer_decode(model, src, beam, length_penalty, max_output_len(src), details)
+        return [Hypothesis(*r) for r in found]
     if beam == 1:
         return greedy_decode(model, src)
     return beam_decode(model, src, beam, length_penalty=length_penalty)
@@ -303,7 +324,7 @@ def evaluate(model: Seq2Seq, pairs: list[Pair], src_vocab: Vocab, tgt_vocab: Voc
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         src = pad_batch([encode_source(s, src_vocab, "source") for s, _ in chunk]).to(device)
-        for hyp, (_, target) in zip(decode(model, src, beam, length_penalty), chunk):
+        for hyp, (_, target) in zip(decode(model, src, beam, length_penalty, details=False), chunk):
             reference = tgt_vocab.encode(target, "target") + [EOS]
             text = tgt_vocab.decode(hyp.tokens)
             predictions.append(text)
@@ -362,16 +383,23 @@ def attention_plot(model: Seq2Seq, source: str, src_vocab: Vocab, tgt_vocab: Voc
 class Seq2SeqRun:
     """A loaded run: the model (eval mode), its vocabularies and the task spec that made its data."""
 
-    model: Seq2Seq
+    model: Seq2Seq | EncoderDecoder
     src_vocab: Vocab
     tgt_vocab: Vocab
     spec: TaskSpec
 
 
-def write_run_files(run_dir: Path, model_cfg: Seq2SeqConfig, src_vocab: Vocab, tgt_vocab: Vocab,
-                    spec: TaskSpec) -> None:
+def model_json(model_cfg: Seq2SeqConfig | EncDecConfig) -> dict[str, Any]:
+    """Return what ``model.json`` holds: RNNsearch's config, or the Transformer's with ``arch``."""
+    if isinstance(model_cfg, EncDecConfig):
+        return {"arch": "transformer", **model_cfg.to_dict()}
+    return asdict(model_cfg)
+
+
+def write_run_files(run_dir: Path, model_cfg: Seq2SeqConfig | EncDecConfig, src_vocab: Vocab,
+                    tgt_vocab: Vocab, spec: TaskSpec) -> None:
     """Write ``model.json``, ``vocab.json`` and ``task.json`` (atomically) into ``run_dir``."""
-    write_json(run_dir / "model.json", asdict(model_cfg))
+    write_json(run_dir / "model.json", model_json(model_cfg))
     write_json(run_dir / "vocab.json", {"src": src_vocab.tokens, "tgt": tgt_vocab.tokens})
     write_json(run_dir / "task.json", asdict(spec))
 
@@ -411,7 +439,10 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Seq2Seq
     if missing:
         raise LmlabError(f"{run_dir} is not a complete seq2seq run: missing {', '.join(missing)}; pass the "
                          "--out folder of a finished 'lmlab seq2seq train'")
-    cfg = _build(Seq2SeqConfig, _read_json(run_dir / "model.json"), run_dir / "model.json")
+    saved = _read_json(run_dir / "model.json")
+    if saved.get("arch") == "transformer":
+        return _load_transformer_run(run_dir, saved, device)
+    cfg = _build(Seq2SeqConfig, saved, run_dir / "model.json")
     vocab = _read_json(run_dir / "vocab.json")
     try:
         src_vocab, tgt_vocab = Vocab(list(vocab["src"])), Vocab(list(vocab["tgt"]))
@@ -431,6 +462,26 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Seq2Seq
     return Seq2SeqRun(model, src_vocab, tgt_vocab, spec)
 
 
+def _load_transformer_run(run_dir: Path, saved: dict[str, Any], device: torch.device | str) -> Seq2SeqRun:
+    from lmlab.models.io import load_weights
+
+    values = {k: v for k, v in saved.items() if k != "arch"}
+    try:
+        model = EncoderDecoder(EncDecConfig.from_dict(values))
+    except (TypeError, LmlabError) as e:
+        raise LmlabError(f"{run_dir / 'model.json'} is damaged ({e}); retrain the run with "
+                         "'lmlab seq2seq train --arch transformer'") from None
+    load_weights(model, run_dir / "model.safetensors")
+    vocab = _read_json(run_dir / "vocab.json")
+    try:
+        src_vocab, tgt_vocab = Vocab(list(vocab["src"])), Vocab(list(vocab["tgt"]))
+    except (KeyError, TypeError):
+        raise LmlabError(f"{run_dir / 'vocab.json'} is damaged (needs 'src' and 'tgt' lists); "
+                         "retrain the run with 'lmlab seq2seq train'") from None
+    spec = _build(TaskSpec, _read_json(run_dir / "task.json"), run_dir / "task.json")
+    return Seq2SeqRun(model.to(device).eval(), src_vocab, tgt_vocab, spec)
+
+
 def parameter_count(model: nn.Module) -> int:
     """Return the number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -443,21 +494,25 @@ def _check_options(cfg: TrainConfig) -> None:
     if cfg.out is None:
         raise LmlabError("no run folder given; pass --out RUN (the folder for the model and its files)")
     for flag, value in (("--steps", cfg.steps), ("--batch-size", cfg.batch_size), ("--hidden", cfg.hidden),
-                        ("--emb", cfg.emb), ("--attn", cfg.attn or 1)):
+                        ("--emb", cfg.emb), ("--attn", cfg.attn or 1), ("--layers", cfg.layers),
+                        ("--heads", cfg.heads)):
         if value < 1:
             raise LmlabError(f"{flag} must be at least 1, got {value}")
+    if cfg.arch == "transformer" and cfg.hidden % cfg.heads:
+        raise LmlabError(f"--hidden {cfg.hidden} is not divisible by --heads {cfg.heads}; pick heads that "
+                         "divide it")
     cfg.optim.check()
     if cfg.eval_every < 0:
         raise LmlabError("--eval-every must not be negative (0 turns it off)")
 
 
-def _check_resumable(out: Path, model_cfg: Seq2SeqConfig, spec: TaskSpec) -> None:
+def _check_resumable(out: Path, model_cfg: Seq2SeqConfig | EncDecConfig, spec: TaskSpec) -> None:
     """Raise LmlabError unless ``out`` has a checkpoint made with the same model and task options."""
     from lmlab.train.checkpoint import latest_step
 
     if latest_step(out) is None:
         raise LmlabError(f"{out} has no checkpoint to resume; drop --resume to start a new run there")
-    for name, now in (("model.json", asdict(model_cfg)), ("task.json", asdict(spec))):
+    for name, now in (("model.json", model_json(model_cfg)), ("task.json", asdict(spec))):
         saved = _read_json(out / name) if (out / name).is_file() else {}
         diffs = [f"{k}: run {saved.get(k)!r} vs now {v!r}" for k, v in now.items() if saved.get(k) != v]
         if diffs:
@@ -467,7 +522,8 @@ def _check_resumable(out: Path, model_cfg: Seq2SeqConfig, spec: TaskSpec) -> Non
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train RNNsearch on ``cfg.task`` into the run folder ``cfg.out``; return the run's summary figures.
+    """Train RNNsearch or the Transformer (``cfg.arch``) on ``cfg.task`` into the run folder ``cfg.out``;
+    return the run's summary figures.
 
     Validates everything (task, lengths, sizes, an existing run) before writing, then
     writes config.yaml, model.json, vocab.json and task.json, trains with held-out
@@ -483,9 +539,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     set_threads(cfg.threads)
     spec = TaskSpec(cfg.task, cfg.seed, cfg.min_len, cfg.max_len, cfg.train_size, cfg.test_size)
     splits = make_splits(spec)
-    src_vocab, tgt_vocab = task_vocabs(splits.task)
-    model_cfg = Seq2SeqConfig(len(src_vocab), len(tgt_vocab), cfg.emb, cfg.hidden, cfg.attn or cfg.hidden,
-                              cfg.dropout, PAD)
+    model_cfg: Seq2SeqConfig | EncDecConfig
+    if cfg.arch == "transformer":
+        src_vocab = tgt_vocab = joint_vocab(splits.task)
+        model_cfg = transformer_config(len(src_vocab), cfg.hidden, cfg.layers, cfg.heads, cfg.dropout)
+    else:
+        src_vocab, tgt_vocab = task_vocabs(splits.task)
+        model_cfg = Seq2SeqConfig(len(src_vocab), len(tgt_vocab), cfg.emb, cfg.hidden, cfg.attn or cfg.hidden,
+                                  cfg.dropout, PAD)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     if cfg.resume:
@@ -496,7 +557,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              "--resume to continue it, or choose another --out")
         (out / "model.safetensors").unlink()  # never leave old weights beside a new model.json
     torch.manual_seed(cfg.seed)
-    model = Seq2Seq(model_cfg)
+    model = EncoderDecoder(model_cfg) if isinstance(model_cfg, EncDecConfig) else Seq2Seq(model_cfg)
     batches = PairBatches(splits.train, src_vocab, tgt_vocab, cfg.batch_size, cfg.seed, device)
     optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, cfg.steps // 10))
     settings = TrainSettings(optim=optim, precision="fp32",
@@ -511,7 +572,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
     write_run_files(out, model_cfg, src_vocab, tgt_vocab, spec)
     trainer = Trainer(model, seq2seq_loss, batches, settings, out_dir=out, device=device, evaluator=evaluator,
-                      model_config={"model": asdict(model_cfg), "task": asdict(spec)})
+                      model_config={"model": model_json(model_cfg), "task": asdict(spec)})
     t0 = time.perf_counter()
     result = trainer.fit(resume=cfg.resume)
     wall = time.perf_counter() - t0
@@ -521,7 +582,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     source = splits.test[0][0]
     hyp = attention_plot(model, source, src_vocab, tgt_vocab, out / "attention.png")
     return {
-        "task": cfg.task, "out": str(out), "steps": result.step, "interrupted": result.interrupted,
+        "task": cfg.task, "arch": cfg.arch, "out": str(out), "steps": result.step,
+        "interrupted": result.interrupted,
         "parameters": parameter_count(model), "train_size": len(splits.train), "test_size": len(splits.test),
         "lengths": [splits.min_len, splits.max_len],
         "test_exact_match": record["test_exact_match"], "test_token_accuracy": record["test_token_accuracy"],

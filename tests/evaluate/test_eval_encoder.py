@@ -63,7 +63,7 @@ def test_pll_equals_masking_one_token_at_a_time(run_and_data):
     model, tok = load(run)
     tokens = load_prepared(data_dir).val
     r = evaluate_masked_lm(model, tok, tokens, block_size=12, pll_tokens=12, batch_size=5)
-    window = torch.tensor(np.asarray(tokens[:12], dtype=np.int64))  # no [CLS]/[SEP] in this tokenizer
+    window = torch.tensor(np.asarray(tokens[:12], dtype=np.int64))  # lmlab tokenizers add no [CLS]/[SEP]
     mask_id = tok.token_to_id("<|mask|>")
     nats = 0.0
     with torch.no_grad():
