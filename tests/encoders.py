@@ -82,12 +82,12 @@ def padded_batch(vocab: int, pad: int, T: int = 20, seed: int = 2) -> tuple[torc
 
 
 def lmlab_tokenizer(kind: str = "word"):
-    """An lmlab tokenizer trained on ``TEXT`` with a ``<|mask|>`` token appended (what the objectives'
-    ``--mask-tokens`` adds)."""
+    """An lmlab tokenizer trained on ``TEXT`` with ``<|mask|>``, ``<|cls|>`` and ``<|sep|>`` appended (as
+    the objectives' ``lmlab data prepare --mask-tokens`` does)."""
     from lmlab.data.tokenizers import train_tokenizer
 
     tok = train_tokenizer(kind, TEXT * 3, vocab_size=200, min_frequency=1)
-    tok.hf.add_special_tokens(["<|mask|>"])
+    tok.hf.add_special_tokens(["<|mask|>", "<|cls|>", "<|sep|>"])
     return tok
 
 

@@ -45,11 +45,15 @@ class PrepareConfig:
     corpus: str = arg("shakespeare", "corpus name (see 'lmlab corpora'), a path, or hf:NAME")
     tokenizer: TokenizerKind = arg("bpe", "tokenizer kind to train")
     vocab_size: int = arg(4096, "vocabulary size incl. special tokens (bpe, word)")
-    out: Path | None = arg(None, "output folder (default: runs/data/<corpus>-<tokenizer><vocab>)")
+    out: Path | None = arg(None, "output folder (default: runs/data/<corpus>-<tokenizer><vocab>[-masks])")
     val_fraction: float = arg(0.1, "share of documents held out for validation")
     min_frequency: int = arg(2, "minimum count of a merge (bpe) or word (word) to enter the vocab")
     tokenizer_file: Path | None = arg(None, "use this tokenizer.json (or a folder holding one) instead of "
                                           "training one")
+    mask_tokens: bool = arg(False, "append the special tokens of the masked/denoising objectives the "
+                                   "tokenizer lacks (a mask, cls/sep, pad, sop/eop, 100 T5 sentinels "
+                                   "<extra_id_N>) at the end of its vocabulary; needed by lmlab pretrain "
+                                   "--objective mlm, mlm+nsp, span-corruption, denoise, blank-infilling")
     overwrite: bool = arg(False, "replace prepared data made from other inputs in --out")
     json: bool = arg(False, "print the resulting meta as JSON")
 
@@ -58,7 +62,7 @@ def default_out(cfg: PrepareConfig) -> Path:
     """Default prepared-data folder for a config."""
     name = Path(cfg.corpus.rstrip("/")).stem.replace(":", "-") or "corpus"
     vocab = "" if cfg.tokenizer in ("char", "byte") else str(cfg.vocab_size)
-    return Path("runs") / "data" / f"{name}-{cfg.tokenizer}{vocab}"
+    return Path("runs") / "data" / f"{name}-{cfg.tokenizer}{vocab}{'-masks' if cfg.mask_tokens else ''}"
 
 
 def _summary(meta: dict, out: Path) -> str:
@@ -78,6 +82,8 @@ def prepare(cfg: PrepareConfig) -> None:
     """Tokenize a corpus into OUT/train.bin and OUT/val.bin (flat token ids), with OUT/tokenizer.json
     and OUT/meta.json (token and UTF-8 byte counts per split, for bits per byte).
 
+    With --mask-tokens the tokenizer also gets the special tokens of the masked and denoising
+    objectives (appended after every other id, so existing ids keep their meaning).
     The validation split holds out whole documents (works, files or records). Running it
     again with the same inputs reuses the result; nothing is half-written on failure.
     """
@@ -87,7 +93,7 @@ def prepare(cfg: PrepareConfig) -> None:
     cfg.out = out
     meta, reused = run_prepare(cfg.corpus, out, cfg.tokenizer, cfg.vocab_size, cfg.val_fraction,
                                cfg.min_frequency, cfg.tokenizer_file, cfg.overwrite,
-                               extra_files={"config.yaml": to_yaml(cfg)})
+                               extra_files={"config.yaml": to_yaml(cfg)}, mask_tokens=cfg.mask_tokens)
     if cfg.json:
         print(json.dumps({**meta, "out": str(out), "reused": reused}))
         return

@@ -25,6 +25,7 @@ import numpy as np
 
 from lmlab.console import progress
 from lmlab.data.corpora import Corpus, get_corpus
+from lmlab.data.special import ROLE_NAMES, add_objective_tokens, special_token
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.fileio import write_json
@@ -119,8 +120,6 @@ def document_separator(tokenizer: Tokenizer) -> int:
     (``[SEP]``) or RoBERTa (``</s>``) tokenizer; raise LmlabError when the tokenizer has none."""
     if tokenizer.eot_id is not None:
         return tokenizer.eot_id
-    from lmlab.data.mask_tokens import ROLE_NAMES, special_token
-
     sep = special_token(tokenizer, "sep")
     if sep is None:
         raise LmlabError(f"the tokenizer has no token to separate documents (<|endoftext|> or "
@@ -191,11 +190,14 @@ def check_out_dir(out: Path, fp: str, overwrite: bool) -> bool:
 
 def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 4096,
             val_fraction: float = 0.1, min_frequency: int = 2, tokenizer_file: Path | None = None,
-            overwrite: bool = False,
-            extra_files: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+            overwrite: bool = False, extra_files: dict[str, str] | None = None,
+            mask_tokens: bool = False) -> tuple[dict[str, Any], bool]:
     """Prepare ``corpus_spec`` into ``out``; return ``(meta, reused)``.
 
     ``tokenizer_file`` reuses an existing tokenizer instead of training one.
+    ``mask_tokens`` appends the special tokens of the pretraining objectives that the
+    tokenizer lacks (see :func:`lmlab.data.special.add_objective_tokens`) at the end of its
+    vocabulary, so every id it had keeps its meaning.
     ``extra_files`` (name -> text) are written into the folder too (e.g. config.yaml).
     """
     if tokenizer_file is not None:
@@ -203,6 +205,8 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
     corpus = get_corpus(corpus_spec)
     settings = {"tokenizer": kind, "vocab_size": vocab_size, "val_fraction": val_fraction,
                 "min_frequency": min_frequency}
+    if mask_tokens:  # only when on, so the fingerprints of data prepared without it stay the same
+        settings["mask_tokens"] = True
     fp = fingerprint(corpus, settings, tokenizer_file)
     if check_out_dir(out, fp, overwrite):
         return read_meta(out), True
@@ -216,6 +220,8 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
         else:
             tokenizer = train_tokenizer(kind, corpus.documents("train", val_fraction), vocab_size,
                                         min_frequency)
+        if mask_tokens:
+            add_objective_tokens(tokenizer)
         tokenizer.save(tmp / "tokenizer.json")
         dtype = token_dtype(tokenizer.vocab_size)
         splits = {}

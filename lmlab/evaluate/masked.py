@@ -1,7 +1,9 @@
 """What an encoder is scored by: masked-token loss and accuracy, and pseudo-log-likelihood.
 
-The split is cut into windows of the model's length (``[CLS] ... [SEP]`` when the
-tokenizer has those tokens, as BERT reads a single segment).
+The split is cut into windows of the model's length, each wrapped in the tokenizer's own
+template: ``[CLS] ... [SEP]`` for a Hugging Face BERT tokenizer (``<s> ... </s>`` for
+RoBERTa), as those models were pretrained; nothing for lmlab's tokenizers, whose ``mlm``
+training examples are plain windows.
 
 - Masked-token loss and accuracy: BERT's masking (15% of the non-special tokens chosen;
   80% of those become the mask token, 10% a random token, 10% stay) with a generator
@@ -18,9 +20,8 @@ Neither is comparable to a causal LM's loss or bits per byte: a masked LM sees b
 of the token it predicts, which makes its pseudo-likelihood no proper distribution over
 texts, and usually a much lower figure.
 
-The masking here is the eval-time copy of the ``mlm`` collator's (``lmlab.data.masking.bert_mask``
-on branch h-objectives, same signature and draws): when that is on main, :func:`bert_mask`
-becomes an import from there.
+The masking is the ``mlm`` collator's own (:func:`lmlab.data.masking.bert_mask`), drawn from a
+generator of the evaluation's seed and the window's start.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.mask_tokens import special_ids, special_token
+from lmlab.data.masking import bert_mask
+from lmlab.data.special import special_ids, special_token
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.models.encoder import Encoder
@@ -63,36 +65,23 @@ class MaskedLMResult:
         return asdict(self)
 
 
-def bert_mask(ids: np.ndarray, rng: np.random.Generator, *, mask_id: int, maskable: np.ndarray,
-              random_pool: np.ndarray, prob: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(input_ids, labels)`` of BERT's masking of ``ids``.
-
-    ``round(prob * n)`` (at least one) of the ``n`` positions where ``maskable`` is True are
-    chosen; each becomes ``mask_id`` with probability 0.8, a token drawn uniformly from
-    ``random_pool`` with 0.1, and stays with 0.1. ``labels`` hold the original token at the
-    chosen positions and -100 elsewhere.
-    """
-    candidates = np.flatnonzero(maskable)
-    inputs, labels = ids.astype(np.int64), np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
-    if len(candidates) == 0:
-        return inputs, labels
-    n = min(len(candidates), max(1, int(round(len(candidates) * prob))))
-    chosen = np.sort(rng.choice(candidates, size=n, replace=False))
-    labels[chosen] = inputs[chosen]
-    u = rng.random(n)
-    inputs[chosen[u < 0.8]] = mask_id
-    random = chosen[u >= 0.9]
-    inputs[random] = rng.choice(random_pool, size=len(random))
-    return inputs, labels
-
-
 @dataclass(frozen=True)
 class _Specials:
     mask: int
-    cls: int | None
-    sep: int | None
+    prefix: np.ndarray  # the template's tokens before a text ([CLS]) and after it ([SEP])
+    suffix: np.ndarray
     pad: int
     never: np.ndarray  # special ids: never masked, never scored, never a random replacement
+
+
+def template_ends(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Return the ids the tokenizer's template puts before and after a text (``[CLS]``, ``[SEP]``
+    for BERT; none for lmlab's tokenizers)."""
+    enc = tokenizer.hf.encode("a", add_special_tokens=True)
+    text = [i for i, special in enumerate(enc.special_tokens_mask) if not special]
+    if not text:
+        return [], []
+    return enc.ids[:text[0]], enc.ids[text[-1] + 1:]
 
 
 def _specials(model: Encoder, tokenizer: Any) -> _Specials:
@@ -100,11 +89,11 @@ def _specials(model: Encoder, tokenizer: Any) -> _Specials:
     if mask is None:
         raise LmlabError("the tokenizer has no mask token ([MASK], <mask> or <|mask|>), so the encoder "
                          "cannot be scored by masking; evaluate on data prepared with the model's tokenizer")
-    cls, sep = special_token(tokenizer, "cls"), special_token(tokenizer, "sep")
     pad = model.config.pad_id
     if pad is None:
         pad = (special_token(tokenizer, "pad") or ("", 0))[1]
-    return _Specials(mask[1], cls[1] if cls and sep else None, sep[1] if cls and sep else None, pad,
+    prefix, suffix = template_ends(tokenizer)
+    return _Specials(mask[1], np.array(prefix, dtype=np.int64), np.array(suffix, dtype=np.int64), pad,
                      np.array(special_ids(tokenizer) + [mask[1]], dtype=np.int64))
 
 
@@ -120,10 +109,7 @@ def window_starts(n_tokens: int, width: int, n_windows: int | None = None) -> np
 
 
 def _window(tokens: np.ndarray, start: int, width: int, sp: _Specials) -> np.ndarray:
-    ids = np.asarray(tokens[start:start + width], dtype=np.int64)
-    if sp.cls is not None:
-        ids = np.concatenate([[sp.cls], ids, [sp.sep]])
-    return ids
+    return np.concatenate([sp.prefix, np.asarray(tokens[start:start + width], dtype=np.int64), sp.suffix])
 
 
 def _batch(rows: list[np.ndarray], pad: int,
@@ -214,7 +200,7 @@ def evaluate_masked_lm(model: Encoder, tokenizer: Any, tokens: np.ndarray, *, bl
         raise LmlabError(f"block size {block_size} exceeds the model's {model.config.block_size} positions; "
                          f"use --block-size {model.config.block_size} or less")
     sp = _specials(model, tokenizer)
-    width = block_size - (2 if sp.cls is not None else 0)
+    width = block_size - len(sp.prefix) - len(sp.suffix)
     if width < 1 or len(tokens) < 1:
         raise LmlabError(f"cannot evaluate {len(tokens)} tokens in windows of {block_size}; give more data "
                          "or a larger --block-size")

@@ -161,4 +161,4 @@ def fill_mask(cfg: FillMaskConfig) -> None:
         if len(fills) > 1:
             print(f"mask {n} (token {f.index}):")
         for c in f.candidates:
-            print(f"  {c.prob:7.4f}  {c.text or c.token}")
+            print(f"  {c.prob:7.4f}  {c.text.strip() or repr(c.text)}")  # a newline shows as '\n'

@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from lmlab.data.mask_tokens import ROLE_NAMES, special_token
+from lmlab.data.special import ROLE_NAMES, special_token
 from lmlab.errors import LmlabError
 from lmlab.models.encoder import Encoder
 
 
 @dataclass
 class Candidate:
-    """One proposed token: its id, its vocabulary entry, its text and its probability."""
+    """One proposed token: its id, its vocabulary entry, its decoded text and its probability."""
 
     id: int
     token: str
@@ -92,7 +92,6 @@ def fill_mask(model: Encoder, tokenizer: Any, text: str, top_k: int = 5) -> list
     top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     fills = []
     for index, p_row, i_row in zip(where, top.values.tolist(), top.indices.tolist()):
-        fills.append(MaskFill(index, [Candidate(i, tokenizer.id_to_token(i) or "",
-                                                tokenizer.hf.decode([i]).strip(), p)
-                                      for p, i in zip(p_row, i_row)]))
+        fills.append(MaskFill(index, [Candidate(i, tokenizer.id_to_token(i) or "", tokenizer.hf.decode([i]),
+                                                p) for p, i in zip(p_row, i_row)]))
     return fills

@@ -39,6 +39,8 @@ class DecoderConfig(DictConfig):
     ``4 * d_model`` (GELU) or LLaMA's ``8/3 * d_model`` rounded up to 64 (SwiGLU), and
     ``d_model // n_head``. ``rope_scaling`` takes Hugging Face's dict
     (``{"rope_type": "llama3", "factor": ..., ...}`` or ``{"rope_type": "linear", "factor": ...}``).
+    ``block_positions`` adds GLM's learned block-position embedding (Du et al. 2022), the
+    second of its 2-D positions, for blank infilling.
     """
 
     vocab_size: int = 50304
@@ -60,6 +62,7 @@ class DecoderConfig(DictConfig):
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    block_positions: bool = False  # GLM's second (block) position embedding for blank infilling
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -88,6 +91,14 @@ class DecoderConfig(DictConfig):
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"dropout={self.dropout} must be in [0, 1)")
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a dict; ``block_positions`` only when on, so the saved configs of
+        models without it (and the checkpoints they resume from) stay as they were."""
+        values = super().to_dict()
+        if not values["block_positions"]:
+            del values["block_positions"]
+        return values
+
 
 
 def block_spec(cfg: DecoderConfig) -> BlockSpec:
@@ -113,6 +124,8 @@ class Decoder(nn.Module):
             self.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
         else:
             self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+        if cfg.block_positions:
+            self.block_pos_emb = LearnedPositions(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self.blocks = nn.ModuleList(TransformerBlock(block_spec(cfg)) for _ in range(cfg.n_layer))
         self.norm_f = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
@@ -151,6 +164,8 @@ class Decoder(nn.Module):
             n -= self.tok_emb.weight.numel()
             if isinstance(self.pos_emb, LearnedPositions):
                 n -= self.pos_emb.weight.numel()
+            if self.config.block_positions:
+                n -= self.block_pos_emb.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.lm_head.weight.numel()
         return n
@@ -178,7 +193,8 @@ class Decoder(nn.Module):
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None,
                 positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                last_only: bool = False, targets: torch.Tensor | None = None) -> torch.Tensor:
+                last_only: bool = False, targets: torch.Tensor | None = None,
+                block_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Return next-token logits ``(B, T, V)`` for token ids ``idx (B, T)``.
 
         With ``targets (B, T)`` (next-token ids, -100 ignored) return the mean cross-entropy
@@ -187,7 +203,10 @@ class Decoder(nn.Module):
         ``kv_cache``: a cache from :meth:`new_kv_cache`; the T tokens continue the
         ``kv_cache.length`` positions already in it, and are appended to it.
         ``positions (B, T)``: position ids when they are not ``length..length+T-1`` (left
-        padding). ``attention_mask (B, length + T)``: 1/True for real tokens, 0 for padding.
+        padding). ``attention_mask (B, length + T)``: 1/True for real tokens, 0 for padding; or a
+        boolean ``(B, T, length + T)`` mask used as it is (True = may attend; GLM's part A
+        bidirectional, part B causal). ``block_positions (B, T)``: GLM's block position ids
+        (models with ``block_positions``; None = 0, as for part A and plain text).
         ``last_only``: compute logits for the last position only (``(B, 1, V)``).
         """
         B, T = idx.shape
@@ -206,6 +225,9 @@ class Decoder(nn.Module):
                 x = x + table[start:start + T]
             else:
                 x = x + self.pos_emb(positions)
+        if self.config.block_positions:
+            x = x + (self.block_pos_emb.weight[0] if block_positions is None
+                     else self.block_pos_emb(block_positions))
         rope = self.rope(start, T, positions) if self.rope is not None else None
         if self.drop is not None:
             x = self.drop(x)
@@ -232,8 +254,11 @@ class Decoder(nn.Module):
     def _mask(B: int, T: int, start: int, attention_mask: torch.Tensor | None,
               device: torch.device) -> tuple[torch.Tensor | None, bool]:
         """Return ``(mask, is_causal)`` for SDPA: no mask for one query, SDPA's causal flag for
-        a fresh sequence, a lower-right causal mask after cached positions, plus padding."""
+        a fresh sequence, a lower-right causal mask after cached positions, plus padding; a
+        (B, T, L) mask as it is."""
         L = start + T
+        if attention_mask is not None and attention_mask.dim() == 3:
+            return attention_mask[:, None, :, :L].to(device=device, dtype=torch.bool), False
         if attention_mask is None:
             if T == 1:
                 return None, False

@@ -8,7 +8,13 @@ from lmlab.train.pretrain import PretrainConfig
 
 
 def pretrain(cfg: PretrainConfig) -> int:
-    """Pretrain a model (GPT-2/LLaMA decoders, NPLM, RNN/LSTM/GRU, ELMo presets) on prepared data.
+    """Pretrain a model (GPT-2/LLaMA decoders, BERT/RoBERTa encoders, Transformer/T5/BART
+    encoder-decoders, NPLM, RNN/LSTM/GRU, ELMo presets) on prepared data.
+
+    --objective picks what it learns (default: its family's own): causal (next token), mlm or
+    mlm+nsp (BERT), span-corruption (T5), denoise (BART) or blank-infilling (GLM, on a decoder).
+    All but causal validate with the objective's own loss (val_loss; no bits per byte) and need
+    special tokens: prepare the data with 'lmlab data prepare --mask-tokens'.
 
     Writes OUT/config.yaml (resolved, with the full model config in model_args),
     OUT/model.safetensors, OUT/tokenizer.json, OUT/metrics.jsonl (step, loss, lr, tokens,
@@ -19,6 +25,8 @@ def pretrain(cfg: PretrainConfig) -> int:
 
       lmlab data prepare --corpus shakespeare --tokenizer char --out data/shk
       lmlab pretrain --model llama-tiny --data data/shk --out runs/tiny --block-size 128 --max-steps 300
+      lmlab data prepare --corpus shakespeare --mask-tokens --out data/shk-masks
+      lmlab pretrain --model t5-tiny --data data/shk-masks --out runs/t5 --max-steps 300
       torchrun --standalone --nproc-per-node 2 -m lmlab.cli pretrain ... (same options)
     """
     from lmlab.train.pretrain import pretrain as run_pretrain

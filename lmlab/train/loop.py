@@ -32,7 +32,7 @@ from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as D
 from lmlab.train.log import RunLogger
 from lmlab.train.mfu import mfu, peak_flops
-from lmlab.train.objectives import Objective
+from lmlab.train.objectives import Objective, loss_and_metrics
 from lmlab.train.optim import Schedule, build_adamw, set_lr
 from lmlab.train.options import LoopOptions, OptimOptions
 
@@ -79,12 +79,6 @@ class _StepResult:
     grad_norm: float
     seconds: float
     metrics: dict[str, float]
-
-
-def _split_result(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-    if isinstance(out, tuple):
-        return out[0], dict(out[1])
-    return out, {}
 
 
 class Trainer:
@@ -409,7 +403,7 @@ class Trainer:
             n_tokens += int(ids.numel()) if ids is not None else 0
             with D.no_grad_sync(model, self.dist, last_micro_step=micro == n - 1):
                 with autocast(self.device, self.precision):
-                    loss, metrics = _split_result(self.objective(model, batch))
+                    loss, metrics = loss_and_metrics(self.objective(model, batch))
                 scaler.scale(loss / n).backward()
             loss_sum += loss.detach().float()
             for k, v in metrics.items():

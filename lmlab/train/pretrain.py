@@ -13,7 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -26,6 +26,9 @@ from lmlab.train.options import LoopOptions, OptimOptions
 MODEL_FLAGS = ("vocab_size", "n_layer", "n_head", "n_kv_heads", "d_model", "d_ff", "dropout")
 # Options a resumed run takes from the command line, never from the run's saved config.yaml.
 NOT_INHERITED = ("resume", "overwrite", "stop_at_step", "json", "out", "device", "progress")
+# Special-token ids of a model config that a new run takes from the data's tokenizer unless given.
+SPECIAL_ID_KEYS = {"pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id", "pad_id"}
+ObjectiveName = Literal["auto", "causal", "mlm", "mlm+nsp", "span-corruption", "denoise", "blank-infilling"]
 
 
 @dataclass
@@ -62,6 +65,19 @@ class PretrainConfig(LoopOptions):
         "rope_theta=500000,tie_embeddings=false; a comma splits only before the next KEY=, so "
         "rope_scaling={\"factor\":8,\"rope_type\":\"llama3\"} is one item (the flag may also be repeated)",
         key_values=True,
+    )
+    objective: ObjectiveName = arg(
+        "auto",
+        "what the model learns to predict: causal (next token; decoders, RNNs), mlm or mlm+nsp "
+        "(BERT; encoders), span-corruption (T5) or denoise (BART; encoder-decoders), blank-infilling "
+        "(GLM; decoders); auto = the model family's own. All but causal need special tokens (a mask, "
+        "T5 sentinels, ...): Hugging Face BERT/T5/BART tokenizers have them, 'lmlab data prepare "
+        "--mask-tokens' adds them",
+    )
+    masking: Literal["dynamic", "static"] = arg(
+        "dynamic",
+        "noise of the non-causal objectives: dynamic = drawn afresh each time a window is seen "
+        "(RoBERTa), static = fixed per window (BERT)",
     )
     # batches and optimisation
     block_size: int | None = arg(
@@ -176,6 +192,8 @@ def _model_config(cfg: PretrainConfig, data_vocab: int):
     else:
         values = {**overrides, **flags}
         values.setdefault("vocab_size", data_vocab)
+        if cfg.objective == "blank-infilling" and cfg.model is not None and _is_decoder_preset(cfg.model):
+            values.setdefault("block_positions", True)  # GLM's 2-D positions
         if cfg.block_size is not None:
             values["block_size"] = cfg.block_size
         if cfg.model is not None:
@@ -200,6 +218,12 @@ def _model_config(cfg: PretrainConfig, data_vocab: int):
     return mc, init_model
 
 
+def _is_decoder_preset(name: str) -> bool:
+    from lmlab.models.registry import preset_family
+
+    return preset_family(name).arch == "decoder"
+
+
 def pretrain(cfg: PretrainConfig) -> RunResult:
     """Pretrain a model on prepared data; return the :class:`RunResult` (on every rank).
 
@@ -221,7 +245,8 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     from lmlab.train import checkpoint as ckpt
     from lmlab.train import distributed as D
     from lmlab.train.loop import Trainer, TrainSettings
-    from lmlab.train.parts import training_parts
+    from lmlab.train.parts import resolve_objective, training_parts, with_tokenizer_ids
+    from lmlab.train.validate import evaluate_objective
 
     if cfg.resume and cfg.out is not None:
         cfg = _inherit_saved(cfg)
@@ -244,6 +269,9 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
     try:
         torch.manual_seed(cfg.seed)
         mc, init_model = _model_config(cfg, data.vocab_size)
+        given_ids = SPECIAL_ID_KEYS & set(parse_model_args(cfg.model_args))
+        if init_model is None and not cfg.resume and not given_ids:
+            mc = with_tokenizer_ids(mc, data.tokenizer())  # e.g. a T5 preset on lmlab data: its pad and eos
         if cfg.init is not None and not cfg.resume:
             check_same_tokenizer(cfg.init, Path(cfg.data))
         model = build_model(mc, data.tokenizer()) if init_model is None else init_model.train()
@@ -255,6 +283,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
         # Dropout masks differ per rank; the init above is the same on every rank.
         torch.manual_seed(cfg.seed + ctx.rank)
         block = cfg.block_size or mc.block_size
+        objective_name = resolve_objective(model, cfg.objective)
         objective, batches = training_parts(
             model,
             data.train,
@@ -264,6 +293,9 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
             rank=ctx.rank,
             world_size=ctx.world_size,
             device=device,
+            objective=objective_name,
+            tokenizer=data.tokenizer() if objective_name != "causal" else None,
+            masking=cfg.masking,
         )
         precision = resolve_precision(device, "fp32" if cfg.deterministic and cfg.precision == "auto"
                                       else cfg.precision)
@@ -274,6 +306,12 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
         bpt = data.bytes_per_token("val")
 
         def evaluator(m: torch.nn.Module) -> dict[str, float]:
+            if objective_name != "causal":  # bits per byte is a next-token figure: own loss
+                return evaluate_objective(m, objective, batches.builder, data.val, device=device,
+                                          precision=precision, batch_size=cfg.batch_size,
+                                          n_windows=cfg.eval_iters * cfg.batch_size * ctx.world_size,
+                                          rank=ctx.rank, world_size=ctx.world_size,
+                                          all_reduce=lambda t: D.all_reduce_sum(t, ctx))
             r = evaluate_perplexity(
                 m,
                 data.val,
@@ -316,6 +354,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
                 precision=precision,
                 block_size=block,
                 vocab_size=mc.vocab_size,
+                objective=objective_name,
                 model_args=[f"{k}={json.dumps(v)}" for k, v in mc.to_dict().items()],
             )
             save_config(resolved, out / "config.yaml")

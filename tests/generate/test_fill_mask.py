@@ -56,7 +56,7 @@ def test_fill_mask_on_an_lmlab_run_with_two_masks(tmp_path, capsys):
                  "--top-k", "2", "--device", "cpu"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0] == "mask 1 (token 3):" and text[3] == "mask 2 (token 5):" and len(text) == 6
-    assert text[1].split()[1] == fills[0].candidates[0].text
+    assert text[1].split()[1] == fills[0].candidates[0].text.strip()
 
 
 def test_fill_mask_errors_name_the_fix(tmp_path, capsys):
@@ -88,3 +88,23 @@ def test_fill_mask_errors_name_the_fix(tmp_path, capsys):
     plain.hf = type(plain.hf).from_str(plain.hf.to_str().replace("<|mask|>", "<|other|>"))
     with pytest.raises(LmlabError, match=r"no mask token \(\[MASK\] or <mask> or <\|mask\|>\)"):
         fill_mask(model, plain, "the king")
+
+
+def test_fill_mask_shows_a_newline_candidate_escaped(tmp_path, capsys):
+    from lmlab.data.tokenizers import train_tokenizer
+    from tests.encoders import TEXT
+
+    tok = train_tokenizer("bpe", ["\n".join(TEXT)] * 3, vocab_size=300, min_frequency=1)
+    tok.hf.add_special_tokens(["<|mask|>"])
+    run = lmlab_run(tmp_path / "run", tokenizer=tok)
+    model, tok = load(run)
+    newline = tok.encode("\n")[0]
+    with torch.no_grad():  # make the newline the only likely token
+        model.mlm.bias.zero_()
+        model.mlm.bias[newline] = 100.0
+    from lmlab.models import save_model
+
+    save_model(model, run)
+    assert main(["fill-mask", "--ckpt", str(run), "--text", "the <|mask|> king", "--top-k", "1", "--device",
+                 "cpu"]) == 0
+    assert capsys.readouterr().out.split() == ["1.0000", "'\\n'"]
