@@ -31,7 +31,7 @@ DEFAULT_PRESETS = "gpt2-tiny,llama-tiny,llama-small,bert-small,t5-tiny,bart-tiny
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (timings of asynchronous CUDA kernels)."""
     if device.type == "cuda":
-        sync(device)
+        torch.cuda.synchronize(device)
 
 
 def peak_mib(device: torch.device) -> int | None:

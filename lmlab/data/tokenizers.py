@@ -20,6 +20,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -191,3 +192,14 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     hf.no_padding()
     hf.no_truncation()
     return Tokenizer(hf)
+
+
+def encode_sequence(tokenizer: Any, text: str, eos_id: int | None = None) -> list[int]:
+    """Return the ids of ``text`` as an encoder-decoder reads a source or a target: with the
+    tokenizer's own post-processing (T5's closing ``</s>``, BART's ``<s> ... </s>``), ending in
+    ``eos_id`` (appended when the post-processing did not put it there, as lmlab's tokenizers add
+    nothing). ``tokenizer``: an lmlab :class:`Tokenizer`, or anything with ``encode(text)``."""
+    ids = tokenizer.hf.encode(text).ids if hasattr(tokenizer, "hf") else list(tokenizer.encode(text))
+    if eos_id is not None and (not ids or ids[-1] != eos_id):
+        ids.append(eos_id)
+    return ids

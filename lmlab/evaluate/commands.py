@@ -57,7 +57,10 @@ def evaluate(cfg: EvalConfig) -> int:
     target given its source, which is not comparable to a causal LM's either: on --pairs
     FILE (JSON lines {"source": ..., "target": ...} or source<TAB>target), or on --data,
     whose windows of --block-size tokens are cut in halves (the second half is the target,
-    the first its source). Example: lmlab eval --ckpt runs/t5 --pairs dev.jsonl --json
+    the first its source). On --data it also reports the loss of its own pretraining
+    objective (T5: span corruption, BART and the Transformer: denoising) on windows with
+    fixed noise, the figure `lmlab pretrain` validates with (no bits per byte: it scores a
+    corrupted subset of the text). Example: lmlab eval --ckpt runs/t5 --pairs dev.jsonl --json
     """
     from lmlab.data.prepare import load_prepared
     from lmlab.device import resolve_device
@@ -137,10 +140,18 @@ def _evaluate_encdec(cfg: EvalConfig, model, device) -> int:
     import numpy as np
 
     from lmlab.data.prepare import load_prepared
-    from lmlab.evaluate.conditional import NOTE, encode_pairs, evaluate_conditional, read_pairs, window_pairs
+    from lmlab.evaluate.conditional import (
+        NOTE,
+        encode_pairs,
+        evaluate_conditional,
+        objective_pairs,
+        read_pairs,
+        window_pairs,
+    )
     from lmlab.loader import check_same_tokenizer, load_tokenizer_any
 
     eos = model.config.eos_token_id
+    objective: dict = {}
     if cfg.pairs is not None:
         tokenizer = load_tokenizer_any(cfg.ckpt)
         if tokenizer is None:
@@ -169,14 +180,31 @@ def _evaluate_encdec(cfg: EvalConfig, model, device) -> int:
         limit = None if cfg.max_tokens is None else max(1, math.ceil(cfg.max_tokens / per_window))
         examples = window_pairs(tokens, block, data.bytes_per_token(cfg.split), eos, limit)
         source = f"{cfg.split} windows of {block} tokens cut in halves (first half -> second half)"
+        name = model.config.objective
+        windows = None if cfg.max_tokens is None else max(1, math.ceil(cfg.max_tokens / block))
+        try:
+            own = objective_pairs(tokens, data.tokenizer(), name, block, windows)
+        except LmlabError as e:  # e.g. data prepared without --mask-tokens
+            objective = {"objective": name, "objective_skipped": str(e)}
+        else:
+            o = evaluate_conditional(model, own, batch_size=cfg.batch_size, device=device,
+                                     precision=cfg.precision)
+            objective = {"objective": name, "objective_loss": o.loss, "objective_tokens": o.tokens,
+                         "objective_examples": o.examples}
     r = evaluate_conditional(model, examples, batch_size=cfg.batch_size, device=device,
                              precision=cfg.precision)
     figures = {"mode": "conditional", "on": source, "loss": r.loss, "perplexity": r.perplexity,
                "bits_per_byte": r.bits_per_byte, "tokens": r.tokens, "bytes": r.bytes, "examples": r.examples,
-               "block_size": block, "note": NOTE}
+               "block_size": block, **objective, "note": NOTE}
     if cfg.json:
         print(json.dumps(figures))
         return 0
+    if "objective_loss" in objective:
+        print(f"{cfg.split}: {objective['objective']} loss {objective['objective_loss']:.4f} nats/target "
+              f"token (the model's pretraining objective, fixed noise; {objective['objective_tokens']:,} "
+              f"target tokens in {objective['objective_examples']} windows)")
+    elif objective:
+        print(f"note: no {objective['objective']} loss: {objective['objective_skipped']}")
     bpb = "n/a" if r.bits_per_byte is None else f"{r.bits_per_byte:.4f}"
     print(f"{source}: loss {r.loss:.4f} nats/target token, perplexity {r.perplexity:.3f}, conditional "
           f"bits per byte {bpb} ({r.tokens:,} target tokens in {r.examples} examples)")

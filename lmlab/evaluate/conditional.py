@@ -12,7 +12,11 @@ pairs.
 
 Pairs come from a file (JSON lines ``{"source": ..., "target": ...}`` or ``source<TAB>target``), or,
 for prepared data without pairs, from its token windows cut in two halves: the target is each
-window's second half, the source its first (:func:`window_pairs`).
+window's second half, the source its first (:func:`window_pairs`). Prepared data also gives the
+model's own pretraining objective as pairs (:func:`objective_pairs`: span corruption's or
+denoising's corrupted input and target, with the fixed validation noise of
+:mod:`lmlab.data.collators`), whose conditional loss is the objective's loss; that one has no bits
+per byte, as it scores a corrupted subset of the text.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.data.tokenizers import encode_sequence
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
 from lmlab.nn.losses import IGNORE_INDEX, token_cross_entropy
@@ -98,16 +103,10 @@ def read_pairs(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer: Any, eos_id: int) -> list[Example]:
-    """Tokenize text pairs with the tokenizer's own post-processing (e.g. T5's closing ``</s>``,
-    BART's ``<s> ... </s>``), appending ``eos_id`` to a target that does not end with it."""
-    examples = []
-    for source, target in pairs:
-        src = tokenizer.hf.encode(source).ids
-        tgt = tokenizer.hf.encode(target).ids
-        if not tgt or tgt[-1] != eos_id:
-            tgt = [*tgt, eos_id]
-        examples.append(Example(src, tgt, float(len(target.encode("utf-8")))))
-    return examples
+    """Tokenize text pairs as the model reads them (:func:`lmlab.data.tokenizers.encode_sequence`:
+    the tokenizer's own post-processing, e.g. T5's closing ``</s>``, then ``eos_id`` if missing)."""
+    return [Example(encode_sequence(tokenizer, source, eos_id), encode_sequence(tokenizer, target, eos_id),
+                    float(len(target.encode("utf-8")))) for source, target in pairs]
 
 
 def window_pairs(tokens: np.ndarray, block_size: int, bytes_per_token: float, eos_id: int,
@@ -130,6 +129,29 @@ def window_pairs(tokens: np.ndarray, block_size: int, bytes_per_token: float, eo
             continue
         target = window[cut:]
         out.append(Example(window[:cut], [*target, eos_id], len(target) * bytes_per_token))
+    return out
+
+
+def objective_pairs(tokens: np.ndarray, tokenizer: Any, objective: str, block_size: int,
+                    max_examples: int | None = None) -> list[Example]:
+    """Return the pretraining ``objective`` (``span-corruption`` or ``denoise``) on windows spread
+    evenly over ``tokens`` (all of them unless ``max_examples``) as source/target examples, each
+    window corrupted with the fixed noise :func:`lmlab.data.collators.eval_examples` gives it (as in
+    ``lmlab pretrain``'s validation); ``target_bytes`` is 0 (no bits per byte). Raises LmlabError
+    when ``tokenizer`` lacks a token the objective needs."""
+    from lmlab.data.collators import build_examples, eval_examples
+    from lmlab.data.windows import eval_offsets
+
+    builder = build_examples(objective, tokenizer, block_size)
+    if len(tokens) < builder.window:
+        raise LmlabError(f"the split has {len(tokens)} tokens, fewer than the {builder.window} of one "
+                         f"{objective} window; lower --block-size or prepare more data")
+    offsets = eval_offsets(len(tokens), builder.window - 1, max_examples)
+    offsets = offsets[offsets + builder.window <= len(tokens)]
+    out = []
+    for ex in eval_examples(tokens, builder, offsets):
+        source = ex["input_ids"][ex["attention_mask"]] if "attention_mask" in ex else ex["input_ids"]
+        out.append(Example(source.tolist(), ex["labels"][ex["labels"] != IGNORE_INDEX].tolist(), 0.0))
     return out
 
 

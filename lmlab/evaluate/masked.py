@@ -20,9 +20,8 @@ Neither is comparable to a causal LM's loss or bits per byte: a masked LM sees b
 of the token it predicts, which makes its pseudo-likelihood no proper distribution over
 texts, and usually a much lower figure.
 
-The masking here is the eval-time copy of the ``mlm`` collator's (``lmlab.data.masking.bert_mask``
-on branch h-objectives, same signature and draws): when that is on main, :func:`bert_mask`
-becomes an import from there.
+The masking is the ``mlm`` collator's own (:func:`lmlab.data.masking.bert_mask`), drawn from a
+generator of the evaluation's seed and the window's start.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmlab.data.masking import bert_mask
 from lmlab.data.special import special_ids, special_token
 from lmlab.device import autocast
 from lmlab.errors import LmlabError
@@ -63,29 +63,6 @@ class MaskedLMResult:
     def as_dict(self) -> dict[str, Any]:
         """Return the result as a plain dict (JSON-ready)."""
         return asdict(self)
-
-
-def bert_mask(ids: np.ndarray, rng: np.random.Generator, *, mask_id: int, maskable: np.ndarray,
-              random_pool: np.ndarray, prob: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(input_ids, labels)`` of BERT's masking of ``ids``.
-
-    ``round(prob * n)`` (at least one) of the ``n`` positions where ``maskable`` is True are
-    chosen; each becomes ``mask_id`` with probability 0.8, a token drawn uniformly from
-    ``random_pool`` with 0.1, and stays with 0.1. ``labels`` hold the original token at the
-    chosen positions and -100 elsewhere.
-    """
-    candidates = np.flatnonzero(maskable)
-    inputs, labels = ids.astype(np.int64), np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
-    if len(candidates) == 0:
-        return inputs, labels
-    n = min(len(candidates), max(1, int(round(len(candidates) * prob))))
-    chosen = np.sort(rng.choice(candidates, size=n, replace=False))
-    labels[chosen] = inputs[chosen]
-    u = rng.random(n)
-    inputs[chosen[u < 0.8]] = mask_id
-    random = chosen[u >= 0.9]
-    inputs[random] = rng.choice(random_pool, size=len(random))
-    return inputs, labels
 
 
 @dataclass(frozen=True)

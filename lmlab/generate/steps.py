@@ -23,6 +23,7 @@ from lmlab.errors import LmlabError
 from lmlab.models.decoder import Decoder
 from lmlab.models.elmo import ELMo
 from lmlab.models.encdec import EncoderDecoder
+from lmlab.models.encoder import Encoder
 from lmlab.models.nplm import NPLM
 from lmlab.models.rnn import RNNLM
 
@@ -34,6 +35,9 @@ def family(model: nn.Module) -> str:
                       (NPLM, "nplm")):
         if isinstance(model, cls):
             return name
+    if isinstance(model, Encoder):
+        raise LmlabError("an encoder (BERT/RoBERTa) predicts masked tokens rather than generating text; use "
+                         "'lmlab fill-mask' (or 'lmlab embed' for sentence vectors)")
     raise LmlabError(f"a {type(model).__name__} cannot generate text; generation supports Transformer "
                      "decoders (GPT-2/LLaMA runs, Hugging Face folders), encoder-decoders (Transformer, "
                      "T5, BART), recurrent LMs (rnn/lstm/gru presets), the NPLM and ELMo (its forward LM); "

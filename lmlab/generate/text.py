@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from lmlab.data.tokenizers import encode_sequence
 from lmlab.errors import LmlabError
 from lmlab.generate.beam import beam_search, check_beam_settings
 from lmlab.generate.decode import decode
@@ -65,10 +66,11 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
     string (the text is cut before the stop string; the eos token is not part of the text).
     ``stream(row, piece)`` receives text as it is produced. An empty prompt starts from the
     end-of-text token. An encoder-decoder reads each prompt as its source (tokenized with the
-    tokenizer's own post-processing, e.g. T5's closing ``</s>``) and the completion is the
-    target. ``num_beams > 1`` runs :func:`lmlab.generate.beam.beam_search` (with
-    ``length_penalty`` and ``early_stopping``) and cuts its best hypothesis at a stop string
-    afterwards; otherwise the keyword arguments are :func:`decode`'s.
+    tokenizer's own post-processing, e.g. T5's closing ``</s>``, and ending in the model's
+    end-of-sequence id, as in training) and the completion is the target. ``num_beams > 1``
+    runs :func:`lmlab.generate.beam.beam_search` (with ``length_penalty`` and
+    ``early_stopping``) and cuts its best hypothesis at a stop string afterwards; otherwise the
+    keyword arguments are :func:`decode`'s.
     """
     check_beam_settings(num_beams, length_penalty, early_stopping)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -78,13 +80,16 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
     eos = set() if eos_id is None else ({int(eos_id)} if isinstance(eos_id, int) else set(map(int, eos_id)))
     encoded = []
     for t in texts:
+        if encdec:  # a source ends with end-of-sequence, as the model was trained
+            if not t:
+                raise LmlabError("an encoder-decoder needs a source text to generate from; "
+                                 "give a non-empty prompt")
+            encoded.append(encode_sequence(tokenizer, t, model.config.eos_token_id))
+            continue
         # the tokenizer.json's own post-processing applies (Llama 3's adds <|begin_of_text|>;
         # lmlab's tokenizers add nothing)
         ids = tokenizer.hf.encode(t).ids if hasattr(tokenizer, "hf") else list(tokenizer.encode(t))
         if not ids:
-            if encdec:
-                raise LmlabError("an encoder-decoder needs a source text to generate from; "
-                                 "give a non-empty prompt")
             if not eos:
                 raise LmlabError("an empty prompt needs an end-of-text token to start from; give some text")
             ids = [min(eos)]

@@ -234,6 +234,9 @@ def load_hf(src: str | os.PathLike, dtype: torch.dtype | None = None) -> Decoder
 
 def hf_family(cfg: DecoderConfig) -> str:
     """Return ``'llama'`` or ``'gpt2'``: the Hugging Face architecture equal to ``cfg``, or raise."""
+    if getattr(cfg, "block_positions", False):
+        raise LmlabError("this decoder has GLM block positions (trained with --objective blank-infilling), "
+                         "which no Hugging Face LLaMA or GPT-2 has; it cannot be exported")
     if cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.pos == "rope":
         return "llama"
     if (cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.pos == "learned" and cfg.bias

@@ -38,6 +38,7 @@ _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "g
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _SUPPORTED = f"supported: {', '.join(ARCHITECTURES)}"
+ENCODER_ROLES = ("mask", "cls", "sep", "pad", "unk")  # what a BERT/RoBERTa tokenizer_config names
 
 
 def is_encoder_config(hf: dict[str, Any]) -> bool:
@@ -306,7 +307,7 @@ def _write_tokenizer(out: Path, src: Path | None, cfg: EncoderConfig) -> int | N
     A folder imported from Hugging Face keeps its own tokenizer_config.json; an lmlab
     tokenizer gets one naming the special tokens found in it ([MASK]/<mask>/<|mask|>, ...).
     """
-    from lmlab.data.mask_tokens import ROLE_NAMES, special_token
+    from lmlab.data.special import special_token
     from lmlab.data.tokenizers import load_tokenizer
 
     if src is None or not (src / "tokenizer.json").is_file():
@@ -316,7 +317,7 @@ def _write_tokenizer(out: Path, src: Path | None, cfg: EncoderConfig) -> int | N
     if (src / "tokenizer_config.json").is_file():
         copy_tokenizer_files(src, out)
         return pad[1] if pad else None
-    specials = {f"{role}_token": found[0] for role in ROLE_NAMES
+    specials = {f"{role}_token": found[0] for role in ENCODER_ROLES
                 if (found := special_token(tokenizer, role)) is not None}
     with atomic_path(out / "tokenizer.json") as tmp:
         shutil.copyfile(src / "tokenizer.json", tmp)

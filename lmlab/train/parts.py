@@ -55,7 +55,8 @@ def resolve_objective(model: nn.Module, name: str = "auto") -> str:
         raise LmlabError(f"unknown objective {name!r}; choose one of auto, {', '.join(OBJECTIVE_NAMES)}")
     if name not in fits:
         arch = family_of(model).arch
-        raise LmlabError(f"the {name} objective does not fit a {arch} model; objectives that fit it: "
+        article = "an" if arch[0] in "aeiou" else "a"
+        raise LmlabError(f"the {name} objective does not fit {article} {arch} model; objectives that fit it: "
                          f"{', '.join(fits)} (or pick a model preset of another family)")
     return name
 

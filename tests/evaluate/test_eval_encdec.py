@@ -19,6 +19,7 @@ from lmlab.evaluate.conditional import Example, evaluate_conditional, read_pairs
 from lmlab.models import build_model, get_preset, save_model
 from tests.evaluate.test_eval import data_dir  # noqa: F401 - the prepared char data fixture
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 
 def tiny(preset: str, vocab: int, **kw):
     torch.manual_seed(0)
@@ -126,3 +127,53 @@ def test_eval_cli_refuses_what_does_not_fit(encdec_run, data_dir, tmp_path, caps
     save_model(tiny("bart-tiny", load_prepared(data_dir).vocab_size), bart)
     assert main(["eval", "--ckpt", str(bart), "--data", str(data_dir), "--block-size", "40"]) == 2
     assert "makes targets of 21 tokens (end included) but the model has 16" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def masked_data(data_dir, tmp_path_factory) -> Path:  # noqa: F811
+    """The char data again, its tokenizer with the objectives' special tokens (T5 sentinels, mask)."""
+    from lmlab.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("masked") / "prep"
+    prepare(str(data_dir.parent / "corpus.txt"), out, kind="char", mask_tokens=True)
+    return out
+
+
+@pytest.mark.parametrize("preset", ["t5-tiny", "bart-tiny"])
+def test_own_objective_loss_equals_pretrain_validation(masked_data, preset):
+    from lmlab.data.collators import build_examples
+    from lmlab.evaluate.conditional import objective_pairs
+    from lmlab.models.encdec import with_special_ids
+    from lmlab.train.objectives import seq2seq_loss
+    from lmlab.train.validate import evaluate_objective
+
+    data = load_prepared(masked_data)
+    tok = data.tokenizer()
+    model = tiny(preset, data.vocab_size)
+    model.config = with_special_ids(model.config, tok.token_to_id("<|pad|>"), tok.eot_id)
+    name = model.config.objective
+    examples = objective_pairs(data.val, tok, name, 16, max_examples=12)
+    mine = evaluate_conditional(model, examples, batch_size=5)
+    ref = evaluate_objective(model, seq2seq_loss, build_examples(name, tok, 16), data.val, n_windows=12,
+                             batch_size=4, device=torch.device("cpu"))
+    assert mine.examples == 12 and mine.bits_per_byte is None
+    assert mine.loss == pytest.approx(ref["val_loss"], abs=1e-5)
+
+
+def test_eval_cli_reports_the_own_objective_on_prepared_data(masked_data, tmp_path, capsys):
+    from lmlab.models.encdec import with_special_ids
+
+    data = load_prepared(masked_data)
+    tok = data.tokenizer()
+    run = tmp_path / "run"
+    model = tiny("t5-tiny", data.vocab_size)
+    model.config = with_special_ids(model.config, tok.token_to_id("<|pad|>"), tok.eot_id)
+    save_model(model, run)
+    shutil.copy(masked_data / "tokenizer.json", run / "tokenizer.json")
+    args = ["eval", "--ckpt", str(run), "--data", str(masked_data), "--block-size", "16",
+            "--max-tokens", "400"]
+    assert main([*args, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["objective"] == "span-corruption" and got["objective_examples"] == 25
+    assert got["objective_loss"] > 0
+    assert got["bits_per_byte"] > 0  # and the conditional bits per byte of the windows' halves

@@ -13,7 +13,7 @@ import torch
 from lmlab.cli import main
 from lmlab.data.prepare import load_prepared, prepare
 from lmlab.errors import LmlabError
-from lmlab.evaluate.masked import bert_mask, evaluate_masked_lm
+from lmlab.evaluate.masked import evaluate_masked_lm
 from lmlab.loader import load
 from tests.encoders import TEXT, hf_encoder, lmlab_run
 
@@ -26,21 +26,6 @@ def run_and_data(tmp_path_factory):
     (root / "corpus.txt").write_text("\n\n".join(TEXT * 4), encoding="utf-8")
     prepare(str(root / "corpus.txt"), root / "data", tokenizer_file=run / "tokenizer.json", val_fraction=0.3)
     return run, root / "data"
-
-
-def test_bert_masking_rates_specials_and_determinism():
-    ids = np.arange(10, 10010) % 500 + 10
-    ids[::50] = 3  # a special token now and then
-    maskable = ids != 3
-    pool = np.arange(10, 510)
-    x, y = bert_mask(ids, np.random.default_rng(0), mask_id=1, maskable=maskable, random_pool=pool)
-    chosen = y != -100
-    assert chosen.sum() == round(0.15 * maskable.sum()) and not chosen[~maskable].any()
-    assert np.array_equal(y[chosen], ids[chosen]) and np.array_equal(x[~chosen], ids[~chosen])
-    masked, kept = (x[chosen] == 1).mean(), (x[chosen] == ids[chosen]).mean()
-    assert 0.77 < masked < 0.83 and 0.08 < kept < 0.13  # 80% mask, 10% unchanged (+ random hits)
-    x2, y2 = bert_mask(ids, np.random.default_rng(0), mask_id=1, maskable=maskable, random_pool=pool)
-    assert np.array_equal(x, x2) and np.array_equal(y, y2)
 
 
 def test_a_model_that_knows_nothing_scores_ln_v(run_and_data):

@@ -10,6 +10,7 @@ from lmlab.errors import LmlabError
 from lmlab.generate import beam_search, decode, generate_ids, generate_text
 from lmlab.models import build_model, get_preset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 V = 61
 ENCDEC = ["transformer-tiny", "t5-tiny", "bart-tiny"]
 
@@ -129,7 +130,8 @@ class CharTok:
 def test_generate_text_reads_sources_and_beams_stop_at_strings(model):
     tok = CharTok()
     free = generate_text(model, tok, ["hello world", "bye"], 12, eos_id=[], temperature=0)
-    ids = decode(model, [tok.encode("hello world")], 12, temperature=0, eos_id=[])[0]
+    source = [*tok.encode("hello world"), model.config.eos_token_id]  # a source ends as in training
+    ids = decode(model, [source], 12, temperature=0, eos_id=[])[0]
     assert free[0].text == tok.decode(ids)
     beam = generate_text(model, tok, "hello world", 12, eos_id=[], num_beams=3)[0]
     assert beam.finish_reason == "length" and len(beam.ids) == 12

@@ -27,6 +27,7 @@ from lmlab.interop.hf_encdec import config_from_hf, export_hf_encdec, load_hf_en
 from lmlab.loader import load_model_any
 from lmlab.models import build_model, get_preset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 V = 99
 T5_CFG = dict(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
               relative_attention_num_buckets=8, relative_attention_max_distance=16, decoder_start_token_id=0)

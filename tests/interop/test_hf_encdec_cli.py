@@ -18,6 +18,7 @@ from lmlab.generate import generate_text
 from lmlab.models import build_model, get_preset, save_model
 from tests.interop.test_hf_encdec import V, hf_bart, hf_t5
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 WORDS = [f"w{i}" for i in range(V)]
 SOURCE = "w7 w12 w40 w3 w19"
 

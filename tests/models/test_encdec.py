@@ -10,6 +10,7 @@ from lmlab.errors import LmlabError
 from lmlab.models import EncDecConfig, EncoderDecoder, build_model, get_preset, load_model, save_model
 from lmlab.models.encdec import PRESETS, with_special_ids
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 TINY = ["transformer-tiny", "t5-tiny", "t5-v1_1-tiny", "bart-tiny"]
 V = 61
 
