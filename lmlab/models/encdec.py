@@ -430,6 +430,8 @@ class EncoderDecoder(nn.Module):
             if targets is None:
                 raise LmlabError("an encoder-decoder needs decoder_input_ids or targets (labels) to decode")
             decoder_input_ids = self.shift_right(targets)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: no (B, heads, S, S) bias with padding, SDPA's faster paths
         memory = self.encode(input_ids, attention_mask)
         h = self.decode_hidden(decoder_input_ids, memory, attention_mask)
         if targets is None:

@@ -88,6 +88,9 @@ def test_padding_is_never_seen(name):
         batched = model(src, dec, mask)
         alone = model(src[1:, :6], dec[1:])
         other_pad = model(src.masked_fill(mask == 0, 7), dec, mask)
+        all_real = model(src, dec, torch.ones_like(mask))  # an all-ones mask is dropped: same as none
+        unmasked = model(src, dec)
+    torch.testing.assert_close(all_real, unmasked)
     torch.testing.assert_close(batched[1:], alone, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(batched, other_pad)
     assert (batched[1] - model(src[1:], dec[1:])[0]).abs().max() > 1e-3  # unmasked padding would change it
