@@ -23,7 +23,13 @@ gradients, optimizer state), with glibc's mmap threshold pinned so freed tensors
 Greedy decoding runs each generator to the full ``--new-tokens`` (HF: ``min_new_tokens``; lmlab:
 no end-of-sequence id), from the same sources, batch 1 and 8, and checks the tokens agree.
 
-    python benchmarks/bench_encoders.py [--only mlm,t5,decode] [--rounds 3] [--steps 6] [--json]
+    python benchmarks/bench_encoders.py [--only mlm,t5,decode] [--rounds 3] [--steps 6] [--threads 1] [--json]
+
+Shapes: BERT d=256, 4 layers, 4 heads, batch 16 x 128; T5 (v1.0) d=256, 4+4 layers, 4 heads,
+d_ff 1024, batch 16 x (128 + 32); both with an 8192-token vocabulary (bench_train's, the size of the
+lab's own tokenizers); ``--mlm-vocab 30522 --t5-vocab 32128`` gives BERT's and T5's own, where the
+output layers weigh more. On a machine that other jobs share, use ``--threads 1``: two OpenMP
+threads that wait on each other on busy cores slow both sides by up to 10x, unpredictably.
 
 Modes: ``hf-fp32``, ``ours-fp32``, ``hf-default``, ``ours-default`` (default = ``--precision auto``
 as ``lmlab pretrain`` resolves it: bf16 autocast where the hardware has it, else fp32).
@@ -170,7 +176,8 @@ def round_robin(fns: dict[str, Callable[[int], object]], n_items: int, rounds: i
 
 
 def summarise(times: dict[str, list[list[float]]], units: int) -> dict:
-    """Units/s of each name from its median call (all rounds), per-round figures, and a ratio helper."""
+    """Return ``{"speed": units/s of each name from its median call over all rounds, "rounds": units/s
+    from the median call of each round}``."""
     per_round = {m: [units / statistics.median(r) for r in t] for m, t in times.items()}
     speed = {m: units / statistics.median(sum(t, [])) for m, t in times.items()}
     return {"speed": speed, "rounds": per_round}
@@ -236,7 +243,8 @@ def decode_batch(hf: torch.nn.Module, ours: torch.nn.Module, src: torch.Tensor, 
     def run_ours(_: int, k: int = n) -> None:
         results["ours"] = generate_ids(ours, src, k, temperature=0, eos_id=()).tolist()  # no eos stop
 
-    run_hf(0, 8), run_ours(0, 8)  # warm up both
+    run_hf(0, 8)  # warm up both
+    run_ours(0, 8)
     s = summarise(round_robin({"hf": run_hf, "ours": run_ours}, args.decode_repeats, args.rounds, device),
                   src.shape[0] * n)
     return {"tokens_per_s": {m: round(v, 1) for m, v in s["speed"].items()},
