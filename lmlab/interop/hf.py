@@ -158,6 +158,16 @@ def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
                      "BartForConditionalGeneration)")
 
 
+def check_shapes(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], src: Any) -> None:
+    """Raise LmlabError naming the first converted weight whose shape differs from the model's
+    (``expected``: the state dict of the model that ``config.json`` describes)."""
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise LmlabError(f"weight {k} of {src} has shape {tuple(state[k].shape)}, its config.json implies "
+                         f"{tuple(expected[k].shape)}; the checkpoint is damaged or does not match it")
+
+
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 

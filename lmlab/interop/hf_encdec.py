@@ -26,7 +26,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path, write_json
-from lmlab.interop.hf import _read_json, _token_str, read_hf_config, read_hf_weights
+from lmlab.interop.hf import _read_json, _token_str, check_shapes, read_hf_config, read_hf_weights
 from lmlab.models.encdec import EncDecConfig, EncoderDecoder
 
 MODEL_TYPES = ("t5", "bart")
@@ -245,12 +245,7 @@ def load_hf_encdec(src: str | os.PathLike, dtype: torch.dtype | None = None) -> 
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     model = EncoderDecoder(cfg)
-    expected = model.state_dict()
-    wrong = [k for k in state if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise LmlabError(f"weight {k} of {src} has shape {tuple(state[k].shape)}, its config.json implies "
-                         f"{tuple(expected[k].shape)}; the checkpoint is damaged or mislabelled")
+    check_shapes(state, model.state_dict(), src)
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state)

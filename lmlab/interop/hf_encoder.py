@@ -28,7 +28,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path, write_json
-from lmlab.interop.hf import copy_tokenizer_files, read_hf_config, read_hf_weights
+from lmlab.interop.hf import check_shapes, copy_tokenizer_files, read_hf_config, read_hf_weights
 from lmlab.models.encoder import Encoder, EncoderConfig
 
 MODEL_TYPES = ("bert", "roberta")
@@ -190,12 +190,7 @@ def load_hf_encoder(src: str | os.PathLike, dtype: torch.dtype | None = None) ->
         ours = {k: v.to(dtype) for k, v in ours.items()}
     with torch.device("meta"):
         model = Encoder(cfg)
-    expected = model.state_dict()
-    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(ours[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise LmlabError(f"weight {k} of {src} has shape {tuple(ours[k].shape)}, its config.json says "
-                         f"{tuple(expected[k].shape)}; the checkpoint does not match its config.json")
+    check_shapes(ours, model.state_dict(), src)
     model.load_state_dict(ours, strict=True, assign=True)
     return model.eval()
 

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
 from lmlab.nn.attention import KVCache, causal_mask
-from lmlab.nn.block import BlockSpec, TransformerBlock
+from lmlab.nn.block import BlockSpec, TransformerBlock, derive_head_dim
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
 from lmlab.nn.mlp import swiglu_hidden
@@ -77,10 +77,7 @@ class DecoderConfig(DictConfig):
             raise LmlabError(f"n_head={self.n_head} must be a multiple of n_kv_heads={self.n_kv_heads}; "
                              "pick n_kv_heads among its divisors (1 = MQA, n_head = MHA)")
         if self.head_dim is None:
-            if self.d_model % self.n_head:
-                raise LmlabError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
-                                 "change one of them or set head_dim")
-            self.head_dim = self.d_model // self.n_head
+            self.head_dim = derive_head_dim(self.d_model, self.n_head)
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else swiglu_hidden(self.d_model, 64)
         if self.pos == "rope":

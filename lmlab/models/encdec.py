@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
 from lmlab.nn.attention import CrossKVCache, KVCache, causal_mask, padding_mask
-from lmlab.nn.block import BlockSpec, TransformerBlock
+from lmlab.nn.block import BlockSpec, TransformerBlock, derive_head_dim
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import IGNORE_INDEX, LogitsWorkspace, linear_cross_entropy, token_cross_entropy
 from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
@@ -107,10 +107,7 @@ class EncDecConfig(DictConfig):
         if self.n_dec_layer < 1:
             raise LmlabError(f"model n_dec_layer must be a positive integer, got {self.n_dec_layer}")
         if self.head_dim is None:
-            if self.d_model % self.n_head:
-                raise LmlabError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
-                                 "change one of them or set head_dim")
-            self.head_dim = self.d_model // self.n_head
+            self.head_dim = derive_head_dim(self.d_model, self.n_head)
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         if self.pos_offset < 0:

@@ -14,9 +14,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmlab.errors import LmlabError
 from lmlab.nn.attention import Attention, CrossKVCache, KVCache
 from lmlab.nn.mlp import MLP, GatedMLP
 from lmlab.nn.norms import build_norm
+
+
+def derive_head_dim(d_model: int, n_head: int) -> int:
+    """Return ``d_model // n_head``, the usual head width; raise LmlabError when it does not divide."""
+    if d_model % n_head:
+        raise LmlabError(f"d_model={d_model} is not divisible by n_head={n_head}; "
+                         "change one of them or set head_dim")
+    return d_model // n_head
 
 
 @dataclass(frozen=True)

@@ -443,12 +443,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Seq2Seq
     if saved.get("arch") == "transformer":
         return _load_transformer_run(run_dir, saved, device)
     cfg = _build(Seq2SeqConfig, saved, run_dir / "model.json")
-    vocab = _read_json(run_dir / "vocab.json")
-    try:
-        src_vocab, tgt_vocab = Vocab(list(vocab["src"])), Vocab(list(vocab["tgt"]))
-    except (KeyError, TypeError):
-        raise LmlabError(f"{run_dir / 'vocab.json'} is damaged (needs 'src' and 'tgt' lists); "
-                         "retrain the run with 'lmlab seq2seq train'") from None
+    src_vocab, tgt_vocab = _read_vocabs(run_dir)
     spec = _build(TaskSpec, _read_json(run_dir / "task.json"), run_dir / "task.json")
     model = Seq2Seq(cfg)
     try:
@@ -462,6 +457,16 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Seq2Seq
     return Seq2SeqRun(model, src_vocab, tgt_vocab, spec)
 
 
+def _read_vocabs(run_dir: Path) -> tuple[Vocab, Vocab]:
+    """Return the run's source and target vocabularies from ``vocab.json``."""
+    vocab = _read_json(run_dir / "vocab.json")
+    try:
+        return Vocab(list(vocab["src"])), Vocab(list(vocab["tgt"]))
+    except (KeyError, TypeError):
+        raise LmlabError(f"{run_dir / 'vocab.json'} is damaged (needs 'src' and 'tgt' lists); "
+                         "retrain the run with 'lmlab seq2seq train'") from None
+
+
 def _load_transformer_run(run_dir: Path, saved: dict[str, Any], device: torch.device | str) -> Seq2SeqRun:
     from lmlab.models.io import load_weights
 
@@ -472,12 +477,7 @@ def _load_transformer_run(run_dir: Path, saved: dict[str, Any], device: torch.de
         raise LmlabError(f"{run_dir / 'model.json'} is damaged ({e}); retrain the run with "
                          "'lmlab seq2seq train --arch transformer'") from None
     load_weights(model, run_dir / "model.safetensors")
-    vocab = _read_json(run_dir / "vocab.json")
-    try:
-        src_vocab, tgt_vocab = Vocab(list(vocab["src"])), Vocab(list(vocab["tgt"]))
-    except (KeyError, TypeError):
-        raise LmlabError(f"{run_dir / 'vocab.json'} is damaged (needs 'src' and 'tgt' lists); "
-                         "retrain the run with 'lmlab seq2seq train'") from None
+    src_vocab, tgt_vocab = _read_vocabs(run_dir)
     spec = _build(TaskSpec, _read_json(run_dir / "task.json"), run_dir / "task.json")
     return Seq2SeqRun(model.to(device).eval(), src_vocab, tgt_vocab, spec)
 
