@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from peak_memory import print_peak_growth, run_child
 
 TRAIN_TASKS = ("mlm", "t5")
 TASKS = (*TRAIN_TASKS, "decode")
@@ -257,14 +256,6 @@ def decode_batch(hf: torch.nn.Module, ours: torch.nn.Module, src: torch.Tensor, 
 # ---------------------------------------------------------------- memory
 
 
-def _status_mib(field: str) -> float:
-    """Return a memory figure (VmRSS, VmHWM) of this process from /proc/self/status, in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def memory_child(args: argparse.Namespace) -> None:
     """In a fresh subprocess: build one task's mode, run three steps, print its peak RSS growth as JSON.
@@ -279,13 +270,7 @@ def memory_child(args: argparse.Namespace) -> None:
     task, mode = args.memory_child.split(":")
     runner = Runner(task, mode, Path(args.folder), torch.device(args.device))
     data = batches(task, args, 3)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mib("VmRSS")
-    for b in data:
-        runner.step(b)
-    peak = _status_mib("VmHWM")
-    print(json.dumps({"peak_extra_mib": max(0.0, peak - before), "peak_rss_mib": peak}))
+    print_peak_growth(runner.step, data)
 
 
 def measure_memory(task: str, folder: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -294,11 +279,7 @@ def measure_memory(task: str, folder: Path, args: argparse.Namespace) -> dict[st
     flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (*SHAPE, "threads", "device")]
     for m in MODES:
         cmd = [sys.executable, __file__, "--memory-child", f"{task}:{m}", "--folder", str(folder), *flags]
-        # A fixed mmap threshold makes glibc return freed tensors to the OS, so RSS follows the live
-        # tensors and VmHWM is their peak, not the allocator's high-water mark.
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        child = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-        mem[m] = {k: round(v, 1) for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()}
+        mem[m] = run_child(cmd)
     return mem
 
 

@@ -29,13 +29,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from peak_memory import print_peak_growth, run_child
 
 MODES = ("hf-fp32", "ours-fp32", "ours-fp32-blas", "ours-fp32-onednn", "hf-default", "ours-default")
 # modes that force a CPU matmul route, by their suffix
@@ -164,14 +164,6 @@ def matmul_route() -> dict:
     return {**c, "how": how}
 
 
-def _status_mib(field: str) -> float:
-    """Return a memory figure (VmRSS, VmHWM) of this process from /proc/self/status, in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def memory_child(args: argparse.Namespace) -> None:
     """In a fresh subprocess: build one mode, run a few steps, print its peak RSS growth as JSON.
@@ -185,13 +177,7 @@ def memory_child(args: argparse.Namespace) -> None:
 
     runner = Runner(args.memory_child, Path(args.folder), torch.device(args.device))
     data = batches(args, 3)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mib("VmRSS")
-    for b in data:
-        runner.step(b)
-    peak = _status_mib("VmHWM")
-    print(json.dumps({"peak_extra_mib": max(0.0, peak - before), "peak_rss_mib": peak}))
+    print_peak_growth(runner.step, data)
 
 
 def main() -> None:
@@ -314,13 +300,7 @@ def main() -> None:
                 ]
                 if args.data:
                     cmd.append(f"--data={args.data}")
-                # A fixed mmap threshold makes glibc return freed tensors to the OS, so RSS follows
-                # the live tensors and VmHWM is their peak, not the allocator's high-water mark.
-                env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-                child = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-                mem[m] = {
-                    k: round(v, 1) for k, v in json.loads(child.stdout.strip().splitlines()[-1]).items()
-                }
+                mem[m] = run_child(cmd)
             result["memory_mib"] = mem
     if args.json:
         print(json.dumps(result))
