@@ -7,20 +7,13 @@ from pathlib import Path
 
 import torch
 
+from tests.parity import randomize  # noqa: F401  (re-exported for the encoder tests)
+
 WORDS = ("the king of denmark is dead and the queen of england is alive the prince of wales "
          "loves the daughter of the lord chamberlain who is a fool and a wise man").split()
 TEXT = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))]
 CFG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
            max_position_embeddings=40)
-
-
-def randomize(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
-    """Larger random weights than HF's init, so logits are O(1) and every part matters."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, std)
-    return model.eval()
 
 
 def bert_tokenizer(folder: Path):

@@ -13,18 +13,10 @@ from lmlab.errors import LmlabError
 from lmlab.generate import generate_ids
 from lmlab.interop.hf import config_from_hf, export_hf, load_hf
 from lmlab.models import Decoder, DecoderConfig
+from tests.parity import randomize
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16}
-
-
-def randomize(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
-    """Larger random weights than HF's init, so logits are O(1) and every part matters."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, std)
-    return model.eval()
 
 
 def hf_llama(tmp_path, **kw) -> LlamaForCausalLM:
