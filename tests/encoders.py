@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.parity import randomize  # noqa: F401  (re-exported for the encoder tests)
+from tests.parity import randomize
 
 WORDS = ("the king of denmark is dead and the queen of england is alive the prince of wales "
          "loves the daughter of the lord chamberlain who is a fool and a wise man").split()
