@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
-from lmlab.nn.attention import KVCache, causal_mask
+from lmlab.nn.attention import Attention, KVCache, causal_mask
 from lmlab.nn.block import BlockSpec, TransformerBlock, derive_head_dim
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
@@ -28,7 +28,13 @@ from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
 from lmlab.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, rope_type
 
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
-            "pos": ("learned", "rope", "sinusoidal"), "gelu_approx": ("tanh", "none")}
+            "pos": ("learned", "rope", "sinusoidal"), "gelu_approx": ("tanh", "none"),
+            "attn": ("mha", "mla", "infini"), "memory_rule": ("linear", "delta")}
+# Fields of one attention kind only: left out of saved configs while they hold their default,
+# so the configs of models without them (and the checkpoints they resume from) stay as they were.
+_OPTIONAL_FIELDS = {"block_positions": False, "attn": "mha", "q_lora_rank": None, "kv_lora_rank": None,
+                    "qk_rope_head_dim": None, "qk_nope_head_dim": None, "v_head_dim": None,
+                    "segment_len": None, "memory_rule": "linear", "bptt_segments": None}
 
 
 @dataclass
@@ -63,6 +69,20 @@ class DecoderConfig(DictConfig):
     dropout: float = 0.0
     init_std: float = 0.02
     block_positions: bool = False  # GLM's second (block) position embedding for blank infilling
+    # attention kind: "mha" (MHA/GQA/MQA by n_kv_heads), "mla" (DeepSeek-V2), "infini" (Munkhdalai 2024)
+    attn: str = "mha"
+    # MLA (names as Hugging Face's DeepseekV3Config): d_c' (None: uncompressed queries, as
+    # V2-Lite), d_c, d_h^R, the non-rotary query/key width and the value width per head.
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    qk_nope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    # Infini-attention: segment length N, memory update rule, segments gradients flow through
+    # (None: all segments of a training sequence).
+    segment_len: int | None = None
+    memory_rule: str = "linear"
+    bptt_segments: int | None = None
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -87,15 +107,64 @@ class DecoderConfig(DictConfig):
             rope_type(self.rope_scaling)
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.attn == "mla":
+            self._check_mla()
+        elif self.attn == "infini":
+            self._check_infini()
+
+    def _check_mla(self) -> None:
+        """Validate (and complete) the MLA fields: d_c, d_h^R (even), the per-head widths."""
+        if self.pos != "rope":
+            raise LmlabError("attn=mla uses decoupled RoPE; set pos=rope")
+        if self.qk_nope_head_dim is None:
+            self.qk_nope_head_dim = self.head_dim
+        if self.v_head_dim is None:
+            self.v_head_dim = self.qk_nope_head_dim
+        if self.qk_rope_head_dim is None:
+            self.qk_rope_head_dim = max(2, self.head_dim // 2)
+        if self.kv_lora_rank is None:
+            self.kv_lora_rank = 4 * self.head_dim
+        for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+            if int(getattr(self, name)) < 1:
+                raise LmlabError(f"MLA {name} must be a positive integer, got {getattr(self, name)}")
+        if self.q_lora_rank is not None and self.q_lora_rank < 1:
+            raise LmlabError(f"MLA q_lora_rank must be a positive integer or null, got {self.q_lora_rank}")
+        if self.qk_rope_head_dim % 2:
+            raise LmlabError(f"MLA qk_rope_head_dim (d_h^R) must be even for RoPE, "
+                             f"got {self.qk_rope_head_dim}")
+        if self.n_kv_heads != self.n_head:
+            raise LmlabError(f"MLA has one key and value per query head; n_kv_heads={self.n_kv_heads} "
+                             f"must equal n_head={self.n_head} (leave n_kv_heads unset)")
+
+    def _check_infini(self) -> None:
+        """Validate the Infini-attention fields: a segment length that divides the block."""
+        if self.segment_len is None or self.segment_len < 1:
+            raise LmlabError(f"attn=infini needs a positive segment_len, got {self.segment_len}")
+        if self.block_size % self.segment_len:
+            raise LmlabError(f"segment_len={self.segment_len} does not divide block_size={self.block_size}; "
+                             "pick a segment_len among its divisors")
+        if self.bptt_segments is not None and self.bptt_segments < 1:
+            raise LmlabError(f"bptt_segments must be a positive integer or null, got {self.bptt_segments}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the config as a dict; ``block_positions`` only when on, so the saved configs of
-        models without it (and the checkpoints they resume from) stay as they were."""
+        """Return the config as a dict; the fields of one attention kind (and GLM's
+        ``block_positions``) only when set, so the saved configs of models without them (and
+        the checkpoints they resume from) stay as they were."""
         values = super().to_dict()
-        if not values["block_positions"]:
-            del values["block_positions"]
+        for name, default in _OPTIONAL_FIELDS.items():
+            if values[name] == default:
+                del values[name]
         return values
 
+
+
+def build_attention(cfg: DecoderConfig) -> nn.Module:
+    """Return one layer's self-attention for the config's ``attn`` kind. Every kind is called
+    as :class:`~lmlab.nn.attention.Attention` is, ``(x, rope, cache, layer, mask, is_causal)``,
+    with the cache that :meth:`Decoder.new_kv_cache` makes for it."""
+    if cfg.attn == "mha":
+        return Attention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.bias, cfg.dropout)
+    raise LmlabError(f"attn={cfg.attn} is not built yet")
 
 
 def block_spec(cfg: DecoderConfig) -> BlockSpec:
@@ -120,11 +189,13 @@ class Decoder(nn.Module):
         elif cfg.pos == "sinusoidal":
             self.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
         else:
-            self.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+            rope_dim = cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim
+            self.rope = RotaryEmbedding(rope_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
         if cfg.block_positions:
             self.block_pos_emb = LearnedPositions(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
-        self.blocks = nn.ModuleList(TransformerBlock(block_spec(cfg)) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(block_spec(cfg), build_attention(cfg))
+                                    for _ in range(cfg.n_layer))
         self.norm_f = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

@@ -50,6 +50,11 @@ class KVCache:
         """Number of positions the cache can hold."""
         return self.k.shape[3]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds (allocated for ``max_len`` positions)."""
+        return self.k.nbytes + self.v.nbytes
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v (B, H_kv, T, D)`` for ``layer``; return views of all keys/values so far."""
         ck, cv = self._layers[layer]

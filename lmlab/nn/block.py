@@ -57,13 +57,16 @@ class BlockSpec:
 class TransformerBlock(nn.Module):
     """One Transformer block (see the module docstring) built from a :class:`BlockSpec`."""
 
-    def __init__(self, spec: BlockSpec):
+    def __init__(self, spec: BlockSpec, attn: nn.Module | None = None):
+        """``attn``: the self-attention module (MLA, Infini-attention) called as
+        :class:`Attention` is; None builds the spec's :class:`Attention`."""
         super().__init__()
         s = spec
         self.post_norm = s.post_norm
         attn_drop = s.dropout if s.attn_dropout is None else s.attn_dropout
         self.norm1 = build_norm(s.norm, s.d_model, s.norm_eps, s.norm_bias)
-        self.attn = Attention(s.d_model, s.n_head, s.n_kv_heads, s.head_dim, s.bias, attn_drop, scale=s.scale)
+        self.attn = attn if attn is not None else Attention(s.d_model, s.n_head, s.n_kv_heads, s.head_dim,
+                                                            s.bias, attn_drop, scale=s.scale)
         self.cross_attn: Attention | None = None
         if s.cross:
             self.norm_cross = build_norm(s.norm, s.d_model, s.norm_eps, s.norm_bias)
