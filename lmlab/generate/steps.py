@@ -48,9 +48,12 @@ def context_limit(model: nn.Module) -> int | None:
     """Return the most tokens ``model`` reads at once: a Transformer's ``block_size``, else None.
 
     Recurrent LMs, ELMo's forward LSTM and the NPLM have no limit: their ``block_size``
-    is only the training window (the NPLM reads its last ``context`` tokens, whatever the length).
+    is only the training window (the NPLM reads its last ``context`` tokens, whatever the length),
+    and neither has an Infini-attention decoder (its memory holds any length in constant size).
     """
-    return model.config.block_size if family(model) == "decoder" else None
+    if family(model) != "decoder" or getattr(model.config, "attn", "mha") == "infini":
+        return None
+    return model.config.block_size
 
 
 def fit_model_prompts(model: nn.Module, prompts: list[list[int]], max_new_tokens: int,

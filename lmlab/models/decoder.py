@@ -21,6 +21,7 @@ from lmlab.config import DictConfig
 from lmlab.errors import LmlabError
 from lmlab.nn.attention import Attention, KVCache, causal_mask
 from lmlab.nn.block import BlockSpec, TransformerBlock, derive_head_dim
+from lmlab.nn.infini import InfiniAttention, InfiniState, run_segments
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
 from lmlab.nn.mlp import swiglu_hidden
@@ -145,6 +146,11 @@ class DecoderConfig(DictConfig):
                              "pick a segment_len among its divisors")
         if self.bptt_segments is not None and self.bptt_segments < 1:
             raise LmlabError(f"bptt_segments must be a positive integer or null, got {self.bptt_segments}")
+        if self.pos != "rope":
+            raise LmlabError(f"attn=infini positions tokens within each segment by RoPE; set pos=rope "
+                             f"(got pos={self.pos})")
+        if self.block_positions:
+            raise LmlabError("attn=infini does not take GLM's block_positions; leave block_positions false")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a dict; the fields of one attention kind (and GLM's
@@ -164,6 +170,9 @@ def build_attention(cfg: DecoderConfig) -> nn.Module:
     with the cache that :meth:`Decoder.new_kv_cache` makes for it."""
     if cfg.attn == "mha":
         return Attention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.bias, cfg.dropout)
+    if cfg.attn == "infini":
+        return InfiniAttention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.segment_len,
+                               cfg.memory_rule, cfg.bias, cfg.dropout)
     raise LmlabError(f"attn={cfg.attn} is not built yet")
 
 
@@ -190,7 +199,9 @@ class Decoder(nn.Module):
             self.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
         else:
             rope_dim = cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim
-            self.rope = RotaryEmbedding(rope_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+            # Infini-attention's positions restart in every segment
+            rope_len = cfg.segment_len if cfg.attn == "infini" else cfg.block_size
+            self.rope = RotaryEmbedding(rope_dim, rope_len, cfg.rope_theta, cfg.rope_scaling)
         if cfg.block_positions:
             self.block_pos_emb = LearnedPositions(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
@@ -251,11 +262,15 @@ class Decoder(nn.Module):
         self.gradient_checkpointing = bool(enabled)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> KVCache:
+                     device: torch.device | str | None = None) -> KVCache | InfiniState:
         """Return an empty preallocated :class:`KVCache` for ``batch_size`` rows of up to ``max_len``
-        (default ``block_size``) positions, in the model's dtype and device unless given."""
+        (default ``block_size``) positions, in the model's dtype and device unless given; for
+        attn=infini an :class:`InfiniState` (memory plus one segment, any length: ``max_len`` unused)."""
         c = self.config
         w = self.tok_emb.weight
+        if c.attn == "infini":
+            return InfiniState(c.n_layer, batch_size, c.n_kv_heads, c.head_dim, c.segment_len,
+                               dtype or w.dtype, device or w.device)
         return KVCache(c.n_layer, batch_size, c.n_kv_heads, max_len or c.block_size, c.head_dim,
                        dtype or w.dtype, device or w.device)
 
@@ -276,9 +291,15 @@ class Decoder(nn.Module):
         bidirectional, part B causal). ``block_positions (B, T)``: GLM's block position ids
         (models with ``block_positions``; None = 0, as for part A and plain text).
         ``last_only``: compute logits for the last position only (``(B, 1, V)``).
+
+        attn=infini reads any length (segment by segment, :func:`~lmlab.nn.infini.run_segments`):
+        ``kv_cache`` is its :class:`InfiniState`, ``positions`` are not used (positions count
+        within each segment) and ``attention_mask`` may only mark left padding ``(B, length + T)``.
         """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
+        if self.config.attn == "infini":
+            return self._forward_infini(idx, kv_cache, attention_mask, last_only, targets)
         if start + T > self.config.block_size:
             raise LmlabError(f"sequence of {start + T} tokens exceeds the model's block_size "
                              f"{self.config.block_size}; feed at most {self.config.block_size} tokens")
@@ -309,6 +330,38 @@ class Decoder(nn.Module):
             kv_cache.length = start + T
         if last_only:
             x = x[:, -1:]
+        return self._head(x, targets)
+
+    def _forward_infini(self, idx: torch.Tensor, state: InfiniState | None,
+                        attention_mask: torch.Tensor | None, last_only: bool,
+                        targets: torch.Tensor | None) -> torch.Tensor:
+        """Infini-attention's forward: the blocks run segment-major over any length, carrying the
+        memory in ``state`` (a fresh one per call without a cache); see :meth:`forward`."""
+        B, T = idx.shape
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise LmlabError("attn=infini takes only a (B, T) padding mask, not a (B, T, T) attention mask")
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            raise LmlabError("gradient checkpointing would write Infini-attention's memory twice; "
+                             "train attn=infini without --grad-checkpointing")
+        if state is None:
+            state = self.new_kv_cache(B)
+        valid = (None if attention_mask is None
+                 else attention_mask[:, -T:].to(device=idx.device, dtype=torch.bool))
+        # last_only streams the input a segment at a time, so reading holds O(segment) activations
+        step = self.config.segment_len if last_only else max(T, 1)
+        for a in range(0, T, step):
+            x = self.tok_emb(idx[:, a:a + step])
+            if self.drop is not None:
+                x = self.drop(x)
+            x = run_segments(self.blocks, x, state, self.rope, self.config.bptt_segments,
+                             None if valid is None else valid[:, a:a + step])
+        state.length += T
+        if last_only:
+            x = x[:, -1:]
+        return self._head(x, targets)
+
+    def _head(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Return the logits of the final hidden states ``x``, or with ``targets`` the mean loss."""
         x = self.norm_f(x)
         if targets is None:
             return self.lm_head(x)

@@ -25,6 +25,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # LLaMA: RMSNorm, SwiGLU, RoPE, GQA, no biases.
     "llama-tiny": dict(_LLAMA, vocab_size=4096, block_size=256, n_layer=2, n_head=4, n_kv_heads=2,
                        d_model=64, tie_embeddings=True),
+    # Infini-attention (Munkhdalai et al. 2024): llama-tiny's shape with a compressive memory per
+    # head across segments of 64 tokens; reads any length with constant memory.
+    "infini-tiny": dict(_LLAMA, vocab_size=4096, block_size=256, n_layer=2, n_head=4, d_model=64,
+                        tie_embeddings=True, attn="infini", segment_len=64),
     "llama-small": dict(_LLAMA, vocab_size=4096, block_size=512, n_layer=6, n_head=8, n_kv_heads=4,
                         d_model=256, tie_embeddings=True),
     "llama2-7b": dict(_LLAMA, vocab_size=32000, block_size=4096, n_layer=32, n_head=32, n_kv_heads=32,
