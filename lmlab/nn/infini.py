@@ -206,8 +206,9 @@ class InfiniAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, nh + 2 * nkv, hd).split([nh, nkv, nkv], dim=2)
         # memory read-out: queries without RoPE, grouped per KV head (query head h reads KV head h // G)
         M, z = state.M[layer], state.z[layer]
-        sq = feature_map(q.transpose(1, 2)).reshape(B, nkv, (nh // nkv) * T, hd)
-        a_mem = memory_read(sq, M, z).view(B, nh, T, hd)
+        with torch.autocast(x.device.type, enabled=False):  # memory math in fp32 under bf16 autocast
+            sq = feature_map(q.transpose(1, 2)).reshape(B, nkv, (nh // nkv) * T, hd)
+            a_mem = memory_read(sq, M, z).view(B, nh, T, hd)
         # local causal attention over the segment so far
         qr, kr = (apply_rope(q, *rope), apply_rope(k, *rope)) if rope is not None else (q, k)
         qr, kr, k, v = qr.transpose(1, 2), kr.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -224,7 +225,8 @@ class InfiniAttention(nn.Module):
         y = (g * a_mem + (1 - g) * a_local.float()).to(a_local.dtype)
         # write: a complete segment goes into the memory, an incomplete one waits in the buffers
         if fill + T == N:
-            state.M[layer], state.z[layer] = memory_update(M, z, raw, values, self.memory_rule)
+            with torch.autocast(x.device.type, enabled=False):
+                state.M[layer], state.z[layer] = memory_update(M, z, raw, values, self.memory_rule)
         else:
             state.k_raw[layer, :, :, fill:fill + T] = k.detach()
             state.k_rot[layer, :, :, fill:fill + T] = kr.detach()

@@ -123,6 +123,8 @@ def count_params(cfg: DecoderConfig) -> ParamCounts:
         mlp = 3 * d * d_ff + b * (2 * d_ff + d)
     norms = 2 * _norm_params(cfg)
     final_norm = _norm_params(cfg)
+    if cfg.attn == "infini":
+        attention += cfg.n_head  # Infini-attention's memory gate: one beta per head
     tok = cfg.vocab_size * d
     pos = cfg.block_size * d if cfg.pos == "learned" else 0
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * d

@@ -260,3 +260,14 @@ def test_pretrain_and_generate_through_the_cli(tmp_path: Path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert "segment_len=24 does not divide block_size=32; pick a segment_len among its divisors" in err
+
+
+def test_memory_stays_fp32_under_bf16_autocast():
+    model = tiny().train()
+    idx = torch.randint(0, 50, (2, 32))
+    state = model.new_kv_cache(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx, kv_cache=state, targets=idx)
+    loss.backward()
+    assert all(m.dtype == torch.float32 and z.dtype == torch.float32 for m, z in zip(state.M, state.z))
+    assert torch.isfinite(loss) and all(b.attn.beta.grad.abs().sum() > 0 for b in model.blocks)
