@@ -1,4 +1,5 @@
-"""CLI command ``lmlab eval``: perplexity and bits per byte of any model on prepared data."""
+"""CLI commands ``lmlab eval`` (perplexity and bits per byte of any model on prepared data) and
+``lmlab longctx`` (passkey retrieval and MQAR by context length, and their training data)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lmlab.config import Precision, arg
+from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
 
 
@@ -236,3 +237,73 @@ def _evaluate_encoder(cfg: EvalConfig, model, data, block: int, device) -> int:
               f"bits per byte {bpb}, pseudo-perplexity {r.pseudo_perplexity:.3f} ({r.pll_tokens:,} tokens)")
     print(f"note: {NOT_COMPARABLE}")
     return 0
+
+
+@dataclass
+class TaskOptions:
+    n_pairs: int = arg(8, "mqar: key-value pairs in the context")
+    n_queries: int | None = arg(None, "mqar: keys asked for at the end (default: all the pairs, shuffled)")
+    key_len: int = arg(2, "mqar: letters per key")
+    value_len: int = arg(2, "mqar: digits per value")
+
+
+@dataclass
+class LongctxDataConfig:
+    task: str | None = arg(None, "passkey or mqar", positional=True)
+    length: int = arg(256, "tokens per example the model reads (train with --block-size LENGTH; pretrain "
+                           "takes it from the data when --block-size is not given)")
+    min_length: int | None = arg(None, "curriculum: draw each example's length uniformly from "
+                                       "[MIN_LENGTH, LENGTH] (shorter ones are padded, the padding never "
+                                       "scored); default: all of LENGTH")
+    train_examples: int = arg(20000, "training examples")
+    val_examples: int = arg(200, "validation examples")
+    loss: Literal["answer", "all"] = arg("answer", "tokens trained on: answer (the key / the values only) or "
+                                                   "all (every token of the example)")
+    task_options: TaskOptions = arg(TaskOptions(), "MQAR's shape")
+    tokenizer_file: Path | None = arg(None, "a tokenizer.json to use instead of the character-level one "
+                                            "(e.g. a model's own, to fine-tune it; it needs a <|pad|> token)")
+    seed: int = arg(0, "seed of the keys, values and depths")
+    out: Path | None = arg(None, "output folder (default: runs/data/longctx-TASK-LENGTH)")
+    overwrite: bool = arg(False, "replace data made from other settings in --out")
+    json: bool = arg(False, "print the resulting meta as JSON")
+
+
+def longctx_data(cfg: LongctxDataConfig) -> int:
+    """Write passkey or MQAR examples as prepared data that 'lmlab pretrain --data' trains on.
+
+    Each example is exactly LENGTH + 1 tokens, one training window (pretrain draws whole
+    examples, never cuts one), with a random depth of the needle and, with --min-length, a
+    random length (the curriculum). A loss mask makes training score only the answer tokens
+    (--loss answer) or every real token (--loss all); padding is never scored. The default
+    tokenizer is character-level, so a digit is one token. Example:
+      lmlab longctx data passkey --length 256 --min-length 128 --out runs/data/passkey256
+      lmlab pretrain --model llama-tiny --data runs/data/passkey256 --out runs/pk --max-steps 600
+    """
+    from lmlab.evaluate.longctx_tasks import write_task_data
+
+    spec = _task_spec(cfg.task, cfg.task_options)
+    out = cfg.out or Path("runs") / "data" / f"longctx-{spec.task}-{cfg.length}"
+    cfg.out = out
+    meta, reused = write_task_data(out, spec, cfg.length, train_examples=cfg.train_examples,
+                                   val_examples=cfg.val_examples, seed=cfg.seed, min_length=cfg.min_length,
+                                   loss=cfg.loss, tokenizer_file=cfg.tokenizer_file, overwrite=cfg.overwrite)
+    save_config(cfg, out / "config.yaml")
+    if cfg.json:
+        print(json.dumps({**meta, "out": str(out), "reused": reused}))
+        return 0
+    s = meta["splits"]
+    print(f"{'reused' if reused else 'wrote'} {out}: {spec.task} examples of {cfg.length + 1} tokens "
+          f"({s['train']['documents']:,} train, {s['val']['documents']:,} val), {meta['tokenizer']} "
+          f"tokenizer, vocab {meta['vocab_size']}, loss on "
+          f"{'the answers' if cfg.loss == 'answer' else 'every token'}")
+    print(f"train it: lmlab pretrain --model llama-tiny --data {out} --out RUN --block-size {cfg.length}")
+    return 0
+
+
+def _task_spec(task: str | None, opts: TaskOptions):
+    """The TaskSpec of ``task`` with ``opts`` (raises LmlabError for a missing or unknown task)."""
+    from lmlab.evaluate.longctx_tasks import TASKS, TaskSpec
+
+    if task is None:
+        raise LmlabError(f"give the task: one of {', '.join(TASKS)}")
+    return TaskSpec(task, opts.n_pairs, opts.n_queries, opts.key_len, opts.value_len)
