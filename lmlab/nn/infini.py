@@ -23,8 +23,13 @@ segments is carried by the memory alone, as in the paper.
 
 :class:`InfiniState` holds, per layer, ``M``, ``z`` and the current (incomplete) segment's keys
 and values: token-by-token generation appends to the segment and folds it into the memory when it
-is full. Its size does not depend on how many tokens were read. :func:`run_segments` is the
-segment-major loop the decoder runs its blocks in (all layers over one segment, then the next).
+is full. Its size does not depend on how many tokens were read. :func:`run_segments` runs the
+decoder's blocks over any input: the rest of the current segment first, then everything from the
+boundary on, where each layer handles all the segments in one call (local attention with the
+segments side by side in the batch; the memory recursion segment by segment, each segment reading
+the memory of the ones before it), which gives the same outputs as running the layers segment by
+segment at the cost of one pass. Streaming the input a segment at a time (the decoder's
+``last_only``) keeps activations to one segment.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ class InfiniState:
         self.fill = [0] * batch_size
         self.segments = 0
         self.length = 0
+        self.bptt_segments: int | None = None  # set by run_segments: detach M, z after every that many
 
     @property
     def max_len(self) -> int:
@@ -130,6 +136,7 @@ class InfiniState:
         """Return a copy of row ``r``'s state (a batch of one)."""
         sub = InfiniState.__new__(InfiniState)
         sub.segment_len, sub.segments, sub.length = self.segment_len, self.segments, self.length
+        sub.bptt_segments = self.bptt_segments
         sub.M = [m[r:r + 1].clone() for m in self.M]
         sub.z = [z[r:r + 1].clone() for z in self.z]
         sub.k_raw, sub.k_rot, sub.v = (b[:, r:r + 1].clone() for b in (self.k_raw, self.k_rot, self.v))
@@ -187,62 +194,100 @@ class InfiniAttention(nn.Module):
         return self._piece(x, rope, cache, layer)
 
     def _sequence(self, x: torch.Tensor, rope: RotaryEmbedding | None) -> torch.Tensor:
-        """A whole sequence through one layer: its segments in order, with a fresh memory."""
+        """A whole sequence through one layer with a fresh memory."""
         B, T, _ = x.shape
         state = InfiniState(1, B, self.n_kv_heads, self.head_dim, self.segment_len, x.dtype, x.device)
-        out = []
-        for a in range(0, T, self.segment_len):
-            n = min(self.segment_len, T - a)
-            out.append(self._piece(x[:, a:a + n], rope(0, n) if rope is not None else None, state, 0))
-        return torch.cat(out, dim=1)
+        return self._piece(x, segment_rope(rope, 0, T, self.segment_len), state, 0)
 
     def _piece(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, state: InfiniState,
                layer: int) -> torch.Tensor:
+        """Attend ``x``: a piece within the current segment after ``fill > 0`` tokens, or from a segment
+        boundary any number of segments (layer by layer: each segment reads the memory of the earlier
+        ones, so one call does them all)."""
         B, T, _ = x.shape
         nh, nkv, hd, N = self.n_head, self.n_kv_heads, self.head_dim, self.segment_len
         fill = state.fill[0]
-        if fill + T > N:
+        if fill and fill + T > N:
             raise ValueError(f"a piece of {T} tokens after {fill} overruns the segment of {N}")
         q, k, v = self.qkv(x).view(B, T, nh + 2 * nkv, hd).split([nh, nkv, nkv], dim=2)
-        # memory read-out: queries without RoPE, grouped per KV head (query head h reads KV head h // G)
-        M, z = state.M[layer], state.z[layer]
-        with torch.autocast(x.device.type, enabled=False):  # memory math in fp32 under bf16 autocast
-            sq = feature_map(q.transpose(1, 2)).reshape(B, nkv, (nh // nkv) * T, hd)
-            a_mem = memory_read(sq, M, z).view(B, nh, T, hd)
-        # local causal attention over the segment so far
         qr, kr = (apply_rope(q, *rope), apply_rope(k, *rope)) if rope is not None else (q, k)
-        qr, kr, k, v = qr.transpose(1, 2), kr.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        keys, values, raw = kr, v, k
+        q, k, v, qr, kr = (t.transpose(1, 2) for t in (q, k, v, qr, kr))  # (B, heads, T, D)
+        dropout = self.dropout if self.training else 0.0
         if fill:
+            n_seg, seg_len = 1, T
             keys = torch.cat([state.k_rot[layer, :, :, :fill], kr], dim=2)
             values = torch.cat([state.v[layer, :, :, :fill], v], dim=2)
             raw = torch.cat([state.k_raw[layer, :, :, :fill], k], dim=2)
-        attn_mask = None if T == 1 or not fill else causal_mask(T, fill + T, x.device)
-        a_local = F.scaled_dot_product_attention(qr, keys, values, attn_mask=attn_mask,
-                                                 dropout_p=self.dropout if self.training else 0.0,
-                                                 is_causal=attn_mask is None and T > 1, enable_gqa=nh > nkv)
+            attn_mask = None if T == 1 else causal_mask(T, fill + T, x.device)
+            a_local = F.scaled_dot_product_attention(qr, keys, values, attn_mask=attn_mask, dropout_p=dropout,
+                                                     enable_gqa=nh > nkv)
+            complete = [(raw, values)] if fill + T == N else []
+        else:  # segments side by side in the batch for the local attention
+            n_seg = -(-T // N)
+            seg_len = N if n_seg > 1 else T
+            a_local = F.scaled_dot_product_attention(
+                _segments(qr, n_seg, seg_len), _segments(kr, n_seg, seg_len), _segments(v, n_seg, seg_len),
+                dropout_p=dropout, is_causal=seg_len > 1, enable_gqa=nh > nkv)
+            a_local = _unsegment(a_local, B, n_seg, T)
+            complete = [(k[:, :, j * N:(j + 1) * N], v[:, :, j * N:(j + 1) * N]) for j in range(T // N)]
+        with torch.autocast(x.device.type, enabled=False):  # memory math in fp32 under bf16 autocast
+            # the memory before each segment, then after the last complete one
+            M, z = state.M[layer], state.z[layer]
+            before = [(M, z)]
+            for j, (kj, vj) in enumerate(complete):
+                M, z = memory_update(M, z, kj, vj, self.memory_rule)
+                if state.bptt_segments is not None and (state.segments + j + 1) % state.bptt_segments == 0:
+                    M, z = M.detach(), z.detach()
+                before.append((M, z))
+            state.M[layer], state.z[layer] = M, z
+            # read-out: queries without RoPE, grouped per KV head (query head h reads KV head h // G)
+            G = nh // nkv
+            sq = _segments(feature_map(q), n_seg, seg_len).reshape(B, n_seg, nkv, G, seg_len, hd)
+            sq = sq.permute(0, 2, 1, 3, 4, 5).reshape(B, nkv, n_seg, G * seg_len, hd)
+            Ms = torch.stack([m for m, _ in before[:n_seg]], dim=2)
+            zs = torch.stack([zz for _, zz in before[:n_seg]], dim=2)
+            a_mem = memory_read(sq, Ms, zs).view(B, nkv, n_seg, G, seg_len, hd).permute(0, 2, 1, 3, 4, 5)
+            a_mem = _unsegment(a_mem.reshape(B * n_seg, nh, seg_len, hd), B, n_seg, T)
         g = self.gate().view(1, nh, 1, 1)
         y = (g * a_mem + (1 - g) * a_local.float()).to(a_local.dtype)
-        # write: a complete segment goes into the memory, an incomplete one waits in the buffers
-        if fill + T == N:
-            with torch.autocast(x.device.type, enabled=False):
-                state.M[layer], state.z[layer] = memory_update(M, z, raw, values, self.memory_rule)
-        else:
-            state.k_raw[layer, :, :, fill:fill + T] = k.detach()
-            state.k_rot[layer, :, :, fill:fill + T] = kr.detach()
-            state.v[layer, :, :, fill:fill + T] = v.detach()
+        # an incomplete last segment waits in the buffers
+        start, rest = (fill, slice(0, T)) if fill else (0, slice(T - T % N, T))
+        n = rest.stop - rest.start
+        if n and start + n < N:
+            state.k_raw[layer, :, :, start:start + n] = k[:, :, rest].detach()
+            state.k_rot[layer, :, :, start:start + n] = kr[:, :, rest].detach()
+            state.v[layer, :, :, start:start + n] = v[:, :, rest].detach()
         return self.proj(y.transpose(1, 2).reshape(B, T, nh * hd))
 
 
-def segment_pieces(fill: int, T: int, segment_len: int) -> list[tuple[int, int]]:
-    """Return ``[(start, end), ...]`` cutting ``T`` tokens at the segment boundaries, when ``fill``
-    tokens of the current segment were already read."""
-    pieces, a = [], 0
-    while a < T:
-        b = min(T, a + segment_len - fill)
-        pieces.append((a, b))
-        a, fill = b, 0
-    return pieces
+def _segments(t: torch.Tensor, n_seg: int, seg_len: int) -> torch.Tensor:
+    """``(B, H, T, D)`` -> ``(B * n_seg, H, seg_len, D)``: the segments side by side in the batch (the
+    last one padded with zeros, which causal attention never lets a real query see)."""
+    B, H, T, D = t.shape
+    if n_seg == 1:
+        return t
+    t = F.pad(t, (0, 0, 0, n_seg * seg_len - T))
+    return t.view(B, H, n_seg, seg_len, D).transpose(1, 2).reshape(B * n_seg, H, seg_len, D)
+
+
+def _unsegment(t: torch.Tensor, B: int, n_seg: int, T: int) -> torch.Tensor:
+    """Inverse of :func:`_segments`: ``(B * n_seg, H, seg_len, D)`` -> ``(B, H, T, D)``."""
+    if n_seg == 1:
+        return t
+    _, H, seg_len, D = t.shape
+    return t.view(B, n_seg, H, seg_len, D).transpose(1, 2).reshape(B, H, n_seg * seg_len, D)[:, :, :T]
+
+
+def segment_rope(rope: RotaryEmbedding | None, fill: int, T: int, segment_len: int
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Return RoPE's ``(cos, sin)`` for ``T`` tokens after ``fill`` tokens of the current segment:
+    positions count within each segment (restarting at 0)."""
+    if rope is None:
+        return None
+    if fill + T <= segment_len:
+        return rope(fill, T)
+    cos, sin = rope(0, 0, (torch.arange(fill, fill + T, device=rope.cos.device) % segment_len)[None])
+    return cos[0], sin[0]
 
 
 Block = Callable[..., torch.Tensor]
@@ -250,9 +295,10 @@ Block = Callable[..., torch.Tensor]
 
 def run_segments(blocks: Sequence[Block], x: torch.Tensor, state: InfiniState, rope: RotaryEmbedding | None,
                  bptt_segments: int | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``x (B, T, d)`` through ``blocks`` segment-major (every block over one piece of a segment,
-    then the next piece), carrying ``state``; return the output ``(B, T, d)``.
+    """Run ``x (B, T, d)`` through ``blocks`` carrying ``state``; return the output ``(B, T, d)``.
 
+    The rest of the current segment runs first through every block, then everything from the
+    boundary on (each layer reads and writes its memory segment by segment).
     ``bptt_segments``: detach the memory after every that many segments written (truncated BPTT;
     None: never). ``valid (B, T)`` bool: False marks padding, which is skipped (each row then reads
     only its own tokens); rows that are padded, or whose current segments differ in fill, run one at
@@ -276,18 +322,19 @@ def run_segments(blocks: Sequence[Block], x: torch.Tensor, state: InfiniState, r
         out[:, valid[0]] = run_segments(blocks, x[:, valid[0]], state, rope, bptt_segments)
         return out
     N = state.segment_len
+    state.bptt_segments = bptt_segments
+    fill = state.fill[0]
+    cut = min(T, N - fill) if fill else 0
     outs = []
-    for a, b in segment_pieces(state.fill[0], T, N):
-        fill = state.fill[0]
+    for a, b in ((0, cut), (cut, T)):
+        if a == b:
+            continue
         h = x[:, a:b]
-        piece_rope = rope(fill, b - a) if rope is not None else None
+        piece_rope = segment_rope(rope, fill, b - a, N)
         for i, block in enumerate(blocks):
             h = block(h, piece_rope, state, i, None, True)
         outs.append(h)
+        state.segments += (fill + b - a) // N
         fill = (fill + b - a) % N
         state.fill = [fill] * len(state.fill)
-        if fill == 0:
-            state.segments += 1
-            if bptt_segments is not None and state.segments % bptt_segments == 0:
-                state.detach()
     return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
