@@ -25,6 +25,7 @@ from lmlab.evaluate.longctx_tasks import (
     training_examples,
     write_task_data,
 )
+from lmlab.evaluate.perplexity import example_loss
 from lmlab.models import build_model, get_preset, save_model
 from lmlab.nn.losses import IGNORE_INDEX
 
@@ -310,3 +311,25 @@ def test_cli_data_then_pretrain(tmp_path, capsys):
     assert result["step"] == 2 and result["val_loss"] > 0 and result["val_bpb"] is None
     cfg = (tmp_path / "run" / "config.yaml").read_text()
     assert "block_size: 96" in cfg  # one example per window, taken from the data
+
+
+def test_example_data_checks_and_validation_loss(tmp_path, tok):
+    out = tmp_path / "pk"
+    write_task_data(out, TaskSpec("passkey"), 110, train_examples=6, val_examples=3, seed=2)
+    data = load_prepared(out)
+    windows = RandomWindows(data.train, block_size=110, batch_size=2, example_len=111)
+    plain = RandomWindows(data.train, block_size=110, batch_size=2)
+    with pytest.raises(LmlabError, match="example length"):
+        plain.load_state_dict(windows.state_dict())  # a resume on other data is refused
+    # the validation figure of example data: cross-entropy on the masked-in tokens only
+    model = tiny(tok, block=128)
+    loss = example_loss(model, data.val, data.loss_mask("val"), 111, max_examples=10, batch_size=2)
+    ids = torch.from_numpy(np.asarray(data.val, dtype=np.int64)).view(3, 111)
+    mask = torch.from_numpy(np.array(data.loss_mask("val"))).view(3, 111)[:, 1:].bool()
+    with torch.no_grad():
+        logits = model(ids[:, :-1])
+    want = torch.nn.functional.cross_entropy(logits[mask], ids[:, 1:][mask])
+    assert loss == pytest.approx(float(want), rel=1e-5) and int(mask.sum()) == 15
+    (out / "val.mask.bin").write_bytes(b"\x01" * 10)
+    with pytest.raises(LmlabError, match="val.mask.bin is missing or truncated"):
+        load_prepared(out)
