@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer decode": ("lmlab.data.commands:tokenizer_decode", "decode token ids to text with a tokenizer.json"),
     "pretrain": ("lmlab.train.commands:pretrain", "pretrain a language model (GPT-2/LLaMA, NPLM, RNN/LSTM/GRU, ELMo presets)"),
     "eval": ("lmlab.evaluate.commands:evaluate", "perplexity and bits per byte (decoders), masked-token loss and PLL (encoders), conditional bpb (encoder-decoders)"),
+    "longctx passkey": ("lmlab.evaluate.commands:passkey", "passkey retrieval accuracy by context length and depth, with peak memory, table and plot"),
+    "longctx mqar": ("lmlab.evaluate.commands:mqar", "multi-query associative recall (MQAR) accuracy by context length and depth, with peak memory"),
     "longctx data": ("lmlab.evaluate.commands:longctx_data", "write passkey or MQAR examples as prepared data to train on (one example per window, loss on the answers)"),
     "generate": ("lmlab.generate.commands:run", "generate text from a run or Hugging Face folder (streams, KV cache, beam search; source -> target for T5/BART)"),
     "fill-mask": ("lmlab.generate.commands:fill_mask", "top-k tokens with probabilities at each [MASK] of a text (BERT/RoBERTa)"),
