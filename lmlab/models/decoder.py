@@ -35,7 +35,8 @@ _CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
 # so the configs of models without them (and the checkpoints they resume from) stay as they were.
 _OPTIONAL_FIELDS = {"block_positions": False, "attn": "mha", "q_lora_rank": None, "kv_lora_rank": None,
                     "qk_rope_head_dim": None, "qk_nope_head_dim": None, "v_head_dim": None,
-                    "segment_len": None, "memory_rule": "linear", "bptt_segments": None}
+                    "segment_len": None, "memory_rule": "linear", "bptt_segments": None,
+                    "memory_scale": False}
 
 
 @dataclass
@@ -84,6 +85,9 @@ class DecoderConfig(DictConfig):
     segment_len: int | None = None
     memory_rule: str = "linear"
     bptt_segments: int | None = None
+    # a learned per-KV-head scale of the memory's queries and keys before ELU+1 (sharper memory
+    # reads; not in the paper: see nn/infini.py)
+    memory_scale: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -172,7 +176,7 @@ def build_attention(cfg: DecoderConfig) -> nn.Module:
         return Attention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.bias, cfg.dropout)
     if cfg.attn == "infini":
         return InfiniAttention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.segment_len,
-                               cfg.memory_rule, cfg.bias, cfg.dropout)
+                               cfg.memory_rule, cfg.bias, cfg.dropout, memory_scale=cfg.memory_scale)
     raise LmlabError(f"attn={cfg.attn} is not built yet")
 
 

@@ -17,6 +17,12 @@ and after the segment is complete its keys and values are written (linear or del
 A learned gate per query head mixes the two: ``sigmoid(beta) A_mem + (1 - sigmoid(beta)) A_local``.
 The memory's queries and keys get no RoPE.
 
+``memory_scale`` (not in the paper) multiplies the memory's queries and keys by a learned
+``exp(tau)`` per KV head (``tau`` starts at 0, on the gate's learning rate) before the feature
+map: as the scale grows, ``ELU(s x) + 1`` tends to a sparse map (``exp(s x) -> 0`` for negative
+coordinates), so a query can weigh a few stored keys far above the rest. Without it the read-out
+is a weakly selective average of everything stored, which the filler of long inputs swamps.
+
 Positions: RoPE positions restart at 0 in every segment (a token's position is its index within
 its segment), so the rotary table needs only N rows and any input length works; order across
 segments is carried by the memory alone, as in the paper.
@@ -166,7 +172,7 @@ class InfiniAttention(nn.Module):
 
     def __init__(self, d_model: int, n_head: int, n_kv_heads: int, head_dim: int, segment_len: int,
                  memory_rule: str = "linear", bias: bool = False, dropout: float = 0.0,
-                 gate_lr: float = GATE_LR):
+                 gate_lr: float = GATE_LR, memory_scale: bool = False):
         super().__init__()
         if n_head % n_kv_heads:
             raise ValueError(f"n_head={n_head} is not a multiple of n_kv_heads={n_kv_heads}")
@@ -179,6 +185,10 @@ class InfiniAttention(nn.Module):
         # the gate: sigmoid(0) = 0.5 mixes memory and local attention equally at the start
         self.beta = nn.Parameter(torch.zeros(n_head))
         self.beta.lmlab_optim = {"lr": gate_lr, "weight_decay": 0.0}
+        self.log_scale: nn.Parameter | None = None
+        if memory_scale:
+            self.log_scale = nn.Parameter(torch.zeros(n_kv_heads))
+            self.log_scale.lmlab_optim = {"lr": gate_lr, "weight_decay": 0.0}
 
     def gate(self) -> torch.Tensor:
         """Return ``sigmoid(beta)`` per head ``(n_head,)``: the memory's share of each head's output."""
@@ -230,19 +240,21 @@ class InfiniAttention(nn.Module):
                 dropout_p=dropout, is_causal=seg_len > 1, enable_gqa=nh > nkv)
             a_local = _unsegment(a_local, B, n_seg, T)
             complete = [(k[:, :, j * N:(j + 1) * N], v[:, :, j * N:(j + 1) * N]) for j in range(T // N)]
+        scale = None if self.log_scale is None else self.log_scale.float().exp().view(1, nkv, 1, 1)
         with torch.autocast(x.device.type, enabled=False):  # memory math in fp32 under bf16 autocast
             # the memory before each segment, then after the last complete one
             M, z = state.M[layer], state.z[layer]
             before = [(M, z)]
             for j, (kj, vj) in enumerate(complete):
-                M, z = memory_update(M, z, kj, vj, self.memory_rule)
+                M, z = memory_update(M, z, kj if scale is None else kj.float() * scale, vj, self.memory_rule)
                 if state.bptt_segments is not None and (state.segments + j + 1) % state.bptt_segments == 0:
                     M, z = M.detach(), z.detach()
                 before.append((M, z))
             state.M[layer], state.z[layer] = M, z
             # read-out: queries without RoPE, grouped per KV head (query head h reads KV head h // G)
             G = nh // nkv
-            sq = _segments(feature_map(q), n_seg, seg_len).reshape(B, n_seg, nkv, G, seg_len, hd)
+            qs = q if scale is None else q.float() * scale.repeat_interleave(G, dim=1)
+            sq = _segments(feature_map(qs), n_seg, seg_len).reshape(B, n_seg, nkv, G, seg_len, hd)
             sq = sq.permute(0, 2, 1, 3, 4, 5).reshape(B, nkv, n_seg, G * seg_len, hd)
             Ms = torch.stack([m for m, _ in before[:n_seg]], dim=2)
             zs = torch.stack([zz for _, zz in before[:n_seg]], dim=2)

@@ -124,7 +124,7 @@ def count_params(cfg: DecoderConfig) -> ParamCounts:
     norms = 2 * _norm_params(cfg)
     final_norm = _norm_params(cfg)
     if cfg.attn == "infini":
-        attention += cfg.n_head  # Infini-attention's memory gate: one beta per head
+        attention += cfg.n_head + (cfg.n_kv_heads if cfg.memory_scale else 0)  # gate (+ memory scale)
     tok = cfg.vocab_size * d
     pos = cfg.block_size * d if cfg.pos == "learned" else 0
     head = 0 if cfg.tie_embeddings else cfg.vocab_size * d

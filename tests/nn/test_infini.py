@@ -37,6 +37,17 @@ def tiny(**kw) -> Decoder:
     return model.eval()
 
 
+def test_memory_scale_starts_as_the_paper_and_learns_on_the_gate_lr():
+    plain = tiny(memory_rule="delta")
+    scaled = tiny(memory_rule="delta", memory_scale=True)
+    scaled.load_state_dict(plain.state_dict(), strict=False)  # log_scale = 0: a scale of 1
+    idx = torch.randint(0, 50, (2, 40))
+    torch.testing.assert_close(scaled(idx), plain(idx))
+    gate_group = {g["name"]: g for g in param_groups(scaled, 0.1, 1e-3)}["no_decay_lr0.01"]
+    assert {id(p) for p in gate_group["params"]} >= {id(b.attn.log_scale) for b in scaled.blocks}
+    assert "memory_scale" not in plain.config.to_dict() and scaled.config.to_dict()["memory_scale"]
+
+
 def test_preset_and_gate_param_group():
     cfg = get_preset("infini-tiny")
     assert (cfg.attn, cfg.segment_len, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.block_size) == \
@@ -78,6 +89,7 @@ def _direct(module: InfiniAttention, x: torch.Tensor, rope: RotaryEmbedding) -> 
     nh, hd, N = module.n_head, module.head_dim, module.segment_len
     q, k, v = module.qkv(x).view(B, T, 3 * nh, hd).split([nh, nh, nh], dim=2)  # (B, T, H, D)
     g = torch.sigmoid(module.beta)
+    scale = torch.ones(nh) if module.log_scale is None else module.log_scale.exp()  # memory_scale
     M = torch.zeros(B, nh, hd, hd)
     z = torch.zeros(B, nh, hd)
     out = torch.zeros(B, T, nh, hd)
@@ -89,14 +101,14 @@ def _direct(module: InfiniAttention, x: torch.Tensor, rope: RotaryEmbedding) -> 
         for b in range(B):
             for h in range(nh):
                 for t in range(n):
-                    sq = F.elu(qs[b, t, h]) + 1
+                    sq = F.elu(scale[h] * qs[b, t, h]) + 1
                     den = sq @ z[b, h]
                     mem = (sq @ M[b, h]) / den if den > 0 else torch.zeros(hd)
                     w = torch.softmax(qr[b, t, h] @ kr[b, :t + 1, h].T / hd ** 0.5, dim=0)
                     local = w @ vs[b, :t + 1, h]
                     out[b, s + t, h] = g[h] * mem + (1 - g[h]) * local
                 if n == N:  # a complete segment is written after it was read
-                    sk = F.elu(ks[b, :, h]) + 1  # (N, D)
+                    sk = F.elu(scale[h] * ks[b, :, h]) + 1  # (N, D)
                     target = vs[b, :, h]
                     if module.memory_rule == "delta":
                         den = sk @ z[b, h]
@@ -106,13 +118,15 @@ def _direct(module: InfiniAttention, x: torch.Tensor, rope: RotaryEmbedding) -> 
     return module.proj(out.reshape(B, T, nh * hd))
 
 
-@pytest.mark.parametrize("rule", ["linear", "delta"])
-def test_memory_rules_match_a_direct_loop(rule):
+@pytest.mark.parametrize("rule,memory_scale", [("linear", False), ("delta", False), ("delta", True)])
+def test_memory_rules_match_a_direct_loop(rule, memory_scale):
     torch.manual_seed(1)
     d, nh, hd, N = 16, 2, 8, 4
-    module = InfiniAttention(d, nh, nh, hd, segment_len=N, memory_rule=rule)
+    module = InfiniAttention(d, nh, nh, hd, segment_len=N, memory_rule=rule, memory_scale=memory_scale)
     with torch.no_grad():
         module.beta.copy_(torch.tensor([1.5, -0.7]))
+        if memory_scale:
+            module.log_scale.copy_(torch.tensor([0.8, -0.4]))
     rope = RotaryEmbedding(hd, N)
     x = torch.randn(2, 4 * N + 2, d)  # four complete segments and a partial fifth
     with torch.no_grad():
