@@ -369,7 +369,8 @@ def kv_cache(cfg: KVCacheConfig) -> int:
     if cfg.out is not None:
         write_json(cfg.out / "kv_cache.json", record)
         save_config(cfg, cfg.out / "config.yaml")
-    mismatch = [r.kind for r in ledger.rows if r.measured_bytes is not None and r.measured_bytes != r.bytes_total]
+    mismatch = [r.kind for r in ledger.rows
+                if r.measured_bytes is not None and r.measured_bytes != r.bytes_total]
     if cfg.json:
         print(json.dumps(record))
         return 1 if mismatch else 0
@@ -396,8 +397,9 @@ def kv_cache(cfg: KVCacheConfig) -> int:
     if notes:
         print("comparisons: " + "; ".join(notes))
     if ledger.measured:
-        print("measured: the bytes of model.new_kv_cache(batch, context, dtype) of each kind"
-              + (f"; MISMATCH for {', '.join(mismatch)}" if mismatch else ", equal to the formula for every kind"))
+        verdict = (f"; MISMATCH for {', '.join(mismatch)}" if mismatch
+                   else ", equal to the formula for every kind")
+        print(f"measured: the bytes of model.new_kv_cache(batch, context, dtype) of each kind{verdict}")
     if cfg.out is not None:
         print(f"wrote {cfg.out / 'kv_cache.json'} and {cfg.out / 'config.yaml'}")
     return 1 if mismatch else 0

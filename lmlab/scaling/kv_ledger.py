@@ -166,7 +166,8 @@ class KVRow:
     def as_dict(self) -> dict[str, Any]:
         """Return the row as a JSON-ready dict (formula, values, sizes, measured bytes when measured)."""
         out = {"kind": self.kind, "own": self.own, "formula": self.formula, "terms": dict(self.terms),
-               "substituted": self.substituted, "elements_per_token_per_layer": self.elements_per_token_per_layer,
+               "substituted": self.substituted,
+               "elements_per_token_per_layer": self.elements_per_token_per_layer,
                "elements_per_token": self.elements_per_token, "bytes_per_token": self.bytes_per_token,
                "elements_total": self.elements_total, "bytes_total": self.bytes_total}
         if self.measured_bytes is not None:
@@ -216,8 +217,8 @@ def check_context(cfg: DecoderConfig, context: int) -> int:
     if context <= limit:
         return context
     if cfg.pos != "rope":
-        raise LmlabError(f"--context {context} exceeds the {limit} positions of the model's {cfg.pos} position "
-                         f"table (block_size); use --context {limit} or less, or --model-args "
+        raise LmlabError(f"--context {context} exceeds the {limit} positions of the model's {cfg.pos} "
+                         f"position table (block_size); use --context {limit} or less, or --model-args "
                          f"block_size={context} for a model built that long")
     if cfg.rope_scaling:
         scaling = f"RoPE already scaled by rope_scaling (factor {cfg.rope_scaling.get('factor')})"
@@ -300,8 +301,10 @@ def measure_ledger(ledger: KVLedger, memory_limit: int | None = None) -> KVLedge
     largest = max(ledger.rows, key=lambda r: r.bytes_total)
     if memory_limit is not None and largest.bytes_total > memory_limit:
         raise LmlabError(f"--measure would allocate {human_bytes(largest.bytes_total)} for the "
-                         f"{largest.kind.upper()} cache, more than the {human_bytes(memory_limit)} this machine "
-                         "can spare; lower --context or --batch, or drop --measure (the formula needs no memory)")
-    rows = tuple(dataclasses.replace(r, measured_bytes=measure_kv_bytes(r.config, r.batch, r.context, ledger.dtype))
+                         f"{largest.kind.upper()} cache, more than the {human_bytes(memory_limit)} this "
+                         "machine can spare; lower --context or --batch, or drop --measure (the formula "
+                         "needs no memory)")
+    rows = tuple(dataclasses.replace(r, measured_bytes=measure_kv_bytes(r.config, r.batch, r.context,
+                                                                        ledger.dtype))
                  for r in ledger.rows)
     return dataclasses.replace(ledger, rows=rows)
