@@ -102,7 +102,7 @@ class DecoderConfig(DictConfig):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else swiglu_hidden(self.d_model, 64)
         if self.pos == "rope":
-            if self.head_dim % 2:
+            if self.head_dim % 2 and self.attn != "mla":  # MLA rotates qk_rope_head_dim (checked there)
                 raise LmlabError(f"RoPE needs an even head_dim, got {self.head_dim}; "
                                  "change d_model or n_head")
             rope_type(self.rope_scaling)
