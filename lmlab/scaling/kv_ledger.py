@@ -54,10 +54,14 @@ def kv_terms(cfg: DecoderConfig) -> tuple[str, dict[str, int]]:
     """Return ``(kind, terms)``: the attention kind and the values of its formula's symbols
     (``n_h``, ``n_g``, ``d_h``, ``d_c``, ``d_h^R``, ``l``; see :data:`FORMULAS`)."""
     kind = attention_kind(cfg)
-    terms = {"mha": lambda: {"n_h": cfg.n_head, "d_h": cfg.head_dim},
-             "gqa": lambda: {"n_g": cfg.n_kv_heads, "d_h": cfg.head_dim},
-             "mqa": lambda: {"d_h": cfg.head_dim},
-             "mla": lambda: {"d_c": cfg.kv_lora_rank, "d_h^R": cfg.qk_rope_head_dim}}[kind]()
+    if kind == "mla":
+        terms = {"d_c": cfg.kv_lora_rank, "d_h^R": cfg.qk_rope_head_dim}
+    elif kind == "mha":
+        terms = {"n_h": cfg.n_head, "d_h": cfg.head_dim}
+    elif kind == "gqa":
+        terms = {"n_g": cfg.n_kv_heads, "d_h": cfg.head_dim}
+    else:
+        terms = {"d_h": cfg.head_dim}
     return kind, {k: int(v) for k, v in terms.items()} | {"l": cfg.n_layer}
 
 
