@@ -106,8 +106,8 @@ def kind_config(cfg: DecoderConfig, kind: str, gqa_groups: int | None = None) ->
         return DecoderConfig.from_dict(values)
     if kind == "gqa":
         if gqa_groups is None:
-            raise LmlabError(f"n_head={cfg.n_head} has no divisor between 2 and {cfg.n_head - 1} for GQA "
-                             "groups; give --gqa-groups")
+            raise LmlabError(f"GQA needs its number of KV groups: give --gqa-groups, a divisor of "
+                             f"n_head={cfg.n_head} between 2 and {cfg.n_head - 1}")
         if not 1 < gqa_groups < cfg.n_head or cfg.n_head % gqa_groups:
             raise LmlabError(f"--gqa-groups {gqa_groups} must divide n_head={cfg.n_head} and lie strictly "
                              "between 1 (MQA) and n_head (MHA)")

@@ -75,6 +75,10 @@ def test_gqa_groups_and_comparison_configs():
     assert [r.kind for r in kl.kv_ledger(two_heads, 8).rows] == ["mha", "mqa", "mla"]  # nothing to group
     with pytest.raises(LmlabError, match="must divide n_head=8"):
         kl.kind_config(cfg, "gqa", 3)
+    with pytest.raises(LmlabError, match="GQA needs its number of KV groups"):
+        kl.kind_config(cfg, "gqa")
+    with pytest.raises(LmlabError, match="unknown attention kind 'mqa2'"):
+        kl.kind_config(cfg, "mqa2")
 
 
 @pytest.mark.parametrize("preset,overrides,kind", [
