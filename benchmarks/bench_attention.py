@@ -10,7 +10,8 @@ up-projects the whole cached latent to keys and values at every step, ``absorbed
 latent). At each context T the cache from ``model.new_kv_cache(1, T)`` has its first T - n positions
 filled with random numbers (a step reads every cached position whatever its value; a real prefill of
 32K tokens would cost minutes per kind), then n = ``--new-tokens`` greedy steps (``model(token,
-kv_cache)``, argmax) decode positions T - n .. T - 1. Cache bytes are the cache's ``nbytes`` beside
+kv_cache)``, argmax, the weights laid out for one-row products as generation lays them out) decode
+positions T - n .. T - 1. Cache bytes are the cache's ``nbytes`` beside
 the ledger's formula (they must agree).
 
 ``hf``: a tiny dense ``DeepseekV3ForCausalLM`` (the same d, heads and layers, MLA at DeepSeek-V2's
@@ -42,6 +43,7 @@ from timing import ratio, round_robin, summarise
 from lmlab.generate import generate_ids
 from lmlab.models.decoder import Decoder, DecoderConfig
 from lmlab.models.registry import get_preset
+from lmlab.nn.linear import use_gemv_layout
 from lmlab.scaling import kv_ledger as kl
 
 TASKS = ("decode", "hf")
@@ -86,6 +88,8 @@ def bench_decode(args: argparse.Namespace) -> dict:
     groups = args.gqa_groups or kl.default_gqa_groups(args.heads)
     torch.manual_seed(args.seed)
     models = {kind: Decoder(kl.kind_config(base, kind, groups)).eval() for kind in kl.KINDS}
+    for model in models.values():
+        use_gemv_layout(model)  # as generation lays out an inference model's weights
     n = args.new_tokens
     first = torch.zeros(1, 1, dtype=torch.long)
     out: dict = {"configs": {k: {f: getattr(m.config, f) for f in ("n_kv_heads", "head_dim", "kv_lora_rank",
