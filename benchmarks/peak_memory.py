@@ -14,20 +14,12 @@ import subprocess
 from collections.abc import Callable, Iterable
 from typing import Any
 
-
-def status_mib(field: str) -> float:
-    """Return a memory figure (VmRSS, VmHWM) of this process from /proc/self/status, in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from lmlab.device import reset_peak_rss, status_mib
 
 
 def print_peak_growth(step: Callable[[Any], Any], batches: Iterable[Any]) -> None:
     """In the child: run ``step`` on each batch; print its peak RSS growth and peak RSS (MiB) as JSON."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak_rss()
     before = status_mib("VmRSS")
     for b in batches:
         step(b)

@@ -156,3 +156,65 @@ def set_threads(n: int) -> None:
     if n < 1:
         raise LmlabError(f"--threads must be at least 1, got {n}")
     torch.set_num_threads(n)
+
+
+def status_mib(field: str) -> float:
+    """Return a memory figure (VmRSS, VmHWM) of this process from /proc/self/status, in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's resident-set high-water mark (VmHWM) of this process to its current RSS (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def pin_mmap_threshold(nbytes: int = 131072) -> bool:
+    """Make glibc serve allocations of ``nbytes`` or more by mmap, so a freed tensor leaves the
+    resident set at once and the RSS follows the live tensors (as ``MALLOC_MMAP_THRESHOLD_`` does
+    at process start); return False where that is not possible (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, nbytes))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+class PeakMemory:
+    """Measure the peak memory a block of code adds on ``device``, in MiB (``with PeakMemory(d) as m:
+    ...; m.peak_mib``): on CUDA the caching allocator's peak above what was allocated at the start;
+    on a CPU the growth of the resident set's high-water mark over the RSS at the start (Linux, with
+    glibc's mmap threshold pinned; ``peak_mib`` is None where /proc cannot tell)."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.peak_mib: float | None = None
+        self._base = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device) / 2**20
+        elif self.device.type == "cpu":
+            try:
+                pin_mmap_threshold()
+                reset_peak_rss()
+                self._base = status_mib("VmRSS")
+            except OSError:
+                self._base = -1.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._base
+        elif self.device.type == "cpu" and self._base >= 0:
+            self.peak_mib = max(0.0, status_mib("VmHWM") - self._base)

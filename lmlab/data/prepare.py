@@ -6,6 +6,12 @@ not fit). ``meta.json`` records token, document and UTF-8 byte counts per split 
 byte needs the bytes) and a fingerprint of the inputs, so running ``prepare`` again on
 the same inputs reuses the result. Everything is built in a temporary folder beside the
 output and renamed into place, so an interrupted run leaves nothing half-written.
+
+Example data (synthetic tasks such as passkey retrieval, see :func:`write_examples`) adds two
+things: ``meta["example_len"]``, every split being a sequence of examples of exactly that many
+tokens (training windows then start at example boundaries and hold one example each), and a
+loss mask per split, ``train.mask.bin``/``val.mask.bin`` (uint8, one per token: 1 = the token
+is a training target, 0 = context only), with ``meta["loss_mask"]`` true.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from lmlab.fileio import write_json
 
 FORMAT = 1
 FILES = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
+MASK_FILES = ("train.mask.bin", "val.mask.bin")
 CHUNK_CHARS = 4 << 20  # encode about this much text per parallel batch
 
 
@@ -43,6 +50,7 @@ class PreparedData:
     meta: dict[str, Any]
     train: np.memmap
     val: np.memmap
+    masks: dict[str, np.ndarray] | None = None  # split -> loss mask (example data), else None
 
     def tokenizer(self) -> Tokenizer:
         """Load and return the folder's tokenizer."""
@@ -60,6 +68,16 @@ class PreparedData:
     @property
     def eot_id(self) -> int:
         return int(self.meta["eot_id"])
+
+    @property
+    def example_len(self) -> int | None:
+        """Tokens per example when the splits are sequences of equal examples, else None."""
+        n = self.meta.get("example_len")
+        return None if n is None else int(n)
+
+    def loss_mask(self, split: str) -> np.ndarray | None:
+        """The loss mask of ``split`` (1 = training target), or None when every token is one."""
+        return None if self.masks is None else self.masks[split]
 
 
 def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
@@ -93,9 +111,28 @@ def load_prepared(folder: str | os.PathLike) -> PreparedData:
         if not path.is_file() or path.stat().st_size != want * dtype.itemsize:
             raise LmlabError(f"{path} is missing or truncated (meta.json says {want} tokens); "
                              "re-run 'lmlab data prepare' with --overwrite")
-        arrays[split] = np.memmap(path, dtype=dtype, mode="r", shape=(want,)) if want else \
-            np.zeros(0, dtype=dtype)
-    return PreparedData(folder, meta, arrays["train"], arrays["val"])
+        arrays[split] = _memmap(path, dtype, want)
+    masks = None
+    if meta.get("loss_mask"):
+        masks = {}
+        for split in ("train", "val"):
+            path = folder / f"{split}.mask.bin"
+            want = len(arrays[split])
+            if not path.is_file() or path.stat().st_size != want:
+                raise LmlabError(f"{path} is missing or truncated (meta.json says {want} tokens); "
+                                 "write the data again with --overwrite")
+            masks[split] = _memmap(path, np.dtype(np.uint8), want)
+    example_len = meta.get("example_len")
+    if example_len is not None:
+        for split in ("train", "val"):
+            if int(example_len) < 2 or len(arrays[split]) % int(example_len):
+                raise LmlabError(f"{folder}: the {split} split ({len(arrays[split])} tokens) is not a whole "
+                                 f"number of examples of {example_len} tokens; write the data again")
+    return PreparedData(folder, meta, arrays["train"], arrays["val"], masks)
+
+
+def _memmap(path: Path, dtype: np.dtype, n: int) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype=dtype)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -169,7 +206,7 @@ def check_out_dir(out: Path, fp: str, overwrite: bool) -> bool:
     entries = {p.name for p in out.iterdir()}
     if not entries:
         return False
-    foreign = entries - set(FILES) - {"config.yaml"}
+    foreign = entries - set(FILES) - set(MASK_FILES) - {"config.yaml"}
     if foreign or "meta.json" not in entries:
         raise LmlabError(f"output folder {out} already holds other files ({', '.join(sorted(entries)[:3])}"
                          f"{', ...' if len(entries) > 3 else ''}); choose a new or empty folder")
@@ -243,6 +280,60 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
         write_json(tmp / "meta.json", meta)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        _swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta, False
+
+
+@dataclass
+class ExampleSplit:
+    """One split of example data: the token ids of all its examples back to back, the loss mask
+    (1 = training target) of each token, and the split's document and UTF-8 byte counts."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    documents: int
+    bytes: int
+
+
+def write_examples(out: Path, tokenizer: Tokenizer, splits: dict[str, ExampleSplit], example_len: int,
+                   corpus: str, fp: str, info: dict[str, Any] | None = None,
+                   overwrite: bool = False) -> tuple[dict[str, Any], bool]:
+    """Write example data (see the module docstring) into ``out``; return ``(meta, reused)``.
+
+    ``splits`` holds ``train`` and ``val``, each a whole number of ``example_len``-token
+    examples; ``fp`` fingerprints the inputs (an ``out`` holding data with the same one is
+    reused as it is); ``info`` goes into meta.json as it is (e.g. the task's settings).
+    """
+    if check_out_dir(out, fp, overwrite):
+        return read_meta(out), True
+    for split in ("train", "val"):
+        s = splits[split]
+        if len(s.ids) == 0 or len(s.ids) % example_len or len(s.mask) != len(s.ids):
+            raise LmlabError(f"the {split} split must be a non-empty whole number of examples of "
+                             f"{example_len} tokens with one mask value per token (got {len(s.ids)} ids, "
+                             f"{len(s.mask)} mask values)")
+    t0 = time.time()
+    dtype = token_dtype(tokenizer.vocab_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        tokenizer.save(tmp / "tokenizer.json")
+        counts = {}
+        for split in ("train", "val"):
+            s = splits[split]
+            np.asarray(s.ids, dtype=dtype).tofile(tmp / f"{split}.bin")
+            np.asarray(s.mask, dtype=np.uint8).tofile(tmp / f"{split}.mask.bin")
+            counts[split] = {"tokens": len(s.ids), "bytes": int(s.bytes), "documents": int(s.documents)}
+        meta = {
+            "format": FORMAT, "corpus": corpus, "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name, "eot_id": document_separator(tokenizer), "splits": counts,
+            "example_len": example_len, "loss_mask": True, "fingerprint": fp, **(info or {}),
+            "seconds": round(time.time() - t0, 2),
+        }
+        write_json(tmp / "meta.json", meta)
         _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

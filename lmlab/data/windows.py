@@ -5,6 +5,10 @@ batch_size`` windows) from a seeded numpy generator; rank ``r`` keeps rows
 ``r::world_size``. All ranks therefore draw the same numbers, so a run on N
 processes sees exactly the windows a single process with an N-times larger batch
 sees, and the generator state (part of the checkpoint) is the whole data position.
+
+On example data (``example_len``: the tokens are back-to-back examples of that many tokens,
+e.g. passkey retrieval) a window is one whole example: the starts are drawn among the example
+boundaries, and a loss mask (0 = context only) turns the labels it excludes into -100.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.nn.losses import IGNORE_INDEX
 
 
 class RandomWindows:
@@ -22,7 +27,9 @@ class RandomWindows:
 
     ``tokens`` is a 1-D integer array (usually a ``np.memmap`` of train.bin). Each
     call to :meth:`next` returns ``{"input_ids": (B, T) int64, "labels": (B, T) int64}``
-    on ``device``, with labels the inputs shifted by one token.
+    on ``device``, with labels the inputs shifted by one token. With ``example_len`` the
+    windows are whole examples (``block_size`` must be ``example_len - 1``); with ``loss_mask``
+    (one value per token) the labels of tokens whose mask is 0 are -100 (not scored).
     """
 
     def __init__(
@@ -36,9 +43,17 @@ class RandomWindows:
         world_size: int = 1,
         device: torch.device | str = "cpu",
         split: str = "train",
+        example_len: int | None = None,
+        loss_mask: np.ndarray | None = None,
     ):
         if block_size < 1 or batch_size < 1:
             raise LmlabError("--block-size and --batch-size must be at least 1")
+        if example_len is not None and block_size != example_len - 1:
+            raise LmlabError(f"the data holds examples of {example_len} tokens, one per window; "
+                             f"train with --block-size {example_len - 1} (got {block_size})")
+        if loss_mask is not None and len(loss_mask) != len(tokens):
+            raise LmlabError(f"the {split} loss mask has {len(loss_mask)} values for {len(tokens)} tokens; "
+                             "prepare the data again")
         if len(tokens) < block_size + 1:
             raise LmlabError(
                 f"the {split} split has {len(tokens)} tokens, fewer than block size + 1 = "
@@ -50,6 +65,8 @@ class RandomWindows:
         self.rank = rank
         self.world_size = world_size
         self.device = torch.device(device)
+        self.example_len = example_len
+        self.loss_mask = loss_mask
         self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.batches_drawn = 0
@@ -61,8 +78,12 @@ class RandomWindows:
 
     def next_offsets(self) -> np.ndarray:
         """Draw the next global micro-batch of window starts and return this rank's rows."""
-        high = len(self.tokens) - self.block_size  # exclusive: a window needs block_size + 1 tokens
-        offsets = self.rng.integers(0, high, size=self.batch_size * self.world_size)
+        n = self.batch_size * self.world_size
+        if self.example_len is not None:
+            offsets = self.rng.integers(0, len(self.tokens) // self.example_len, size=n) * self.example_len
+        else:
+            high = len(self.tokens) - self.block_size  # exclusive: a window needs block_size + 1 tokens
+            offsets = self.rng.integers(0, high, size=n)
         self.batches_drawn += 1
         return offsets[self.rank :: self.world_size]
 
@@ -71,12 +92,17 @@ class RandomWindows:
         offsets = self.next_offsets()
         t = self.block_size
         rows = np.stack([np.asarray(self.tokens[o : o + t + 1], dtype=np.int64) for o in offsets])
-        x = torch.from_numpy(rows)
+        labels = rows[:, 1:].copy()
+        if self.loss_mask is not None:
+            keep = np.stack([np.asarray(self.loss_mask[o + 1 : o + t + 1]) for o in offsets])
+            labels[keep == 0] = IGNORE_INDEX
+        batch = {"input_ids": np.ascontiguousarray(rows[:, :-1]), "labels": labels}
+        return {k: self._to_device(torch.from_numpy(v)) for k, v in batch.items()}
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        else:
-            x = x.to(self.device)
-        return {"input_ids": x[:, :-1].contiguous(), "labels": x[:, 1:].contiguous()}
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         """Return the data position: the generator state, seed and the number of batches drawn."""
@@ -87,6 +113,7 @@ class RandomWindows:
             "rng": self.rng.bit_generator.state,
             "block_size": self.block_size,
             "global_batch": self.batch_size * self.world_size,
+            "example_len": self.example_len,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -108,6 +135,10 @@ class RandomWindows:
                 f"{saved[1]} (world size x batch size), this run has {mine[0]} and {mine[1]}; "
                 "resume with the same --block-size and global batch"
             )
+        if state.get("example_len") != self.example_len:
+            raise LmlabError("the checkpoint was written on data of other examples (example length "
+                             f"{state.get('example_len')}, this data: {self.example_len}); "
+                             "resume on the same data")
         self.seed = state["seed"]
         self.batches_drawn = state["batches_drawn"]
         self.rng.bit_generator.state = state["rng"]

@@ -1,4 +1,5 @@
-"""CLI command ``lmlab eval``: perplexity and bits per byte of any model on prepared data."""
+"""CLI commands ``lmlab eval`` (perplexity and bits per byte of any model on prepared data) and
+``lmlab longctx`` (passkey retrieval and MQAR by context length, and their training data)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from lmlab.config import Precision, arg
+from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
 
 
@@ -236,3 +237,210 @@ def _evaluate_encoder(cfg: EvalConfig, model, data, block: int, device) -> int:
               f"bits per byte {bpb}, pseudo-perplexity {r.pseudo_perplexity:.3f} ({r.pll_tokens:,} tokens)")
     print(f"note: {NOT_COMPARABLE}")
     return 0
+
+
+@dataclass
+class TaskOptions:
+    n_pairs: int = arg(8, "mqar: key-value pairs in the context")
+    n_queries: int | None = arg(None, "mqar: keys asked for at the end (default: all the pairs, shuffled)")
+    key_len: int = arg(2, "mqar: letters per key")
+    value_len: int = arg(2, "mqar: digits per value")
+
+
+@dataclass
+class LongctxDataConfig:
+    task: str | None = arg(None, "passkey or mqar", positional=True)
+    length: int = arg(256, "tokens per example the model reads (train with --block-size LENGTH; pretrain "
+                           "takes it from the data when --block-size is not given)")
+    min_length: int | None = arg(None, "curriculum: draw each example's length uniformly from "
+                                       "[MIN_LENGTH, LENGTH] (shorter ones are padded, the padding never "
+                                       "scored); default: all of LENGTH")
+    train_examples: int = arg(20000, "training examples")
+    val_examples: int = arg(200, "validation examples")
+    loss: Literal["answer", "all"] = arg("answer", "tokens trained on: answer (the key / the values only) or "
+                                                   "all (every token of the example)")
+    task_options: TaskOptions = arg(TaskOptions(), "MQAR's shape")
+    tokenizer_file: Path | None = arg(None, "a tokenizer.json to use instead of the character-level one "
+                                            "(e.g. a model's own, to fine-tune it; it needs a <|pad|> token)")
+    seed: int = arg(0, "seed of the keys, values and depths")
+    out: Path | None = arg(None, "output folder (default: runs/data/longctx-TASK-LENGTH)")
+    overwrite: bool = arg(False, "replace data made from other settings in --out")
+    json: bool = arg(False, "print the resulting meta as JSON")
+
+
+def longctx_data(cfg: LongctxDataConfig) -> int:
+    """Write passkey or MQAR examples as prepared data that 'lmlab pretrain --data' trains on.
+
+    Each example is exactly LENGTH + 1 tokens, one training window (pretrain draws whole
+    examples, never cuts one), with a random depth of the needle and, with --min-length, a
+    random length (the curriculum). A loss mask makes training score only the answer tokens
+    (--loss answer) or every real token (--loss all); padding is never scored. The default
+    tokenizer is character-level, so a digit is one token. Example:
+      lmlab longctx data passkey --length 256 --min-length 128 --out runs/data/passkey256
+      lmlab pretrain --model llama-tiny --data runs/data/passkey256 --out runs/pk --max-steps 600
+    """
+    from lmlab.evaluate.longctx_tasks import write_task_data
+
+    spec = _task_spec(cfg.task, cfg.task_options)
+    out = cfg.out or Path("runs") / "data" / f"longctx-{spec.task}-{cfg.length}"
+    cfg.out = out
+    meta, reused = write_task_data(out, spec, cfg.length, train_examples=cfg.train_examples,
+                                   val_examples=cfg.val_examples, seed=cfg.seed, min_length=cfg.min_length,
+                                   loss=cfg.loss, tokenizer_file=cfg.tokenizer_file, overwrite=cfg.overwrite)
+    save_config(cfg, out / "config.yaml")
+    if cfg.json:
+        print(json.dumps({**meta, "out": str(out), "reused": reused}))
+        return 0
+    s = meta["splits"]
+    print(f"{'reused' if reused else 'wrote'} {out}: {spec.task} examples of {cfg.length + 1} tokens "
+          f"({s['train']['documents']:,} train, {s['val']['documents']:,} val), {meta['tokenizer']} "
+          f"tokenizer, vocab {meta['vocab_size']}, loss on "
+          f"{'the answers' if cfg.loss == 'answer' else 'every token'}")
+    print(f"train it: lmlab pretrain --model llama-tiny --data {out} --out RUN --block-size {cfg.length}")
+    return 0
+
+
+def _task_spec(task: str | None, opts: TaskOptions):
+    """The TaskSpec of ``task`` with ``opts`` (raises LmlabError for a missing or unknown task)."""
+    from lmlab.evaluate.longctx_tasks import TASKS, TaskSpec
+
+    if task is None:
+        raise LmlabError(f"give the task: one of {', '.join(TASKS)}")
+    return TaskSpec(task, opts.n_pairs, opts.n_queries, opts.key_len, opts.value_len)
+
+
+@dataclass
+class LongctxConfig:
+    ckpt: list[str] = arg([], "run folder(s) to evaluate, comma-separated (one line per model in the table "
+                               "and the plot)")
+    lengths: list[int] = arg([], "context lengths in tokens, comma-separated, e.g. 256,1024,4096")
+    depths: list[float] = arg([0.0, 0.25, 0.5, 0.75, 1.0],
+                              "depths of the needle in the filler (0 = the start of the context, 1 = just "
+                              "before the question)")
+    samples: int = arg(10, "examples per length and depth")
+    seed: int = arg(0, "seed of the keys (each example is fixed by seed, length, depth and its index)")
+    batch_size: int = arg(1, "examples read at once (the peak memory is that of a batch)")
+    isolate: bool = arg(True, "evaluate each length in a fresh process, so its peak memory is its own "
+                              "(--no-isolate: all in this process, faster)")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: Precision = arg("fp32", "autocast precision of the forward pass")
+    out: Path | None = arg(None, "folder for longctx.json, longctx.png and config.yaml (default: "
+                                 "the first run's folder/longctx-TASK)")
+    json: bool = arg(False, "print the table as one JSON object")
+
+
+@dataclass
+class MqarConfig(LongctxConfig):
+    task_options: TaskOptions = arg(TaskOptions(), "MQAR's shape (as the model was trained on)")
+
+
+def passkey(cfg: LongctxConfig) -> int:
+    """Passkey retrieval (Mohtashami & Jaggi 2023) by context length and depth, with peak memory.
+
+    A 5-digit key hidden at each --depths in repeated filler text, then "What is the pass key?
+    The pass key is "; an answer is right when the model's greedy (argmax) prediction of every
+    digit is the key's, teacher-forced. Lengths count the tokens the model reads. A length
+    beyond the model's block_size: Infini-attention reads it, a RoPE model is extrapolated
+    (its row says so), learned positions say "exceeds block_size". Peak memory is that of
+    reading one length (a fresh process per length unless --no-isolate). Writes longctx.json,
+    longctx.png and config.yaml to --out. Example:
+      lmlab longctx passkey --ckpt runs/pk --lengths 256,1024,4096 --samples 20
+    """
+    return _longctx("passkey", cfg, TaskOptions())
+
+
+def mqar(cfg: MqarConfig) -> int:
+    """Multi-query associative recall (Arora et al. 2023, Zoology) by context length and depth.
+
+    The context holds --n-pairs key=value pairs (keys of letters, values of digits) at each
+    --depths in filler text, then "Recall: " and --n-queries keys, each followed by its value;
+    the accuracy is the share of values predicted exactly (teacher-forced argmax at each value
+    token, as Zoology scores it). Otherwise as 'lmlab longctx passkey'. Example:
+      lmlab longctx mqar --ckpt runs/mq --lengths 256,1024 --n-pairs 8
+    """
+    return _longctx("mqar", cfg, cfg.task_options)
+
+
+def _longctx(task: str, cfg: LongctxConfig, opts: TaskOptions) -> int:
+    from lmlab.console import progress
+    from lmlab.device import resolve_device
+    from lmlab.evaluate.longctx import (
+        LengthJob,
+        check_model,
+        evaluate_length,
+        evaluate_length_isolated,
+        plot_results,
+        results_table,
+    )
+    from lmlab.evaluate.longctx_tasks import TaskGenerator
+    from lmlab.fileio import write_json
+    from lmlab.loader import load
+
+    spec = _task_spec(task, opts)
+    if not cfg.ckpt or not cfg.lengths:
+        raise LmlabError(f"longctx {task} needs --ckpt RUN and --lengths, e.g. --ckpt runs/pk "
+                         "--lengths 256,1024")
+    bad = [n for n in cfg.lengths if n < 1]
+    if bad:
+        raise LmlabError(f"--lengths must be positive numbers of tokens, got {bad[0]}")
+    if not cfg.depths or any(not 0.0 <= d <= 1.0 for d in cfg.depths):
+        raise LmlabError(f"--depths must lie in [0, 1] (0 = the start, 1 = the end), got {cfg.depths}")
+    if cfg.samples < 1 or cfg.batch_size < 1:
+        raise LmlabError("--samples and --batch-size must be at least 1")
+    device = resolve_device(cfg.device)
+    lengths = sorted(set(cfg.lengths))
+    names = _model_names(cfg.ckpt)
+    loaded = []
+    for ckpt in cfg.ckpt:  # check every model and length before the long part
+        model, tokenizer = load(ckpt, device)
+        check_model(model)
+        if tokenizer is None:
+            raise LmlabError(f"no tokenizer.json beside {ckpt}; the tasks are written in the model's "
+                             "tokenizer")
+        gen = TaskGenerator(tokenizer, spec, cfg.seed)
+        need = gen.min_length()
+        if lengths[0] < need:
+            raise LmlabError(f"a {task} example needs at least {need} tokens with {ckpt}'s tokenizer "
+                             f"(needle and question); --lengths {lengths[0]} is too short")
+        loaded.append((model, gen))
+    out = cfg.out or Path(cfg.ckpt[0]) / f"longctx-{task}"
+    rows = []
+    per_length = len(cfg.depths) * cfg.samples
+    with progress(total=len(cfg.ckpt) * len(lengths) * per_length, desc=f"longctx {task}", unit="ex") as bar:
+        for ckpt, name, (model, gen) in zip(cfg.ckpt, names, loaded):
+            for length in lengths:
+                bar.set_postfix_str(f"{name} @ {length}")
+                if cfg.isolate:
+                    job = LengthJob(str(ckpt), spec.to_dict(), cfg.seed, length, list(cfg.depths),
+                                    cfg.samples, cfg.batch_size, str(device), cfg.precision)
+                    r = evaluate_length_isolated(job)
+                    bar.update(per_length)
+                else:
+                    r = evaluate_length(model, gen, length, list(cfg.depths), cfg.samples,
+                                        batch_size=cfg.batch_size, device=device, precision=cfg.precision,
+                                        on_batch=bar.update)
+                    if r.accuracy is None:
+                        bar.update(per_length)
+                rows.append({"model": name, "ckpt": str(ckpt), "block_size": model.config.block_size,
+                             "attn": model.config.attn, **r.to_dict()})
+    record = {"task": task, "spec": spec.to_dict(), "scoring": "teacher-forced greedy exact match",
+              "depths": list(cfg.depths), "samples": cfg.samples, "seed": cfg.seed,
+              "batch_size": cfg.batch_size, "isolated": cfg.isolate, "device": str(device), "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "longctx.json", record)
+    plot = plot_results(rows, list(cfg.depths), task, out / "longctx.png")
+    save_config(cfg, out / "config.yaml")
+    if cfg.json:
+        print(json.dumps({**record, "out": str(out), "plot": str(plot)}))
+        return 0
+    print(f"{task}: teacher-forced greedy exact match, {cfg.samples} examples per length and depth, "
+          f"batch {cfg.batch_size}, peak memory of reading one length on {device}")
+    print(results_table(rows, list(cfg.depths)))
+    print(f"wrote {out / 'longctx.json'} and {plot}")
+    return 0
+
+
+def _model_names(ckpts: list[str]) -> list[str]:
+    """Short names of the runs for the table (their folder names, whole paths where those repeat)."""
+    short = [Path(c).name or str(c) for c in ckpts]
+    return [s if short.count(s) == 1 else str(c) for s, c in zip(short, ckpts)]

@@ -66,13 +66,14 @@ def sum_nll(
     device: torch.device,
     precision: str = "fp32",
     skip: int = 0,
+    loss_mask: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """Return ``(total nats, scored tokens)`` of ``model`` over the windows at ``starts``.
 
     Window ``s`` feeds ``tokens[s : s+T]`` and scores ``tokens[s+1 : s+T+1]`` (shorter
     at the end of the array), except its first ``skip`` predictions when ``s > 0``
-    (sliding windows: they are context only). Windows of equal length are batched
-    ``batch_size`` at a time.
+    (sliding windows: they are context only) and the tokens whose ``loss_mask`` is 0.
+    Windows of equal length are batched ``batch_size`` at a time.
     """
     n = len(tokens)
     lengths = np.minimum(block_size, n - 1 - starts)
@@ -88,6 +89,10 @@ def sum_nll(
             )
             x = torch.from_numpy(rows).to(device)
             targets = x[:, 1:].clone()
+            if loss_mask is not None:
+                rows_mask = [np.asarray(loss_mask[s + 1 : s + length + 1]) for s in group[i : i + batch_size]]
+                keep = np.stack(rows_mask)
+                targets[torch.from_numpy(keep == 0).to(device)] = IGNORE_INDEX
             if skip:
                 later = torch.from_numpy(group[i : i + batch_size] > 0).to(device)
                 targets[later, :skip] = IGNORE_INDEX
@@ -174,3 +179,29 @@ def evaluate_perplexity(
         windows=len(starts),
         full_pass=full_pass,
     )
+
+
+@torch.no_grad()
+def example_loss(model: torch.nn.Module, tokens: np.ndarray, loss_mask: np.ndarray | None,
+                 example_len: int, *,
+                 max_examples: int, batch_size: int = 8, device: torch.device | str = "cpu",
+                 precision: str = "fp32", rank: int = 0, world_size: int = 1,
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Return the mean loss (nats per scored token) of ``model`` on example data: up to
+    ``max_examples`` whole examples of ``example_len`` tokens spread evenly over ``tokens``,
+    scored where ``loss_mask`` is 1 (e.g. the answers of passkey examples; see
+    :mod:`lmlab.data.prepare`). Rank ``r`` takes examples ``r::world_size``; ``all_reduce`` sums."""
+    device = torch.device(device)
+    n = len(tokens) // example_len
+    pick = np.unique(np.linspace(0, n - 1, num=min(n, max_examples)).round().astype(np.int64))
+    was_training = model.training
+    model.eval()
+    try:
+        nats, count = sum_nll(model, tokens, pick[rank::world_size] * example_len, block_size=example_len - 1,
+                              batch_size=batch_size, device=device, precision=precision, loss_mask=loss_mask)
+    finally:
+        model.train(was_training)
+    if all_reduce is not None:
+        t = all_reduce(torch.tensor([nats, float(count)], dtype=torch.float64, device=device))
+        nats, count = float(t[0]), float(t[1])
+    return nats / max(count, 1)

@@ -80,7 +80,8 @@ def with_tokenizer_ids(config: Any, tokenizer: Any) -> Any:
 def training_parts(model: nn.Module, tokens: Any, *, block_size: int, batch_size: int, seed: int,
                    rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
                    objective: str = "auto", tokenizer: Any = None,
-                   masking: str = "dynamic") -> tuple[Any, Any]:
+                   masking: str = "dynamic", example_len: int | None = None,
+                   loss_mask: Any = None) -> tuple[Any, Any]:
     """Return ``(objective, batch source)`` that trains ``model`` on the token array ``tokens``.
 
     ``objective`` (default: the model's natural one, see :func:`resolve_objective`) other than
@@ -89,8 +90,14 @@ def training_parts(model: nn.Module, tokens: Any, *, block_size: int, batch_size
     the same way) with ``masking`` dynamic or static. For ``causal``: recurrent LMs get truncated
     BPTT (contiguous streams, carried state); ELMo gets random windows and the joint forward +
     backward loss; the NPLM and decoders get random windows and the next-token loss.
+    ``example_len`` and ``loss_mask`` (example data such as passkey retrieval, see
+    :mod:`lmlab.data.prepare`) make each window one whole example, scored where the mask is 1.
     """
     name = resolve_objective(model, objective)
+    if example_len is not None and (name != "causal" or isinstance(model, (RNNLM, ELMo))):
+        raise LmlabError(f"example data (one example per window, e.g. passkey retrieval) trains Transformer "
+                         f"decoders and the NPLM with the causal objective, not the {name} objective of "
+                         f"a {type(model).__name__}")
     if name != "causal":
         if tokenizer is None:
             raise LmlabError(f"the {name} objective needs the data's tokenizer for its special tokens")
@@ -103,7 +110,8 @@ def training_parts(model: nn.Module, tokens: Any, *, block_size: int, batch_size
                              world_size=world_size, device=device)
         return bptt.objective, bptt
     batches = RandomWindows(tokens, block_size=block_size, batch_size=batch_size, seed=seed, rank=rank,
-                            world_size=world_size, device=device)
+                            world_size=world_size, device=device, example_len=example_len,
+                            loss_mask=loss_mask)
     return (bilm_loss if isinstance(model, ELMo) else objectives.causal_lm_loss), batches
 
 

@@ -237,7 +237,7 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
 
     from lmlab.data.prepare import load_prepared
     from lmlab.device import resolve_device, resolve_precision
-    from lmlab.evaluate.perplexity import evaluate_perplexity
+    from lmlab.evaluate.perplexity import evaluate_perplexity, example_loss
     from lmlab.fileio import write_bytes
     from lmlab.models.decoder import Decoder
     from lmlab.models.io import load_state, load_weights
@@ -262,6 +262,8 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
         )
 
     data = load_prepared(cfg.data)
+    if data.example_len is not None and cfg.block_size is None:  # one example per window
+        cfg = dataclasses.replace(cfg, block_size=data.example_len - 1)
     device = resolve_device(cfg.device)
     created = not out.exists()
     ctx = D.init_distributed(device)
@@ -296,6 +298,8 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
             objective=objective_name,
             tokenizer=data.tokenizer() if objective_name != "causal" else None,
             masking=cfg.masking,
+            example_len=data.example_len,
+            loss_mask=data.loss_mask("train"),
         )
         precision = resolve_precision(device, "fp32" if cfg.deterministic and cfg.precision == "auto"
                                       else cfg.precision)
@@ -312,6 +316,13 @@ def pretrain(cfg: PretrainConfig) -> RunResult:
                                           n_windows=cfg.eval_iters * cfg.batch_size * ctx.world_size,
                                           rank=ctx.rank, world_size=ctx.world_size,
                                           all_reduce=lambda t: D.all_reduce_sum(t, ctx))
+            if data.example_len is not None:  # the examples' own loss (e.g. on passkey answers only)
+                loss = example_loss(m, data.val, data.loss_mask("val"), data.example_len,
+                                    max_examples=cfg.eval_iters * cfg.batch_size * ctx.world_size,
+                                    batch_size=cfg.batch_size, device=device, precision=precision,
+                                    rank=ctx.rank, world_size=ctx.world_size,
+                                    all_reduce=lambda t: D.all_reduce_sum(t, ctx))
+                return {"val_loss": round(loss, 6)}
             r = evaluate_perplexity(
                 m,
                 data.val,
