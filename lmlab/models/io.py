@@ -148,7 +148,9 @@ def _rebuild_buffers(model: Decoder, device: torch.device) -> None:
     cfg = model.config
     with torch.device(device):
         if isinstance(model.rope, RotaryEmbedding):
-            model.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+            # the table width the model was built with: head_dim, or d_h^R for MLA
+            model.rope = RotaryEmbedding(model.rope.cos.shape[-1], cfg.block_size, cfg.rope_theta,
+                                         cfg.rope_scaling)
         if isinstance(model.pos_emb, SinusoidalPositions):
             model.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
 
