@@ -28,6 +28,7 @@ time (:func:`reset_matmul_choice` forgets the process's auto choice).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -272,6 +274,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out.reshape(*lead, weight.shape[0])
 
 
+_PINNED = "_lmlab_layout_pinned"  # set on a model while training_layout() holds it
+
+
 def _cpu_linear_weights(model: nn.Module) -> list[nn.Parameter]:
     """Return the distinct CPU weight matrices of ``model``'s linear layers (a tied one once)."""
     found: dict[int, nn.Parameter] = {}
@@ -292,8 +297,11 @@ def use_gemv_layout(model: nn.Module) -> int:
     parameters, another memory order. Products of many rows (training, prefill, evaluation)
     run as fast either way on both CPU routes, so the layout is kept. A model with a
     ``decoding_modules()`` method (an encoder-decoder: its decoder and output layer) has only
-    those moved; weights already column-major are left alone.
+    those moved; weights already column-major are left alone, and so is a model that is being
+    trained (:func:`training_layout`).
     """
+    if getattr(model, _PINNED, False):
+        return 0
     parts = model.decoding_modules() if hasattr(model, "decoding_modules") else [model]
     moved = 0
     with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
@@ -303,6 +311,33 @@ def use_gemv_layout(model: nn.Module) -> int:
                     w.data = w.data.t().contiguous().t()
                     moved += 1
     return moved
+
+
+def use_row_major_layout(model: nn.Module) -> int:
+    """Lay ``model``'s CPU linear weights out row-major again (contiguous, as ``nn.Linear`` makes
+    them), undoing :func:`use_gemv_layout`; return how many weights were moved. Safetensors
+    writes only contiguous tensors, so the model writers call this first."""
+    moved = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for w in _cpu_linear_weights(model):
+            if not w.is_contiguous():
+                w.data = w.data.contiguous()
+                moved += 1
+    return moved
+
+
+@contextlib.contextmanager
+def training_layout(model: nn.Module) -> Iterator[None]:
+    """Keep ``model``'s weights row-major while the block trains it: restore the order that
+    generation may have changed, and keep :func:`use_gemv_layout` (generation inside the
+    block, e.g. a validation decode) from changing it until the block ends, since an
+    optimizer's state is laid out like the parameters it was made for. Yields once."""
+    use_row_major_layout(model)
+    setattr(model, _PINNED, True)
+    try:
+        yield
+    finally:
+        setattr(model, _PINNED, False)
 
 
 class Linear(nn.Linear):

@@ -76,3 +76,23 @@ def test_encoder_decoder_moves_only_what_a_decoding_step_runs() -> None:
     use_gemv_layout(model)
     assert all(column_major(m.weight) for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
     assert all(m.weight.is_contiguous() for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_training_keeps_row_major_and_saving_restores_it(tmp_path) -> None:
+    from lmlab.models.registry import load_model, save_model
+    from lmlab.nn.linear import training_layout
+
+    model = tiny_decoder().eval()
+    use_gemv_layout(model)
+    with training_layout(model):  # as the Trainer holds a model it trains
+        assert model.lm_head.weight.is_contiguous()
+        assert use_gemv_layout(model) == 0  # a validation decode inside training moves nothing
+    torch.manual_seed(0)
+    t5 = build_model(get_preset("t5-tiny", vocab_size=64)).eval()
+    for i, m in enumerate((model, t5)):
+        use_gemv_layout(m)
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        save_model(m, tmp_path / f"m{i}")  # safetensors writes contiguous tensors only
+        loaded = load_model(tmp_path / f"m{i}" / "model.safetensors")
+        for k, v in loaded.state_dict().items():
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
