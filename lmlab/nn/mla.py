@@ -195,8 +195,11 @@ class MultiHeadLatentAttention(nn.Module):
         dc = self.kv_lora_rank
         w = self.kv_b.weight.view(nh, self.nope_dim + self.v_dim, dc)
         w_uk, w_uv = w[:, :self.nope_dim], w[:, self.nope_dim:]
-        q_latent = q_nope.transpose(1, 2) @ w_uk  # (B, H, T, d_c)
-        q = torch.cat([q_latent, q_rope.transpose(1, 2)], dim=-1)  # (B, H, T, d_c + d_h^R)
+        # Heads as the batch of one bmm, batch rows and positions as its rows: each head's
+        # weights are read once whatever B (a broadcast matmul would copy them B times).
+        q_latent = torch.bmm(q_nope.permute(2, 0, 1, 3).reshape(nh, B * T, -1), w_uk)  # (H, B T, d_c)
+        q = torch.cat([q_latent.view(nh, B, T, dc).transpose(0, 1), q_rope.transpose(1, 2)],
+                      dim=-1)  # (B, H, T, d_c + d_h^R)
         kv = latent[:, None]  # (B, 1, L, d_c + d_h^R): one KV head
         dropout = self.dropout if self.training else 0.0
         # The value is the whole latent row, so q, k and v share one head width (CPU flash
@@ -209,5 +212,5 @@ class MultiHeadLatentAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, dropout_p=dropout,
                                                is_causal=is_causal and mask is None, enable_gqa=True,
                                                scale=self.scale)
-        out = y[..., :dc] @ w_uv.transpose(1, 2)  # (B, H, T, d_v)
-        return self.proj(out.transpose(1, 2).reshape(B, T, nh * self.v_dim))
+        out = torch.bmm(y[..., :dc].transpose(0, 1).reshape(nh, B * T, dc), w_uv.transpose(1, 2))
+        return self.proj(out.view(nh, B, T, -1).permute(1, 2, 0, 3).reshape(B, T, nh * self.v_dim))
