@@ -196,8 +196,8 @@ WIDE_GRAD_MIN_ROWS = 256
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when ``x @ weight.T`` should run on oneDNN (see the module docstring)."""
     return (
-        x.device.type == "cpu"
-        and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+        x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS  # first: the cheapest test, false when decoding
+        and x.is_cpu
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")

@@ -147,10 +147,12 @@ class MultiHeadLatentAttention(nn.Module):
         B, T, _ = x.shape
         nh, dr, dc = self.n_head, self.rope_dim, self.kv_lora_rank
         q = self.q(x) if self.q_lora_rank is None else self.q_b(self.q_norm(self.q_a(x)))
-        q_nope, q_rope = q.view(B, T, nh, self.nope_dim + dr).split([self.nope_dim, dr], dim=-1)
-        q_rope = apply_rope(q_rope, *rope)
+        q = q.view(B, T, nh, self.nope_dim + dr)
         c_kv, k_rope = self.kv_a(x).split([dc, dr], dim=-1)
-        latent = torch.cat([self.kv_norm(c_kv), apply_rope(k_rope[:, :, None], *rope)[:, :, 0]], dim=-1)
+        # One RoPE call for the heads' q_R and the shared k_R, as H + 1 heads.
+        rotated = apply_rope(torch.cat([q[..., self.nope_dim:], k_rope[:, :, None]], dim=2), *rope)
+        q_nope, (q_rope, k_rope) = q[..., :self.nope_dim], rotated.split([nh, 1], dim=2)
+        latent = torch.cat([self.kv_norm(c_kv), k_rope[:, :, 0]], dim=-1)
         if cache is not None:
             latent = cache.update(layer, latent)
             if self.decode == "absorbed" and T < self.absorb_max_queries:
@@ -193,8 +195,11 @@ class MultiHeadLatentAttention(nn.Module):
         dc = self.kv_lora_rank
         w = self.kv_b.weight.view(nh, self.nope_dim + self.v_dim, dc)
         w_uk, w_uv = w[:, :self.nope_dim], w[:, self.nope_dim:]
-        q_latent = torch.einsum("bthd,hdc->bhtc", q_nope, w_uk)
-        q = torch.cat([q_latent, q_rope.transpose(1, 2)], dim=-1)  # (B, H, T, d_c + d_h^R)
+        # Heads as the batch of one bmm, batch rows and positions as its rows: each head's
+        # weights are read once whatever B (a broadcast matmul would copy them B times).
+        q_latent = torch.bmm(q_nope.permute(2, 0, 1, 3).reshape(nh, B * T, -1), w_uk)  # (H, B T, d_c)
+        q = torch.cat([q_latent.view(nh, B, T, dc).transpose(0, 1), q_rope.transpose(1, 2)],
+                      dim=-1)  # (B, H, T, d_c + d_h^R)
         kv = latent[:, None]  # (B, 1, L, d_c + d_h^R): one KV head
         dropout = self.dropout if self.training else 0.0
         # The value is the whole latent row, so q, k and v share one head width (CPU flash
@@ -207,5 +212,5 @@ class MultiHeadLatentAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, dropout_p=dropout,
                                                is_causal=is_causal and mask is None, enable_gqa=True,
                                                scale=self.scale)
-        out = torch.einsum("bhtc,hvc->bthv", y[..., :dc], w_uv)
-        return self.proj(out.reshape(B, T, nh * self.v_dim))
+        out = torch.bmm(y[..., :dc].transpose(0, 1).reshape(nh, B * T, dc), w_uv.transpose(1, 2))
+        return self.proj(out.view(nh, B, T, -1).permute(1, 2, 0, 3).reshape(B, T, nh * self.v_dim))

@@ -12,6 +12,7 @@ from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.generate import beam_search, generate_ids
 from lmlab.models import Decoder, DecoderConfig, build_model, get_preset
+from lmlab.nn.linear import use_gemv_layout
 from lmlab.nn.mla import MLACache, MultiHeadLatentAttention
 from lmlab.train.log import read_metrics
 from tests.conftest import prepare_word_soup
@@ -68,6 +69,27 @@ def test_naive_and_absorbed_paths_agree_on_any_chunk():
         square = latent[:, :T]  # a fresh sequence: SDPA's causal flag
         causal = [f(q_nope, q_rope, square, None, True) for f in (attn.naive, attn.absorbed)]
         assert (causal[0] - causal[1]).abs().max().item() < 1e-5
+
+
+def test_absorbed_path_reads_column_major_weights_for_any_batch():
+    # generation lays weights out column-major (use_gemv_layout); W_UK/W_UV are views of kv_b's
+    torch.manual_seed(0)
+    attn = MultiHeadLatentAttention(64, 4, 32, 8, 16, 12, q_lora_rank=24).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.2)
+    B, L = 3, 10
+    latent = torch.randn(B, L, 32 + 8)
+    with torch.no_grad():
+        for T in (1, 4):
+            q_nope, q_rope = torch.randn(B, T, 4, 16), torch.randn(B, T, 4, 8)
+            row = attn.absorbed(q_nope, q_rope, latent, None, False)
+            use_gemv_layout(attn)
+            assert not attn.kv_b.weight.is_contiguous()
+            col = attn.absorbed(q_nope, q_rope, latent, None, False)
+            torch.testing.assert_close(col, row, atol=1e-6, rtol=1e-6)
+            assert (attn.naive(q_nope, q_rope, latent, None, False) - col).abs().max().item() < 1e-5
+            for p in attn.parameters():  # back to row-major for the next T
+                p.data = p.data.contiguous()
 
 
 @pytest.mark.parametrize("q_lora_rank", [None, 24])
