@@ -229,12 +229,15 @@ def state_from_hf(hf: dict[str, Any], state: dict[str, torch.Tensor], cfg: Decod
     return out
 
 
-def load_hf(src: str | os.PathLike, dtype: torch.dtype | None = None) -> Decoder:
+def load_hf(src: str | os.PathLike, dtype: torch.dtype | None = None,
+            convert: tuple[Callable, Callable] | None = None) -> Decoder:
     """Return a :class:`Decoder` holding the weights of the Hugging Face model folder ``src``
-    (in the stored dtype unless ``dtype`` is given), in eval mode on the CPU."""
+    (in the stored dtype unless ``dtype`` is given), in eval mode on the CPU. ``convert``:
+    another family's ``(config_from_hf, state_from_hf)`` (default: LLaMA/GPT-2's)."""
+    to_config, to_state = convert or (config_from_hf, state_from_hf)
     hf = read_hf_config(src)
-    cfg = config_from_hf(hf)
-    state = state_from_hf(hf, read_hf_weights(src), cfg, str(src))
+    cfg = to_config(hf)
+    state = to_state(hf, read_hf_weights(src), cfg, str(src))
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     with torch.device("meta"):

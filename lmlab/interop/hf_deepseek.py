@@ -29,7 +29,6 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.interop import hf
 from lmlab.models.decoder import Decoder, DecoderConfig
-from lmlab.models.io import load_state
 
 MODEL_TYPES = ("deepseek_v3",)
 ARCHITECTURE = "DeepseekV3ForCausalLM"
@@ -154,15 +153,7 @@ def state_from_hf(hf_cfg: dict[str, Any], state: dict[str, torch.Tensor], cfg: D
 def load_hf_deepseek(src: str | os.PathLike, dtype: torch.dtype | None = None) -> Decoder:
     """Return an MLA :class:`Decoder` holding the weights of the ``DeepseekV3ForCausalLM`` folder ``src``
     (stored dtype unless ``dtype``), in eval mode on the CPU."""
-    hf_cfg = hf.read_hf_config(src)
-    cfg = config_from_hf(hf_cfg)
-    state = state_from_hf(hf_cfg, hf.read_hf_weights(src), cfg, str(src))
-    if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    load_state(model, state, src)
-    return model.eval()
+    return hf.load_hf(src, dtype, convert=(config_from_hf, state_from_hf))
 
 
 def check_exportable(cfg: DecoderConfig) -> None:
