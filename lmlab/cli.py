@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scaling plan": ("lmlab.scaling.commands:plan", "compute-optimal model size and tokens for a budget (Chinchilla, Kaplan)"),
     "scaling fit": ("lmlab.scaling.commands:fit", "fit scaling laws (Chinchilla approaches 1-3, Kaplan) to a table of runs"),
     "scaling flops": ("lmlab.scaling.commands:flops", "parameters, FLOPs per token (6N, Kaplan, Chinchilla, PaLM) and MFU of a model"),
+    "kv-cache": ("lmlab.scaling.commands:kv_cache", "KV-cache elements and bytes per token and in total: MHA, GQA, MQA, MLA"),
     "scaling sweep": ("lmlab.scaling.commands:sweep", "train an IsoFLOP grid of model sizes x compute budgets into SWEEP/runs.csv"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
 }

@@ -36,6 +36,14 @@ def si(x: float, unit: str = "") -> str:
     return f"{x:.3g}{sep}{unit}"
 
 
+def human_bytes(n: float) -> str:
+    """Format a byte count with a binary prefix and 3 significant digits (``16 GiB``, ``512 KiB``)."""
+    for div, prefix in ((2**50, "Pi"), (2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")):
+        if abs(n) >= div:
+            return f"{n / div:.3g} {prefix}B"
+    return f"{n:.3g} B"
+
+
 def short(v: float) -> str:
     """Format a fitted constant in 4 significant digits, in exponent form when very small or large."""
     return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.4e}"

@@ -73,6 +73,9 @@ def _summary(meta: dict, out: Path) -> str:
         s = meta["splits"][split]
         lines.append(f"  {split:<10} {s['tokens']:>11,} tokens  {s['bytes']:>11,} bytes  "
                      f"{s['documents']:>6,} documents  ({s['bytes'] / max(1, s['tokens']):.2f} bytes/token)")
+    if meta.get("example_len"):
+        lines.append(f"  examples   {meta['example_len']} tokens each (one training window)"
+                     f"{', loss mask' if meta.get('loss_mask') else ''}")
     if meta.get("invalid_utf8_replaced"):
         lines.append(f"  note       {meta['invalid_utf8_replaced']} invalid UTF-8 sequences replaced")
     return "\n".join(lines)

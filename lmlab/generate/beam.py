@@ -26,6 +26,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generate.steps import family, fit_model_prompts, steps_for
+from lmlab.nn.linear import use_gemv_layout
 
 _NEG = -1.0e9  # the score of an excluded hypothesis (float32, as in transformers)
 
@@ -103,6 +104,8 @@ def beam_search(model: nn.Module, prompts: list[list[int]], max_new_tokens: int,
 
     was_training = model.training
     model.eval()
+    if not was_training:  # as decode(): one-row products read column-major weights faster
+        use_gemv_layout(model)
     try:
         steps = steps_for(model, prompts, max_new_tokens, use_cache, device, expand=k)
         logits = steps.prefill()

@@ -35,6 +35,9 @@ class GenerateConfig:
                                 "(recurrent LMs, ELMo and the NPLM have no limit)")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: Precision = arg("auto", "model dtype (auto: as stored)")
+    mla_decode: Literal["naive", "absorbed"] | None = arg(
+        None, "MLA (DeepSeek) models: attend over the cached latent with W_UK/W_UV absorbed into the query "
+        "and output (absorbed, the default) or by expanding it to keys and values (naive); same outputs")
     json: bool = arg(False, "print completions and speed as one JSON object instead of streaming text")
 
 
@@ -52,7 +55,8 @@ def run(cfg: GenerateConfig) -> None:
     forward LM) and the NPLM (its last `context` tokens); these have no context limit.
     Encoder-decoders (Transformer, T5, BART runs and Hugging Face folders) read the prompt as
     the source and print the target they generate (cached self- and cross-attention).
-    --num-beams N runs beam search (with --length-penalty, --early-stopping). Several
+    --num-beams N runs beam search (with --length-penalty, --early-stopping). MLA (DeepSeek)
+    models decode over their cached latent with --mla-decode absorbed (default) or naive. Several
     prompts (--prompt-file) run as one batch; each row decodes as if alone. Examples:
     lmlab generate --ckpt runs/tiny --prompt "ROMEO:" --max-new-tokens 100 --seed 1
     lmlab generate --ckpt runs/t5 --prompt "translate English to German: Hello" --num-beams 4
@@ -90,6 +94,11 @@ def run(cfg: GenerateConfig) -> None:
         raise LmlabError(f"no tokenizer.json beside {cfg.ckpt}; "
                          "copy the tokenizer the model was trained with there")
     model = load_model_any(cfg.ckpt, resolve_device(cfg.device), cfg.dtype)
+    if cfg.mla_decode is not None:
+        if family(model) != "decoder":
+            raise LmlabError(f"--mla-decode applies to MLA decoders (DeepSeek); {cfg.ckpt} holds a "
+                             f"{type(model).__name__}; drop the option")
+        model.set_mla_decode(cfg.mla_decode)
     encdec = family(model) == "encdec"  # refuses a model that cannot generate before printing anything
     streaming = len(prompts) == 1 and not cfg.json
     if streaming and not encdec:  # an encoder-decoder's output is the target alone, not a continuation

@@ -17,6 +17,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.generate.sampling import check_settings, process_logits, select_next
 from lmlab.generate.steps import family, fit_model_prompts, steps_for
+from lmlab.nn.linear import use_gemv_layout
 
 
 @torch.inference_mode()
@@ -71,6 +72,8 @@ def decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, temp
 
     was_training = model.training
     model.eval()
+    if not was_training:  # an inference model (a training one keeps its optimizer's layout)
+        use_gemv_layout(model)
     try:
         steps = steps_for(model, prompts, max_new_tokens, use_cache, device)
         logits = steps.prefill()
@@ -79,7 +82,8 @@ def decode(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, temp
         plain_greedy = temperature == 0 and repetition_penalty == 1.0
         for step in range(max_new_tokens):
             if not plain_greedy:
-                logits = process_logits(logits.float(), seen, temperature, top_k, top_p, repetition_penalty)
+                logits = process_logits(logits.float(), seen, temperature, top_k, top_p,
+                                        repetition_penalty)
             nxt = select_next(logits, temperature, generator)
             for r, t in enumerate(nxt.tolist()):
                 if done[r]:

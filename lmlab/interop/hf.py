@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def read_hf_weights(src: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+def rope_from_hf(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """Return ``(theta, scaling)`` from either ``rope_parameters`` (transformers 5) or the
     legacy ``rope_theta`` + ``rope_scaling`` keys."""
     params = dict(hf.get("rope_parameters") or {})
@@ -125,7 +126,7 @@ def config_from_hf(hf: dict[str, Any]) -> DecoderConfig:
                                                          hf.get("partial_rotary_factor", 1.0))
         if float(partial) != 1.0:
             raise LmlabError("partial rotary embeddings are not supported; only partial_rotary_factor=1")
-        theta, scaling = _rope_from_hf(hf)
+        theta, scaling = rope_from_hf(hf)
         n_head = hf["num_attention_heads"]
         return DecoderConfig(
             vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
@@ -228,12 +229,15 @@ def state_from_hf(hf: dict[str, Any], state: dict[str, torch.Tensor], cfg: Decod
     return out
 
 
-def load_hf(src: str | os.PathLike, dtype: torch.dtype | None = None) -> Decoder:
+def load_hf(src: str | os.PathLike, dtype: torch.dtype | None = None,
+            convert: tuple[Callable, Callable] | None = None) -> Decoder:
     """Return a :class:`Decoder` holding the weights of the Hugging Face model folder ``src``
-    (in the stored dtype unless ``dtype`` is given), in eval mode on the CPU."""
+    (in the stored dtype unless ``dtype`` is given), in eval mode on the CPU. ``convert``:
+    another family's ``(config_from_hf, state_from_hf)`` (default: LLaMA/GPT-2's)."""
+    to_config, to_state = convert or (config_from_hf, state_from_hf)
     hf = read_hf_config(src)
-    cfg = config_from_hf(hf)
-    state = state_from_hf(hf, read_hf_weights(src), cfg, str(src))
+    cfg = to_config(hf)
+    state = to_state(hf, read_hf_weights(src), cfg, str(src))
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     with torch.device("meta"):
@@ -244,6 +248,9 @@ def load_hf(src: str | os.PathLike, dtype: torch.dtype | None = None) -> Decoder
 
 def hf_family(cfg: DecoderConfig) -> str:
     """Return ``'llama'`` or ``'gpt2'``: the Hugging Face architecture equal to ``cfg``, or raise."""
+    if cfg.attn != "mha":
+        raise LmlabError(f"this decoder has attn={cfg.attn}, which no Hugging Face LLaMA or GPT-2 has; "
+                         "MLA models export as DeepseekV3ForCausalLM (lmlab export hf)")
     if getattr(cfg, "block_positions", False):
         raise LmlabError("this decoder has GLM block positions (trained with --objective blank-infilling), "
                          "which no Hugging Face LLaMA or GPT-2 has; it cannot be exported")
@@ -334,16 +341,22 @@ def _special_tokens(tokenizer: Any) -> dict[str, str]:
 
 
 def export_hf(model: Decoder, out: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-              dtype: torch.dtype | None = None) -> Path:
+              dtype: torch.dtype | None = None, state: dict[str, torch.Tensor] | None = None,
+              make_config: Callable[..., dict[str, Any]] | None = None) -> Path:
     """Write ``model`` as a Hugging Face folder ``out`` that ``AutoModelForCausalLM`` and, when
     ``tokenizer_dir`` holds a ``tokenizer.json``, ``AutoTokenizer`` load: config.json,
-    model.safetensors, generation_config.json and the tokenizer files. Returns ``out``."""
+    model.safetensors, generation_config.json and the tokenizer files. Returns ``out``.
+
+    ``state`` and ``make_config`` (called as :func:`config_to_hf` is) convert another Hugging Face
+    family (:mod:`lmlab.interop.hf_deepseek`); by default LLaMA or GPT-2."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    hf_family(model.config)
-    state = state_to_hf(model)
+    if state is None:
+        hf_family(model.config)
+        state = state_to_hf(model)
+    make_config = make_config or config_to_hf
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     dtype = next(iter(state.values())).dtype
@@ -372,7 +385,7 @@ def export_hf(model: Decoder, out: str | os.PathLike, tokenizer_dir: str | os.Pa
     gen_src = _read_json(tok_src / "generation_config.json") if tok_src is not None else None
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json(out / "config.json", config_to_hf(model.config, dtype, ids["bos"], ids["eos"], ids["pad"]))
+    write_json(out / "config.json", make_config(model.config, dtype, ids["bos"], ids["eos"], ids["pad"]))
     write_json(out / "generation_config.json", gen_src or {
         k: v for k, v in {"bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
                           "pad_token_id": ids["pad"]}.items() if v is not None})

@@ -1,5 +1,6 @@
 """Which Hugging Face converter handles a folder or a model: decoders (:mod:`lmlab.interop.hf`),
-encoders (:mod:`lmlab.interop.hf_encoder`) and encoder-decoders (:mod:`lmlab.interop.hf_encdec`),
+MLA decoders (:mod:`lmlab.interop.hf_deepseek`), encoders (:mod:`lmlab.interop.hf_encoder`) and
+encoder-decoders (:mod:`lmlab.interop.hf_encdec`),
 dispatched on ``config.json``'s ``model_type`` (import)
 or on the model's class (export). ``lmlab import hf``, ``lmlab export hf`` and ``lmlab.load``
 go through here, so a new family is one line in each function."""
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.interop import hf, hf_encdec, hf_encoder
+from lmlab.interop import hf, hf_deepseek, hf_encdec, hf_encoder
 from lmlab.models.decoder import Decoder
 from lmlab.models.encdec import EncoderDecoder
 from lmlab.models.encoder import Encoder
@@ -22,6 +23,7 @@ from lmlab.models.encoder import Encoder
 def supported() -> str:
     """Return the supported model types and architectures as one phrase for error messages."""
     return (f"supported: {', '.join(hf.SUPPORTED)} (decoders: LlamaForCausalLM, GPT2LMHeadModel); "
+            f"{', '.join(hf_deepseek.MODEL_TYPES)} ({hf_deepseek.ARCHITECTURE}, dense); "
             f"{', '.join(hf_encoder.MODEL_TYPES)} (encoders: {', '.join(hf_encoder.ARCHITECTURES)}); "
             f"{', '.join(hf_encdec.MODEL_TYPES)} "
             f"(encoder-decoders: {', '.join(hf_encdec.ARCHITECTURES.values())})")
@@ -39,6 +41,8 @@ def load_hf_model(src: str | os.PathLike, dtype: torch.dtype | None = None) -> t
         return hf_encdec.load_hf_encdec(src, dtype), kind
     if kind in hf.SUPPORTED:
         return hf.load_hf(src, dtype), kind
+    if kind in hf_deepseek.MODEL_TYPES:
+        return hf_deepseek.load_hf_deepseek(src, dtype), kind
     raise LmlabError(f"model_type {kind!r} in {Path(src) / 'config.json'} cannot be converted; {supported()}")
 
 
@@ -53,6 +57,9 @@ def export_hf_model(model: nn.Module, out: str | os.PathLike, tokenizer_dir: str
         return hf_encdec.ARCHITECTURES[hf_encdec.hf_family(model.config)], []
     if not isinstance(model, Decoder):
         raise LmlabError(f"a {type(model).__name__} has no Hugging Face counterpart; {supported()}")
+    if model.config.attn == "mla":
+        hf_deepseek.export_hf_deepseek(model, out, tokenizer_dir, dtype)
+        return hf_deepseek.ARCHITECTURE, []
     family = hf.hf_family(model.config)
     hf.export_hf(model, out, tokenizer_dir, dtype)
     return ("LlamaForCausalLM" if family == "llama" else "GPT2LMHeadModel"), []

@@ -24,6 +24,7 @@ from lmlab.nn.block import BlockSpec, TransformerBlock, derive_head_dim
 from lmlab.nn.infini import InfiniAttention, InfiniState, run_segments
 from lmlab.nn.linear import Linear
 from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
+from lmlab.nn.mla import DECODE_PATHS, MLACache, MultiHeadLatentAttention
 from lmlab.nn.mlp import swiglu_hidden
 from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
 from lmlab.nn.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, rope_type
@@ -106,7 +107,7 @@ class DecoderConfig(DictConfig):
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model if self.mlp == "gelu" else swiglu_hidden(self.d_model, 64)
         if self.pos == "rope":
-            if self.head_dim % 2:
+            if self.head_dim % 2 and self.attn != "mla":  # MLA rotates qk_rope_head_dim (checked there)
                 raise LmlabError(f"RoPE needs an even head_dim, got {self.head_dim}; "
                                  "change d_model or n_head")
             rope_type(self.rope_scaling)
@@ -174,6 +175,10 @@ def build_attention(cfg: DecoderConfig) -> nn.Module:
     with the cache that :meth:`Decoder.new_kv_cache` makes for it."""
     if cfg.attn == "mha":
         return Attention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.bias, cfg.dropout)
+    if cfg.attn == "mla":
+        return MultiHeadLatentAttention(cfg.d_model, cfg.n_head, cfg.kv_lora_rank, cfg.qk_rope_head_dim,
+                                        cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.q_lora_rank, cfg.bias,
+                                        cfg.dropout)
     if cfg.attn == "infini":
         return InfiniAttention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.segment_len,
                                cfg.memory_rule, cfg.bias, cfg.dropout, memory_scale=cfg.memory_scale)
@@ -259,19 +264,38 @@ class Decoder(nn.Module):
         non-embedding parameters plus the output head (a matmul even when tied)."""
         c = self.config
         n = self.num_params(non_embedding=True) + c.vocab_size * c.d_model
+        if c.attn == "mla":  # scores over d_nope + d_h^R, values of v_head_dim: 6 (d_qk + d_v) per head
+            qk_v = c.qk_nope_head_dim + c.qk_rope_head_dim + c.v_head_dim
+            return 6.0 * n + 6.0 * c.n_layer * c.n_head * qk_v * seq_len
         return 6.0 * n + 12.0 * c.n_layer * c.n_head * c.head_dim * seq_len
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in the backward pass (less memory, ~30% more compute)."""
         self.gradient_checkpointing = bool(enabled)
 
+    def set_mla_decode(self, path: str) -> None:
+        """Pick how an MLA model attends over its cache when decoding: ``"absorbed"`` (the default,
+        faster) or ``"naive"`` (see :mod:`lmlab.nn.mla`); both give the same outputs. Raises
+        LmlabError for other attention kinds or paths."""
+        if self.config.attn != "mla":
+            raise LmlabError(f"--mla-decode/set_mla_decode applies to MLA models (attn=mla); this model has "
+                             f"attn={self.config.attn}; drop the option")
+        if path not in DECODE_PATHS:
+            raise LmlabError(f"MLA decode path {path!r} is not one of {', '.join(DECODE_PATHS)}")
+        for block in self.blocks:
+            block.attn.decode = path
+
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> KVCache | InfiniState:
-        """Return an empty preallocated :class:`KVCache` for ``batch_size`` rows of up to ``max_len``
-        (default ``block_size``) positions, in the model's dtype and device unless given; for
-        attn=infini an :class:`InfiniState` (memory plus one segment, any length: ``max_len`` unused)."""
+                     device: torch.device | str | None = None) -> KVCache | MLACache | InfiniState:
+        """Return an empty preallocated cache for ``batch_size`` rows of up to ``max_len`` (default
+        ``block_size``) positions, in the model's dtype and device unless given: a :class:`KVCache`,
+        an :class:`MLACache` (latents only) for MLA, or for attn=infini an :class:`InfiniState`
+        (memory plus one segment, for any length: ``max_len`` is not used)."""
         c = self.config
         w = self.tok_emb.weight
+        if c.attn == "mla":
+            return MLACache(c.n_layer, batch_size, max_len or c.block_size, c.kv_lora_rank,
+                            c.qk_rope_head_dim, dtype or w.dtype, device or w.device)
         if c.attn == "infini":
             return InfiniState(c.n_layer, batch_size, c.n_kv_heads, c.head_dim, c.segment_len,
                                dtype or w.dtype, device or w.device)

@@ -300,6 +300,11 @@ class EncoderDecoder(nn.Module):
         return KVCache(c.n_dec_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim,
                        dtype or w.dtype, device or w.device)
 
+    def decoding_modules(self) -> list[nn.Module]:
+        """Return the modules a generation step runs (the decoder stack and the output layer), the
+        ones whose weights generation lays out for one-row products."""
+        return [self.decoder, self.lm_head]
+
     def new_cross_cache(self) -> CrossKVCache:
         """Return an empty :class:`CrossKVCache`: each decoder layer projects the encoder output to
         keys and values on its first call and reuses them after."""

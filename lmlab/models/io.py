@@ -19,6 +19,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path
 from lmlab.models.decoder import Decoder, DecoderConfig
+from lmlab.nn.linear import use_row_major_layout
 
 ARCH = "decoder"
 WEIGHTS = "model.safetensors"
@@ -148,7 +149,9 @@ def _rebuild_buffers(model: Decoder, device: torch.device) -> None:
     cfg = model.config
     with torch.device(device):
         if isinstance(model.rope, RotaryEmbedding):
-            model.rope = RotaryEmbedding(cfg.head_dim, cfg.block_size, cfg.rope_theta, cfg.rope_scaling)
+            # the table width the model was built with: head_dim, or d_h^R for MLA
+            model.rope = RotaryEmbedding(model.rope.cos.shape[-1], cfg.block_size, cfg.rope_theta,
+                                         cfg.rope_scaling)
         if isinstance(model.pos_emb, SinusoidalPositions):
             model.pos_emb = SinusoidalPositions(cfg.block_size, cfg.d_model)
 
@@ -162,6 +165,7 @@ def save_module(model: nn.Module, path: str | os.PathLike, arch: str, config: di
     if p.is_dir() or p.suffix != ".safetensors":
         p = p / WEIGHTS
     metadata = {"format": "pt", "lmlab_arch": arch, "lmlab_config": json.dumps(config)}
+    use_row_major_layout(model)  # safetensors writes contiguous tensors only (generation may have moved them)
     with atomic_path(p) as tmp:
         save_model(model, str(tmp), metadata=metadata)  # stores a tied matrix once
     return p

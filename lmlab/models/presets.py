@@ -11,6 +11,8 @@ from typing import Any
 _GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu", gelu_approx="tanh", pos="learned", bias=True,
              tie_embeddings=True)
 _LLAMA = dict(norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", pos="rope", bias=False)
+# DeepSeek-V2/V3 attention (MLA) on the LLaMA body; dense SwiGLU MLPs (DeepSeek's MoE is out of scope).
+_DEEPSEEK = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", pos="rope", bias=False, attn="mla")
 _LLAMA31_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0,
                      original_max_position_embeddings=8192)
 
@@ -42,5 +44,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-8b": dict(_LLAMA, vocab_size=128256, block_size=131072, n_layer=32, n_head=32, n_kv_heads=8,
                      d_model=4096, d_ff=14336, rope_theta=500000.0,
                      rope_scaling=dict(_LLAMA31_ROPE, factor=8.0), tie_embeddings=False),
+    # DeepSeek (MLA): a latent c_KV of kv_lora_rank and one shared rotary key of qk_rope_head_dim
+    # cached per token; deepseek-tiny also compresses the queries (q_lora_rank, as V2/V3).
+    "deepseek-tiny": dict(_DEEPSEEK, vocab_size=4096, block_size=256, n_layer=2, n_head=4, d_model=64,
+                          q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16,
+                          v_head_dim=16, tie_embeddings=True),
+    # DeepSeek-V2-Lite's attention and shape (arXiv 2405.04434, App. B), with a DENSE SwiGLU of its
+    # first layer's width (d_ff 10944) in every layer: its MoE layers (64 routed + 2 shared experts)
+    # are out of scope, so this has fewer parameters than its 15.7B. block_size is its pre-YaRN
+    # context (4096): YaRN RoPE scaling (its 163840-token config) is not supported.
+    "deepseek-v2-lite": dict(_DEEPSEEK, vocab_size=102400, block_size=4096, n_layer=27, n_head=16,
+                             d_model=2048, d_ff=10944, q_lora_rank=None, kv_lora_rank=512,
+                             qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128, rope_theta=10000.0,
+                             tie_embeddings=False),
 }
 

@@ -28,6 +28,7 @@ time (:func:`reset_matmul_choice` forgets the process's auto choice).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -194,8 +196,8 @@ WIDE_GRAD_MIN_ROWS = 256
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when ``x @ weight.T`` should run on oneDNN (see the module docstring)."""
     return (
-        x.device.type == "cpu"
-        and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+        x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS  # first: the cheapest test, false when decoding
+        and x.is_cpu
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
@@ -261,13 +263,81 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not uses_onednn(x, weight):
         return F.linear(x, weight, bias)
     lead = x.shape[:-1]
-    flat, weight = x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous()
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    if not (weight.is_contiguous() or weight.t().is_contiguous()):  # oneDNN reads either layout at speed
+        weight = weight.contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
         out = OneDnnLinear.apply(flat, weight, bias)
     else:
         out = mm_nt(flat, weight, bias)
     return out.reshape(*lead, weight.shape[0])
+
+
+_PINNED = "_lmlab_layout_pinned"  # set on a model while training_layout() holds it
+
+
+def _cpu_linear_weights(model: nn.Module) -> list[nn.Parameter]:
+    """Return the distinct CPU weight matrices of ``model``'s linear layers (a tied one once)."""
+    found: dict[int, nn.Parameter] = {}
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.weight.device.type == "cpu":
+            found.setdefault(id(m.weight), m.weight)
+    return list(found.values())
+
+
+def use_gemv_layout(model: nn.Module) -> int:
+    """Lay ``model``'s CPU linear weights out column-major (``weight.T`` contiguous); return how
+    many weights were moved.
+
+    A decoding step multiplies one row (or a few) by each weight: a matrix-vector product
+    that reads the whole weight from memory. The BLAS streams a weight laid out ``(in, out)``
+    about 1.5x faster than the usual ``(out, in)`` (``benchmarks/bench_gemv.py``), so
+    generation lays an inference model's weights out that way, once: same shapes, values and
+    parameters, another memory order. Products of many rows (training, prefill, evaluation)
+    run as fast either way on both CPU routes, so the layout is kept. A model with a
+    ``decoding_modules()`` method (an encoder-decoder: its decoder and output layer) has only
+    those moved; weights already column-major are left alone, and so is a model that is being
+    trained (:func:`training_layout`).
+    """
+    if getattr(model, _PINNED, False):
+        return 0
+    parts = model.decoding_modules() if hasattr(model, "decoding_modules") else [model]
+    moved = 0
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable by autograd later
+        for part in parts:
+            for w in _cpu_linear_weights(part):
+                if w.dim() == 2 and w.is_contiguous() and min(w.shape) > 1:
+                    w.data = w.data.t().contiguous().t()
+                    moved += 1
+    return moved
+
+
+def use_row_major_layout(model: nn.Module) -> int:
+    """Lay ``model``'s CPU linear weights out row-major again (contiguous, as ``nn.Linear`` makes
+    them), undoing :func:`use_gemv_layout`; return how many weights were moved. Safetensors
+    writes only contiguous tensors, so the model writers call this first."""
+    moved = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for w in _cpu_linear_weights(model):
+            if not w.is_contiguous():
+                w.data = w.data.contiguous()
+                moved += 1
+    return moved
+
+
+@contextlib.contextmanager
+def training_layout(model: nn.Module) -> Iterator[None]:
+    """Keep ``model``'s weights row-major while the block trains it: restore the order that
+    generation may have changed, and keep :func:`use_gemv_layout` (generation inside the
+    block, e.g. a validation decode) from changing it until the block ends, since an
+    optimizer's state is laid out like the parameters it was made for. Yields once."""
+    use_row_major_layout(model)
+    setattr(model, _PINNED, True)
+    try:
+        yield
+    finally:
+        setattr(model, _PINNED, False)
 
 
 class Linear(nn.Linear):

@@ -37,8 +37,28 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``weight * x / sqrt(mean(x^2) + eps)`` in the dtype of ``x``."""
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # same math, one kernel
+            if torch.is_grad_enabled() or not x.is_cpu:  # GPUs have a fused rms_norm kernel
+                return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+            # F.rms_norm's CPU arithmetic in its order (the same bits), with the width and eps as 0-dim
+            # tensors: on a decoding step's one row, the ~20 dispatches of F.rms_norm's CPU composite
+            # (wrapping its Python scalars among them) cost more than the arithmetic (a cached MLA
+            # decoding step, 17 norms: 1.08-1.11x faster). addcdiv gives eps + sum_sq / width.
+            sum_sq = (x * x).sum(-1, keepdim=True)
+            inv_rms = torch.addcdiv(_constant(self.eps), sum_sq, _constant(x.shape[-1])).rsqrt_()
+            return x * inv_rms * self.weight
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+
+
+_CONSTANTS: dict[float, torch.Tensor] = {}
+
+
+def _constant(value: float) -> torch.Tensor:
+    """Return ``value`` as a 0-dim fp32 CPU tensor, made once per value."""
+    t = _CONSTANTS.get(value)
+    if t is None:
+        with torch.inference_mode(False):  # a plain tensor, usable in and out of inference mode
+            t = _CONSTANTS[value] = torch.tensor(float(value), dtype=torch.float32, device="cpu")
+    return t
 
 
 def build_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:

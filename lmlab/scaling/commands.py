@@ -1,6 +1,7 @@
 """CLI commands: ``lmlab scaling plan`` (allocate a budget by a published law), ``lmlab scaling fit``
 (fit scaling laws to a table of runs), ``lmlab scaling flops`` (parameters, FLOPs per token and MFU of a
-model) and ``lmlab scaling sweep`` (train an IsoFLOP grid of models)."""
+model), ``lmlab scaling sweep`` (train an IsoFLOP grid of models) and ``lmlab kv-cache`` (the KV-cache
+ledger of a model and of the other attention kinds at its d_model)."""
 
 from __future__ import annotations
 
@@ -195,8 +196,11 @@ _METHOD_TITLES = {"6N": "6N (Kaplan N)", "kaplan": "Kaplan 2020", "chinchilla": 
 
 
 
-def _flops_model(spec: str, model_args: list[str]):
-    """Return ``(DecoderConfig, label)`` for a preset name or a run folder / model file, with overrides."""
+def _decoder_config(spec: str, model_args: list[str], what: str = "these counts (Kaplan, Chinchilla, PaLM)",
+                    other: str = "its training FLOPs/token (6 x matmul parameters) and MFU are in its "
+                                 "metrics.jsonl from 'lmlab pretrain'"):
+    """Return ``(DecoderConfig, label)`` for a preset name or a run folder / model file, with overrides;
+    ``what`` and ``other`` word the refusal of a model that is not a Transformer decoder."""
     from lmlab.models.decoder import DecoderConfig
     from lmlab.models.io import ARCH, read_arch
     from lmlab.models.presets import PRESETS
@@ -210,15 +214,14 @@ def _flops_model(spec: str, model_args: list[str]):
     if path.exists():
         arch, values = read_arch(path)
         if arch in FAMILIES and arch != ARCH:
-            raise LmlabError(f"{path} holds a {arch} model; these counts (Kaplan, Chinchilla, PaLM) are for "
-                             "Transformer decoders; its training FLOPs/token (6 x matmul parameters) and MFU "
-                             "are in its metrics.jsonl from 'lmlab pretrain'")
+            raise LmlabError(f"{path} holds a {arch} model; {what} are for Transformer decoders"
+                             + (f"; {other}" if other else ""))
         if arch != ARCH or values is None:
             raise LmlabError(f"{path} has no lmlab decoder config in its metadata; for a Hugging Face "
                              "checkpoint run 'lmlab import hf --src DIR --out RUN' first")
         return DecoderConfig.from_dict({**values, **overrides}), str(path)
     if spec in preset_names():
-        raise LmlabError(f"{spec!r} is a pre-Transformer preset; these counts are for decoder presets: "
+        raise LmlabError(f"{spec!r} is a pre-Transformer preset; {what} are for decoder presets: "
                          f"{', '.join(PRESETS)}")
     raise LmlabError(f"--model {spec!r} is neither a decoder preset ({', '.join(PRESETS)}) nor an "
                      "existing run folder or model.safetensors")
@@ -247,7 +250,7 @@ def flops(cfg: FlopsConfig) -> None:
 
     if cfg.model is None:
         raise LmlabError("give --model: a decoder preset (e.g. gpt2-124m, llama-8b) or a run folder")
-    mc, label = _flops_model(cfg.model, cfg.model_args)
+    mc, label = _decoder_config(cfg.model, cfg.model_args)
     seq = mc.block_size if cfg.seq_len is None else cfg.seq_len
     if seq < 1:
         raise LmlabError(f"--seq-len must be a positive number of tokens, got {seq}")
@@ -311,6 +314,95 @@ def flops(cfg: FlopsConfig) -> None:
         dev = f" x {cfg.devices} devices" if cfg.devices > 1 else ""
         print(f"peak {si(throughput['peak_flops_per_device'], 'FLOP/s')} ({throughput['peak_name']}){dev}: "
               f"{throughput['tokens_per_s_at_peak']['palm']:,.0f} tokens/s at 100% MFU by PaLM's count")
+
+
+
+@dataclass
+class KVCacheConfig:
+    model: str | None = arg(None, "a decoder preset (llama2-7b, llama-8b, gpt2-124m, ...; all: "
+                                  "lmlab.models.PRESETS), or a run folder / model.safetensors")
+    context: int | None = arg(None, "tokens of context the cache holds per sequence, e.g. 32768")
+    batch: int = arg(1, "sequences decoded at once")
+    dtype: Literal["fp32", "bf16", "fp16"] = arg("bf16", "element type of the cache: fp32 (4 bytes), "
+                                                        "bf16 or fp16 (2 bytes)")
+    gqa_groups: int | None = arg(None, "KV heads of the GQA comparison (default: the model's own when it "
+                                       "is GQA, else the largest divisor of n_head up to 8)")
+    model_args: list[str] = arg([], "model config overrides as KEY=VALUE (JSON or YAML values), e.g. "
+                                    "block_size=32768,n_kv_heads=8", key_values=True)
+    measure: bool = arg(False, "also allocate each kind's real cache (model.new_kv_cache) and report its "
+                               "bytes; needs as much free memory as the largest cache")
+    out: Path | None = arg(None, "folder to write kv_cache.json and the resolved config.yaml to")
+    json: bool = arg(False, "print the ledger as one JSON object")
+
+
+def kv_cache(cfg: KVCacheConfig) -> int:
+    """The KV-cache ledger: elements and bytes each attention kind caches per token and in total.
+
+    MODEL is a decoder preset or a run folder. For its own attention and for the other
+    kinds at equal d_model (same layers l, heads n_h and head width d_h), prints the
+    elements cached per token by DeepSeek-V2's Table 1 (MHA 2 n_h d_h l, GQA 2 n_g d_h l,
+    MQA 2 d_h l, MLA (d_c + d_h^R) l), the bytes per token and for the whole cache of
+    --batch sequences of --context tokens, and each kind's size relative to MHA. The GQA
+    comparison uses --gqa-groups KV heads; the MLA one DeepSeek-V2's d_c = 4 d_h and
+    d_h^R = d_h / 2 (an MLA model keeps its own). With --measure each kind's real cache is
+    built by the model's new_kv_cache on the CPU (weights stay on the meta device) and its
+    bytes are reported beside the formula's; a mismatch exits with status 1.
+
+    Examples:
+      lmlab kv-cache --model llama2-7b --context 4096
+      lmlab kv-cache --model llama2-7b --model-args block_size=32768 --context 32768 --json
+      lmlab kv-cache --model llama-tiny --context 256 --batch 8 --dtype fp32 --measure
+    """
+    from lmlab.console import human_bytes
+    from lmlab.fileio import write_json
+    from lmlab.scaling.kv_ledger import kv_ledger, measure_ledger
+
+    if cfg.model is None:
+        raise LmlabError("give --model: a decoder preset (e.g. llama2-7b, gpt2-124m) or a run folder")
+    if cfg.context is None:
+        raise LmlabError("give --context: the tokens each sequence's cache holds, e.g. --context 4096")
+    mc, label = _decoder_config(cfg.model, cfg.model_args, "the KV-cache formulas", "")
+    ledger = kv_ledger(mc, cfg.context, cfg.batch, cfg.dtype, cfg.gqa_groups)
+    if cfg.measure:
+        ledger = measure_ledger(ledger)
+    record = {"model": label, "config": mc.to_dict()} | ledger.as_dict()
+    if cfg.out is not None:
+        write_json(cfg.out / "kv_cache.json", record)
+        save_config(cfg, cfg.out / "config.yaml")
+    mismatch = [r.kind for r in ledger.rows
+                if r.measured_bytes is not None and r.measured_bytes != r.bytes_total]
+    if cfg.json:
+        print(json.dumps(record))
+        return 1 if mismatch else 0
+    own = ledger.own
+    print(f"{label}: {mc.n_layer} layers, d_model {mc.d_model}, {mc.n_head} heads x {mc.head_dim}, "
+          f"attention {own.kind.upper()}; {cfg.batch} x {cfg.context:,} tokens in {cfg.dtype} "
+          f"({own.bytes_per_element} bytes/element)")
+    print("KV cache by attention kind at equal d_model (DeepSeek-V2 Table 1: elements per token):")
+    head = (f"  {'kind':<11}{'formula':<17}{'values':<22}{'elements/token':>15}{'bytes/token':>13}"
+            f"{'total':>11}{'vs MHA':>8}")
+    print(head + (f"{'measured':>11}" if ledger.measured else ""))
+    for r in ledger.rows:
+        name = r.kind.upper() + (" (own)" if r.own else "")
+        line = (f"  {name:<11}{r.formula:<17}{r.substituted:<22}{r.elements_per_token:>15,}"
+                f"{human_bytes(r.bytes_per_token):>13}{human_bytes(r.bytes_total):>11}"
+                f"{ledger.ratio_to_mha(r):>8.3f}")
+        if r.measured_bytes is not None:
+            line += f"{human_bytes(r.measured_bytes):>11}" + ("" if r.measured_bytes == r.bytes_total
+                                                             else "  MISMATCH")
+        print(line)
+    notes = [f"n_g={r.terms['n_g']}" for r in ledger.rows if r.kind == "gqa" and not r.own]
+    notes += [f"MLA d_c={r.terms['d_c']}, d_h^R={r.terms['d_h^R']} (DeepSeek-V2: 4 d_h, d_h/2)"
+              for r in ledger.rows if r.kind == "mla" and not r.own]
+    if notes:
+        print("comparisons: " + "; ".join(notes))
+    if ledger.measured:
+        verdict = (f"; MISMATCH for {', '.join(mismatch)}" if mismatch
+                   else ", equal to the formula for every kind")
+        print(f"measured: the bytes of model.new_kv_cache(batch, context, dtype) of each kind{verdict}")
+    if cfg.out is not None:
+        print(f"wrote {cfg.out / 'kv_cache.json'} and {cfg.out / 'config.yaml'}")
+    return 1 if mismatch else 0
 
 
 

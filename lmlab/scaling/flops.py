@@ -42,6 +42,13 @@ whole sequence (the shared keys/values are read, not recomputed). The parameter-
 (6N, Kaplan, PaLM) see GQA through N, whose QKV matrix is d_model x (n_head + 2 n_kv_heads)
 head_dim; their attention terms use d_attn = n_head head_dim.
 
+Multi-head Latent Attention (``attn="mla"``, DeepSeek-V2): the parameters are its projections
+(``q`` or ``q_a``/``q_b`` with the query norm, ``kv_a``, the latent norm, ``kv_b``, the output);
+the Chinchilla QKV term is those projections' matmuls per token (``kv_b`` applied to every
+token, as in training); scores are ``qk_nope_head_dim + qk_rope_head_dim`` wide and values
+``v_head_dim``, so the parameter-based counts use d_attn = n_head (d_qk + d_v) / 2 (equal to
+n_head head_dim when both widths are head_dim).
+
 Check against the paper: Appendix F's Table A4 ratios of its count to 6 N D (1.03 for its
 73M model ... 0.99 for 6.8B) are reproduced by the per-layer terms alone at seq 2048 (the
 embedding and logit terms left out); with them the ratios of small models would be far
@@ -104,6 +111,28 @@ def _resolved(cfg: DecoderConfig) -> tuple[int, int, int]:
     return int(cfg.n_kv_heads), int(cfg.head_dim), int(cfg.d_ff)
 
 
+def _mla_projection_params(cfg: DecoderConfig) -> tuple[int, int]:
+    """Return ``(weights and norm gains, biases)`` of an MLA layer's projections besides the output's
+    weight (see :class:`~lmlab.nn.mla.MultiHeadLatentAttention`)."""
+    d, h = cfg.d_model, cfg.n_head
+    q_out = h * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
+    latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+    if cfg.q_lora_rank is None:
+        weights, biases = d * q_out, 0
+    else:
+        weights, biases = d * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * q_out, cfg.q_lora_rank
+    weights += d * latent + cfg.kv_lora_rank + cfg.kv_lora_rank * h * (cfg.qk_nope_head_dim + cfg.v_head_dim)
+    return weights, biases + latent
+
+
+def attention_width(cfg: DecoderConfig) -> float:
+    """Return d_attn, the attention width of the parameter-based FLOP counts: ``n_head head_dim``, or
+    ``n_head (d_qk + d_v) / 2`` for MLA (scores and values of different widths)."""
+    if cfg.attn == "mla":
+        return cfg.n_head * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) / 2
+    return float(cfg.n_head * _resolved(cfg)[1])
+
+
 def count_params(cfg: DecoderConfig) -> ParamCounts:
     """Count the parameters of ``Decoder(cfg)`` from the config alone; return :class:`ParamCounts`.
 
@@ -115,8 +144,12 @@ def count_params(cfg: DecoderConfig) -> ParamCounts:
     """
     n_kv, hd, d_ff = _resolved(cfg)
     d, b = cfg.d_model, int(cfg.bias)
-    qkv_out = (cfg.n_head + 2 * n_kv) * hd
-    attention = d * qkv_out + b * qkv_out + cfg.n_head * hd * d + b * d
+    if cfg.attn == "mla":
+        weights, biases = _mla_projection_params(cfg)
+        attention = weights + b * biases + cfg.n_head * cfg.v_head_dim * d + b * d
+    else:
+        qkv_out = (cfg.n_head + 2 * n_kv) * hd
+        attention = d * qkv_out + b * qkv_out + cfg.n_head * hd * d + b * d
     if cfg.mlp == "gelu":
         mlp = 2 * d * d_ff + b * (d_ff + d)
     else:
@@ -177,15 +210,20 @@ def chinchilla_terms(cfg: DecoderConfig, seq_len: int) -> dict[str, float]:
     """
     n_kv, hd, d_ff = _resolved(cfg)
     s, d, v, h = float(_check_seq_len(seq_len)), float(cfg.d_model), float(cfg.vocab_size), cfg.n_head
-    d_attn = float(h * hd)
+    d_qk = d_v = float(h * hd)
+    qkv_macs = d * (h + 2 * n_kv) * hd
+    if cfg.attn == "mla":  # the projections' matmuls (norm gains are not matmuls)
+        d_qk, d_v = float(h * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)), float(h * cfg.v_head_dim)
+        q_lora = cfg.q_lora_rank or 0
+        qkv_macs = _mla_projection_params(cfg)[0] - q_lora - cfg.kv_lora_rank
     dense_mats = 2 if cfg.mlp == "gelu" else 3
     return {
         "embeddings": 2.0 * s * v * d,
-        "attention_qkv": 2.0 * s * d * (h + 2 * n_kv) * hd,
-        "attention_logits": 2.0 * s * s * d_attn,
+        "attention_qkv": 2.0 * s * qkv_macs,
+        "attention_logits": 2.0 * s * s * d_qk,
         "attention_softmax": 3.0 * h * s * s,
-        "attention_reduce": 2.0 * s * s * d_attn,
-        "attention_project": 2.0 * s * d_attn * d,
+        "attention_reduce": 2.0 * s * s * d_v,
+        "attention_project": 2.0 * s * d_v * d,
         "dense": 2.0 * s * dense_mats * d * d_ff,
         "logits": 2.0 * s * d * v,
     }
@@ -248,9 +286,8 @@ def flop_counts(cfg: DecoderConfig, seq_len: int | None = None) -> FlopCounts:
     """
     seq = _check_seq_len(cfg.block_size if seq_len is None else seq_len)
     params = count_params(cfg)
-    _, hd, _ = _resolved(cfg)
     n = float(params.non_embedding)
-    d_attn = float(cfg.n_head * hd)
+    d_attn = attention_width(cfg)
     six_n = _per_token("6N", 2.0 * n, seq)
     kaplan = _per_token("kaplan", 2.0 * n + 2.0 * cfg.n_layer * seq * d_attn, seq)
     terms = chinchilla_terms(cfg, seq)

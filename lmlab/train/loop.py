@@ -27,7 +27,7 @@ from torch import nn
 from lmlab.console import progress
 from lmlab.device import autocast, grad_scaler, resolve_precision
 from lmlab.errors import LmlabError
-from lmlab.nn.linear import cpu_matmul_backend
+from lmlab.nn.linear import cpu_matmul_backend, training_layout, use_row_major_layout
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as D
 from lmlab.train.log import RunLogger
@@ -244,7 +244,8 @@ class Trainer:
             loaded = ckpt.load_checkpoint(self.out_dir)
             self._check_model_config(loaded.trainer_state.get("model_config", {}))
         saved = loaded.trainer_state if loaded is not None else {}
-        with _deterministic(self.s.deterministic, saved.get("threads"), saved.get("cpu_matmul")):
+        with (_deterministic(self.s.deterministic, saved.get("threads"), saved.get("cpu_matmul")),
+              training_layout(self.raw_model)):
             return self._fit(loaded)
 
     def _fit(self, loaded: ckpt.Checkpoint | None) -> TrainResult:
@@ -551,6 +552,7 @@ def _compile_errors(compiled: bool, out_dir: Path) -> Iterator[None]:
 def _write_safetensors(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
+    use_row_major_layout(model)  # safetensors writes contiguous tensors only
     save_model(model, str(path))
 
 

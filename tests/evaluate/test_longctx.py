@@ -304,6 +304,8 @@ def test_cli_data_then_pretrain(tmp_path, capsys):
                  "--val-examples", "8", "--out", str(data), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["example_len"] == 97 and meta["task"]["n_pairs"] == 4 and (data / "config.yaml").is_file()
+    assert main(["data", "info", str(data)]) == 0
+    assert "examples   97 tokens each (one training window), loss mask" in capsys.readouterr().out
     assert main(["pretrain", "--model", "llama-tiny", "--n-layer", "1", "--d-model", "32", "--data",
                  str(data), "--out", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4",
                  "--eval-iters", "1", "--no-progress", "--json"]) == 0

@@ -42,6 +42,22 @@ def test_rmsnorm_matches_formula_in_fp32_and_bf16():
     torch.testing.assert_close(out_b, ref_b)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 256), (1, 1, 128), (2, 7, 704), (3, 1000)])
+def test_rmsnorm_without_grad_gives_f_rms_norm_bit_for_bit(shape):
+    # The no-grad (decoding) path runs F.rms_norm's ops itself; it must give the same bits.
+    torch.manual_seed(0)
+    norm = RMSNorm(shape[-1], eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(shape) * 3
+    ref = F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
+    with torch.inference_mode():
+        assert torch.equal(norm(x), ref)
+    with torch.no_grad():
+        assert torch.equal(norm(x), ref)
+    assert torch.equal(norm(x), ref)  # the grad path is F.rms_norm itself
+
+
 def test_layernorm_with_and_without_bias():
     x = torch.randn(4, 8)
     ln = LayerNorm(8, bias=False)
