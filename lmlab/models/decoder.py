@@ -182,7 +182,7 @@ def build_attention(cfg: DecoderConfig) -> nn.Module:
     if cfg.attn == "infini":
         return InfiniAttention(cfg.d_model, cfg.n_head, cfg.n_kv_heads, cfg.head_dim, cfg.segment_len,
                                cfg.memory_rule, cfg.bias, cfg.dropout, memory_scale=cfg.memory_scale)
-    raise LmlabError(f"attn={cfg.attn} is not built yet")
+    raise LmlabError(f"unknown attention kind attn={cfg.attn!r}; choose one of {', '.join(_CHOICES['attn'])}")
 
 
 def block_spec(cfg: DecoderConfig) -> BlockSpec:
