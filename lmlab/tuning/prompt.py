@@ -68,11 +68,12 @@ def token_embedding(lm: nn.Module) -> nn.Embedding:
     return emb
 
 
-def _prepending(lm: nn.Module, prompt: SoftPrompt, fn: Callable) -> Callable:
-    """Wrap the entry point ``fn`` of ``lm`` so it prepends the virtual tokens (module docstring)."""
+def _prepending(prompt: SoftPrompt, fn: Callable, busy: list[bool]) -> Callable:
+    """Wrap the entry point ``fn`` so it prepends the virtual tokens (module docstring); ``busy``,
+    shared by the entry points of one model, makes one calling another (forward -> hidden_states)
+    prepend once."""
     sig = inspect.signature(fn)
     ids_name = next(iter(sig.parameters))
-    busy = [False]  # an entry point calling another (forward -> hidden_states) prepends once
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -129,11 +130,11 @@ def apply_prompt(lm: nn.Module, opts: TuningOptions) -> tuple[list[str], list]:
     prompt = SoftPrompt(emb.weight.detach()[rows], emb.num_embeddings)
     emb.prompt = prompt
     handles = [emb.register_forward_pre_hook(_embedding_pre_hook), emb.register_forward_hook(_embedding_hook)]
-    wrapped = []
+    wrapped, busy = [], [False]
     for name in ENTRY_POINTS:
         fn = getattr(lm, name, None)
         if fn is not None:
-            setattr(lm, name, _prepending(lm, prompt, fn))
+            setattr(lm, name, _prepending(prompt, fn, busy))
             wrapped.append(name)
     if hasattr(lm, "new_kv_cache"):  # the cache holds the virtual positions too
         lm.new_kv_cache = _roomier_cache(lm.new_kv_cache, prompt)
