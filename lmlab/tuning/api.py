@@ -53,6 +53,12 @@ def apply_tuning(model: nn.Module, opts: TuningOptions, keep_trainable: Sequence
         raise LmlabError(f"this model already has {tuning_state(model).options.method} tuning; apply one "
                          "method per model (start again from the base)")
     keep = tuple(keep_trainable)
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    for k in keep:
+        if not any(n.startswith(k) for n in names):
+            tops = ", ".join(sorted({n.split(".")[0] + "." for n in names}))
+            raise LmlabError(f"keep_trainable prefix {k!r} matches no parameter of this model; its "
+                             f"parameters start with {tops}")
     fingerprint = base_fingerprint(model, keep)
     lm = backbone(model)
     handles: list = []
