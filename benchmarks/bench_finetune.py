@@ -9,6 +9,8 @@ forward + loss + backward + clip + AdamW over the LoRA parameters (lmlab's AdamW
 both); HF computes its loss its own way (``labels=``), lmlab through ``causal_lm_loss``. The first
 step's losses agree (printed), so both compute the same thing.
 
+Modes: ``hf-peft-fp32``, ``ours-lora-fp32``, and where the CPU has bf16 ``hf-peft-default`` and
+``ours-lora-default`` (``--precision auto`` as ``lmlab pretrain`` resolves it: bf16 autocast).
 Modes are timed round-robin step by step (benchmarks/timing.py), so the noise of a shared machine
 hits all alike; tokens/s is from the median step, with the spread across rounds (min-max of the
 per-round ratios). Peak memory of each training mode is measured in a fresh subprocess (Linux):
@@ -41,7 +43,9 @@ from bench_train import batches, matmul_route, save_hf
 from peak_memory import print_peak_growth, run_child
 from timing import ratio, round_robin, summarise
 
-TRAIN_MODES = ("hf-peft-fp32", "ours-lora-fp32")
+from lmlab.device import resolve_precision
+
+TRAIN_MODES = ("hf-peft-fp32", "ours-lora-fp32", "hf-peft-default", "ours-lora-default")
 INFER_MODES = ("ours-base", "ours-lora-merged", "ours-lora-unmerged")
 HF_TARGETS = {"q,v": ["q_proj", "v_proj"],
               "all": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
@@ -90,26 +94,31 @@ def copy_lora(peft: torch.nn.Module, ours: torch.nn.Module) -> None:
 
 
 class Runner:
-    """One training mode: a model, its AdamW and a ``step(batch)``."""
+    """One training mode: a model, its AdamW and a ``step(batch)`` (fp32, or ``default``: the precision
+    ``--precision auto`` resolves to, bf16 autocast where the CPU has it, as ``lmlab pretrain`` does)."""
 
     def __init__(self, mode: str, folder: Path, args: argparse.Namespace,
                  peft: torch.nn.Module | None = None):
+        from lmlab.device import resolve_precision
         from lmlab.train.optim import build_adamw
 
         self.mode = mode
+        self.precision = "fp32" if mode.endswith("fp32") else resolve_precision(torch.device("cpu"), "auto")
         self.model = peft_model(folder, args) if mode.startswith("hf") else our_model(folder, args, peft)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = build_adamw(self.model, lr=1e-3, weight_decay=0.0, device=torch.device("cpu"))
 
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One full training step; return the loss."""
+        from lmlab.device import autocast
         from lmlab.train.objectives import causal_lm_loss
 
-        if self.mode.startswith("hf"):
-            loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"],
-                              shift_labels=batch["labels"]).loss
-        else:
-            loss = causal_lm_loss(self.model, batch)
+        with autocast(torch.device("cpu"), self.precision):
+            if self.mode.startswith("hf"):
+                loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"],
+                                  shift_labels=batch["labels"]).loss
+            else:
+                loss = causal_lm_loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
@@ -190,6 +199,10 @@ def main() -> None:
         save_hf(folder, args)
         hf = Runner("hf-peft-fp32", folder, args)
         runners = {"hf-peft-fp32": hf, "ours-lora-fp32": Runner("ours-lora-fp32", folder, args, hf.model)}
+        if resolve_precision(torch.device("cpu"), "auto") != "fp32":  # else default = fp32, the same modes
+            hf_default = Runner("hf-peft-default", folder, args)
+            runners.update({"hf-peft-default": hf_default,
+                            "ours-lora-default": Runner("ours-lora-default", folder, args, hf_default.model)})
         data = batches(args, args.warmup + args.steps)
         first_loss = {m: r.step(data[0]) for m, r in runners.items()}
         for r in runners.values():
@@ -212,17 +225,23 @@ def main() -> None:
                        "load_average": os.getloadavg()[0]},
             "matmul_route": matmul_route(),
             "train_tokens_per_s": {m: round(v, 1) for m, v in s["speed"].items()},
-            "train_ratio": ratio(s, "ours-lora-fp32", "hf-peft-fp32"),
+            "train_ratios": {"ours_fp32_vs_hf_fp32": ratio(s, "ours-lora-fp32", "hf-peft-fp32")},
             "first_step_loss": {m: round(v, 6) for m, v in first_loss.items()},
         }
+        if "ours-lora-default" in runners:
+            result["config"]["default_precision"] = runners["ours-lora-default"].precision
+            result["train_ratios"].update({
+                "ours_default_vs_hf_default": ratio(s, "ours-lora-default", "hf-peft-default"),
+                "ours_default_vs_hf_fp32": ratio(s, "ours-lora-default", "hf-peft-fp32")})
         result["inference"] = inference(folder, args, ours)
+        modes = list(runners)
         del runners, hf
         if not args.no_memory:
             keys = ("vocab", "d-model", "layers", "heads", "kv-heads", "seq", "batch-size", "seed", "threads",
                     "targets", "rank")
             flags = [f"--{k}={getattr(args, k.replace('-', '_'))}" for k in keys]
             result["memory_mib"] = {m: run_child([sys.executable, __file__, "--memory-child", m,
-                                                  "--folder", str(folder), *flags]) for m in TRAIN_MODES}
+                                                  "--folder", str(folder), *flags]) for m in modes}
         result["config"]["load_average_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(result))
@@ -238,8 +257,8 @@ def main() -> None:
         mem = result.get("memory_mib", {}).get(m)
         print(f"  {m:<18}{v:>10.1f} tokens/s   first loss {result['first_step_loss'][m]:.4f}"
               + (f"   peak +{mem['peak_extra_mib']:.0f} MiB" if mem else ""))
-    r = result["train_ratio"]
-    print(f"  training: ours / HF+PEFT {r['median']:.2f}x (rounds {r['min']:.2f}-{r['max']:.2f})")
+    for k, r in result["train_ratios"].items():
+        print(f"  training {k}: {r['median']:.2f}x (rounds {r['min']:.2f}-{r['max']:.2f})")
     inf = result["inference"]
     for m, v in inf["tokens_per_s"].items():
         print(f"  {m:<22}{v:>10.1f} tokens/s (forward)")
