@@ -46,19 +46,13 @@ def tuning_info(model: nn.Module) -> TuningInfo:
 def apply_tuning(model: nn.Module, opts: TuningOptions, keep_trainable: Sequence[str] = ()) -> TuningInfo:
     """Apply the method of ``opts`` to ``model`` (in place) and freeze every parameter except the
     method's and those whose names start with one of ``keep_trainable`` (e.g. ``("head.",)`` for a
-    classifier's head). LoRA targets any linear layer of ``model``; adapters, prefixes and prompts
-    go into its language model (``model.backbone`` when it has one). Returns the
-    :class:`TuningInfo` (trainable and total parameters, and the share)."""
+    classifier's head; a prefix that matches nothing keeps nothing). LoRA targets any linear layer
+    of ``model``; adapters, prefixes and prompts go into its language model (``model.backbone``
+    when it has one). Returns the :class:`TuningInfo` (trainable and total parameters, and the share)."""
     if tuning_state(model) is not None:
         raise LmlabError(f"this model already has {tuning_state(model).options.method} tuning; apply one "
                          "method per model (start again from the base)")
     keep = tuple(keep_trainable)
-    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
-    for k in keep:
-        if not any(n.startswith(k) for n in names):
-            tops = ", ".join(sorted({n.split(".")[0] + "." for n in names}))
-            raise LmlabError(f"keep_trainable prefix {k!r} matches no parameter of this model; its "
-                             f"parameters start with {tops}")
     fingerprint = base_fingerprint(model, keep)
     lm = backbone(model)
     handles: list = []
