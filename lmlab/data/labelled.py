@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.data.corpora import data_home, decode_utf8, tar_members, verified_sdist, write_folder
+from lmlab.data.archives import data_home, decode_utf8, tar_members, verified_sdist, write_folder
 from lmlab.errors import LmlabError
 
 VADER_SDIST = "vaderSentiment==3.3.2"
