@@ -304,3 +304,18 @@ def test_predict_refuses_an_unknown_label(runs, tmp_path, capsys):
     assert (
         "p.csv:3: unknown label 'neutral'; the labels are negative, positive" in err and err.count("\n") == 1
     )
+
+
+def test_predict_scores_the_test_split_of_labelled_data(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert (
+        finetune("--ckpt", runs["gpt2"], "--data", "sentiment-movies", "--out", out, "--max-steps", "2") == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(["predict", "--ckpt", str(out), "--data", "sentiment-tweets", "--device", "cpu", "--json"]) == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == r["metrics"]["n"] == len(get_labelled("sentiment-tweets").examples("test"))
+    assert main(["predict", "--ckpt", str(out), "--data", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    assert "unknown labelled data" in capsys.readouterr().err
