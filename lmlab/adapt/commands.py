@@ -74,9 +74,12 @@ def predict(cfg: PredictConfig) -> int:
     batch inference, one JSON line per text in --out (text, label and class probabilities, or
     score). When the file has labels (ratings, for a regressor) it also prints the metrics:
     accuracy, macro-F1 and the confusion matrix (MSE, MAE, Pearson). A label the classifier was
-    not trained on is an error naming the line. E.g.:
+    not trained on is an error naming the line. --data may also name labelled data (a sentiment
+    set, a folder of split files, hf:NAME): its --split (test by default) is labelled and scored,
+    e.g. a movie-review classifier on the Amazon sentences (domain transfer). E.g.:
 
       lmlab predict --ckpt runs/gpt-movies --data sentences.txt --out preds.jsonl
+      lmlab predict --ckpt runs/gpt-movies --data sentiment-amazon --json
     """
     from lmlab.adapt.predict import predict as run_predict
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,11 @@ from lmlab.errors import LmlabError
 @dataclass
 class PredictConfig:
     ckpt: Path | None = arg(None, "a fine-tuned classifier run (from 'lmlab finetune')")
-    data: Path | None = arg(None, "texts to label: .jsonl or .csv with a 'text' column (a 'label' column, "
-                                  "if present, is scored), or .txt with one text a line")
+    data: str | None = arg(None, "texts to label: .jsonl or .csv with a 'text' column (a 'label' column, "
+                                 "if present, is scored), .txt with one text a line, or labelled data "
+                                 "(sentiment-amazon, a folder of splits, hf:NAME): its --split is scored")
+    split: Literal["train", "validation", "test"] = arg("test", "the split of labelled data (not of a file) "
+                                                                 "to label")
     out: Path | None = arg(None, "write one JSON line per text here (text, label, probabilities or score)")
     batch_size: int = arg(32, "texts per forward pass")
     max_len: int | None = arg(None, "tokens per text, longer ones cut (default: the run's --max-len)")
@@ -116,7 +119,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     for a regressor). A label the classifier does not know raises LmlabError naming the line.
     """
     from lmlab.adapt.examples import encode_texts
-    from lmlab.data.labelled import read_examples
+    from lmlab.data.labelled import get_labelled, read_examples
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.fileio import write_text
     from lmlab.loader import load
@@ -134,9 +137,14 @@ def predict(cfg: PredictConfig) -> PredictResult:
         raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; predict needs the run's tokenizer")
     c = model.config
     path = Path(cfg.data)
-    if not path.is_file():
-        raise LmlabError(f"--data {path} is not a file; give a .jsonl, .csv or .txt of texts")
-    examples = read_examples(path, c.labels)
+    if path.is_file():
+        examples = read_examples(path, c.labels)
+    else:  # labelled data: its split, with the labels (or ratings) the task scores
+        corpus = get_labelled(cfg.data, c.labels)
+        if c.task == "classify" and corpus.label_names != c.labels:
+            raise LmlabError(f"{cfg.data} has the labels {', '.join(corpus.label_names)}, the classifier "
+                             f"{', '.join(c.labels)}; score it on data with the classifier's labels")
+        examples = corpus.examples(cfg.split, c.task)
     max_len = cfg.max_len or _run_max_len(Path(cfg.ckpt)) or 512
     block = getattr(model.backbone.config, "block_size", max_len)
     seqs = encode_texts(tokenizer, [e.text for e in examples], c.backbone_arch, min(max_len, block))

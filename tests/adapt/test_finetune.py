@@ -304,3 +304,57 @@ def test_predict_refuses_an_unknown_label(runs, tmp_path, capsys):
     assert (
         "p.csv:3: unknown label 'neutral'; the labels are negative, positive" in err and err.count("\n") == 1
     )
+
+
+def test_predict_scores_the_test_split_of_labelled_data(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert (
+        finetune("--ckpt", runs["gpt2"], "--data", "sentiment-movies", "--out", out, "--max-steps", "2") == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(["predict", "--ckpt", str(out), "--data", "sentiment-tweets", "--device", "cpu", "--json"]) == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == r["metrics"]["n"] == len(get_labelled("sentiment-tweets").examples("test"))
+    assert main(["predict", "--ckpt", str(out), "--data", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    assert "unknown labelled data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_finetuning_learns_the_sentiment_words(tmp_path, capsys, monkeypatch):
+    """The fake sets put one positive or negative word in each rated sentence: a fine-tuned GPT with a
+    word tokenizer must get most held-out sentences right (a wrong target, pooling or padding would
+    not)."""
+    monkeypatch.setenv("LMLAB_SENTIMENT_ARCHIVE", str(fake_sentiment_archive(tmp_path / "vader", n=300)))
+    prepare("sentiment-movies", tmp_path / "prep", kind="word", vocab_size=400, min_frequency=1)
+    vocab = json.loads((tmp_path / "prep" / "meta.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    save_model(
+        build_model(
+            get_preset("gpt2-tiny", vocab_size=vocab, n_layer=1, d_model=32, n_head=2, block_size=64)
+        ),
+        base,
+    )
+    (base / "tokenizer.json").write_bytes((tmp_path / "prep" / "tokenizer.json").read_bytes())
+    assert (
+        finetune(
+            "--ckpt",
+            base,
+            "--data",
+            "sentiment-movies",
+            "--out",
+            tmp_path / "ft",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "16",
+            "--json",
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["test"]["accuracy"] >= 0.8 and r["val"]["accuracy"] >= 0.8
