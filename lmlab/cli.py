@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fill-mask": ("lmlab.generate.commands:fill_mask", "top-k tokens with probabilities at each [MASK] of a text (BERT/RoBERTa)"),
     "import hf": ("lmlab.interop.commands:import_hf", "convert a Hugging Face LLaMA/GPT-2/BERT/RoBERTa/T5/BART folder into a run folder"),
     "export hf": ("lmlab.interop.commands:export_hf", "write a run's model as a Hugging Face folder"),
+    "import peft": ("lmlab.interop.commands:import_peft", "convert a PEFT LoRA adapter (LLaMA/GPT-2) into an lmlab adapter run"),
+    "export peft": ("lmlab.interop.commands:export_peft", "write an adapter run's LoRA as a PEFT adapter folder"),
     "seq2seq train": ("lmlab.seq2seq.commands:train", "train RNNsearch (Bahdanau) or the Transformer (--arch transformer) on a synthetic task"),
     "seq2seq eval": ("lmlab.seq2seq.commands:evaluate", "exact-match accuracy of a seq2seq run on its held-out test set"),
     "seq2seq translate": ("lmlab.seq2seq.commands:translate", "translate one input with a trained seq2seq run"),

@@ -1,4 +1,4 @@
-"""CLI commands ``lmlab import hf`` and ``lmlab export hf``."""
+"""CLI commands ``lmlab import hf|peft`` and ``lmlab export hf|peft``."""
 
 from __future__ import annotations
 
@@ -112,3 +112,102 @@ def export_hf(cfg: ExportHfConfig) -> None:
         print(f"note: {note}")
     if not (src / "tokenizer.json").is_file():
         print(f"note: {src} has no tokenizer.json, so {out} has no tokenizer")
+
+
+def _open_model(path: Path):
+    """Return the model of an lmlab run/model file or of a Hugging Face folder (LLaMA/GPT-2)."""
+    from lmlab.interop.hf_auto import load_hf_model
+    from lmlab.models.io import WEIGHTS, read_arch
+    from lmlab.models.registry import load_model
+
+    p = Path(path)
+    if not p.exists():
+        raise LmlabError(f"{p} does not exist; give an lmlab run or a Hugging Face folder")
+    lmlab_file = (p / WEIGHTS).is_file() and read_arch(p / WEIGHTS)[1] is not None
+    if p.is_dir() and (p / "config.json").is_file() and not lmlab_file:
+        return load_hf_model(p)[0]
+    return load_model(p)
+
+
+@dataclass
+class ExportPeftConfig:
+    ckpt: Path | None = arg(None, "adapter run (a folder with tuning.json, written by save_tuning or "
+                                  "'lmlab import peft') whose LoRA to export")
+    out: Path | None = arg(None, "PEFT adapter folder to write (adapter_config.json, "
+                                 "adapter_model.safetensors)")
+    base_name: str | None = arg(None, "base_model_name_or_path to record (default: the base run's path)")
+    overwrite: bool = arg(False, "replace an adapter already in --out")
+    json: bool = arg(False, "print the result as one JSON object")
+
+
+def export_peft(cfg: ExportPeftConfig) -> None:
+    """Write an adapter run's LoRA as a PEFT adapter: adapter_config.json + adapter_model.safetensors.
+
+    peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(HF), OUT) then gives the
+    same logits as the lmlab model, where HF is the base exported with 'lmlab export hf'. LLaMA
+    and GPT-2 decoders. Example:
+    lmlab export hf --ckpt runs/base --out runs/base-hf
+    lmlab export peft --ckpt runs/lora --out runs/lora-peft
+    """
+    from lmlab.interop.peft import CONFIG, peft_modules
+    from lmlab.interop.peft import export_peft as write_peft
+    from lmlab.tuning import base_path, load_tuning
+
+    if cfg.ckpt is None or cfg.out is None:
+        raise LmlabError("give both --ckpt ADAPTER_RUN and --out PEFT_FOLDER")
+    out = Path(cfg.out)
+    if (out / CONFIG).exists() and not cfg.overwrite:
+        raise LmlabError(f"{out} already holds an adapter; pass --overwrite or choose another --out")
+    base = base_path(cfg.ckpt)
+    model = _open_model(base)
+    load_tuning(model, cfg.ckpt)
+    write_peft(model, out, base_name=cfg.base_name or str(base))
+    save_config(cfg, out / "config.yaml")
+    modules = sorted(peft_modules(model))
+    files = sorted(p.name for p in out.iterdir())
+    info = {"out": str(out), "base": str(base), "modules": len(modules), "files": files}
+    if cfg.json:
+        print(json.dumps(info))
+        return
+    print(f"exported the LoRA of {cfg.ckpt} ({len(modules)} modules) as a PEFT adapter to {out}: "
+          f"{', '.join(info['files'])}")
+    print(f"note: load it onto the Hugging Face export of {base} ('lmlab export hf --ckpt {base} --out DIR')")
+
+
+@dataclass
+class ImportPeftConfig:
+    src: Path | None = arg(None, "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)")
+    base: Path | None = arg(None, "the base it was trained on: a Hugging Face LLaMA/GPT-2 folder, or its "
+                                  "lmlab import ('lmlab import hf')")
+    out: Path | None = arg(None, "adapter run folder to write (tuning.json, tuning.safetensors, config.yaml)")
+    overwrite: bool = arg(False, "replace an adapter already in --out")
+    json: bool = arg(False, "print the result as one JSON object")
+
+
+def import_peft(cfg: ImportPeftConfig) -> None:
+    """Convert a PEFT LoRA adapter trained on a Hugging Face LLaMA/GPT-2 into an lmlab adapter run.
+
+    'lmlab generate --ckpt OUT', 'lmlab eval --ckpt OUT' and lmlab.load(OUT) then run the base with
+    the adapter, with PEFT's logits. Example:
+    lmlab import peft --src my-lora --base ~/models/llama --out runs/my-lora
+    """
+    from lmlab.interop.peft import import_peft as read_adapter
+    from lmlab.tuning import save_tuning
+    from lmlab.tuning.io import META
+
+    if cfg.src is None or cfg.base is None or cfg.out is None:
+        raise LmlabError("give --src PEFT_FOLDER, --base BASE (HF folder or lmlab run) and --out RUN")
+    out = Path(cfg.out)
+    if (out / META).exists() and not cfg.overwrite:
+        raise LmlabError(f"{out} already holds an adapter; pass --overwrite or choose another --out")
+    model = _open_model(Path(cfg.base))
+    info = read_adapter(cfg.src, model)
+    save_tuning(model, out, base=cfg.base)
+    save_config(cfg, out / "config.yaml")
+    result = {**info.to_dict(), "out": str(out), "base": str(cfg.base)}
+    result.pop("modules")
+    if cfg.json:
+        print(json.dumps(result))
+        return
+    print(f"imported the PEFT LoRA of {cfg.src} ({info.trainable:,} parameters, {100 * info.share:.2f}% of "
+          f"{info.total:,}) onto {cfg.base} into {out}")

@@ -11,7 +11,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.tuning.adapters import apply_adapters
 from lmlab.tuning.fingerprint import base_fingerprint
-from lmlab.tuning.lora import apply_lora, lora_layers, merge_lora, unmerge_lora
+from lmlab.tuning.lora import apply_lora, lora_layers, merge_lora, remove_hooks, unmerge_lora
 from lmlab.tuning.module import (
     STATE_ATTR,
     TuningModule,
@@ -57,7 +57,7 @@ def apply_tuning(model: nn.Module, opts: TuningOptions, keep_trainable: Sequence
     lm = backbone(model)
     handles: list = []
     if opts.method == "lora":
-        _, handles = apply_lora(model, opts)
+        apply_lora(model, opts)
     elif opts.method in ("houlsby", "pfeiffer"):
         _, handles = apply_adapters(lm, opts)
     elif opts.method == "prefix":
@@ -158,6 +158,7 @@ def unload_tuning(model: nn.Module, merge: bool = True) -> nn.Module:
                          "merge=False (which drops it) or keep the tuned model")
     if method == "lora":
         merge_lora(model) if merge else unmerge_lora(model)
+        remove_hooks(model)
     for h in state.handles:
         h.remove()
     for m in list(model.modules()):

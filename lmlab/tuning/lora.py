@@ -7,13 +7,15 @@ adds its update to the layer's output, so the layer keeps its class and paramete
 One delta may hold several slices of a fused layer (``q`` and ``v`` of ``attn.qkv``), each
 with its own ``A`` and ``B``, updating only its rows of the output. As PEFT does, ``A`` starts
 Kaiming-uniform and ``B`` at zero (the model starts as the base), merging adds ``scale * B A``
-into the weight rows (merging again does nothing; unmerging subtracts it), and a disabled or
-merged delta adds nothing.
+into the weight rows (merging again does nothing; unmerging subtracts it), and a disabled
+delta adds nothing. Merging also takes the hook off the layer (unmerging puts it back), so a
+merged model runs the base's code path exactly, at the base's speed.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +42,7 @@ class LoraDelta(TuningModule):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # PEFT's (and nn.Linear's) init of A
         self.drop = nn.Dropout(dropout) if dropout > 0 else None
         self.merged = False
+        self.hook: Any = None  # the forward hook on the adapted layer while unmerged
 
     def delta_weight(self, part: str) -> torch.Tensor:
         """Return ``scale * B A`` of slice ``part``: ``(rows, in)``."""
@@ -72,9 +75,23 @@ def _lora_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.
     return lora.add_to(inputs[0], output)
 
 
-def apply_lora(model: nn.Module, opts: TuningOptions) -> tuple[list[str], list]:
-    """Attach a :class:`LoraDelta` to every layer that ``opts.targets`` select; return the target
-    names and the hook handles. A rank larger than a slice allows raises LmlabError."""
+def _hook(lin: nn.Linear) -> None:
+    """Put the LoRA hook on ``lin`` (once)."""
+    if lin.lora.hook is None:
+        lin.lora.hook = lin.register_forward_hook(_lora_hook)
+
+
+def remove_hooks(model: nn.Module) -> None:
+    """Take every LoRA hook off ``model``'s layers."""
+    for _, lin in lora_layers(model):
+        if lin.lora.hook is not None:
+            lin.lora.hook.remove()
+            lin.lora.hook = None
+
+
+def apply_lora(model: nn.Module, opts: TuningOptions) -> list[str]:
+    """Attach a :class:`LoraDelta` (and its hook) to every layer that ``opts.targets`` select; return
+    the target names. A rank larger than a slice allows raises LmlabError."""
     targets = select_targets(model, opts.targets)
     by_layer: dict[str, list[Target]] = {}
     for t in targets:
@@ -85,15 +102,14 @@ def apply_lora(model: nn.Module, opts: TuningOptions) -> tuple[list[str], list]:
         if hasattr(t.linear, "lora"):
             raise LmlabError(f"{t.layer} already has a LoRA; apply tuning once per model")
         by_layer.setdefault(t.layer, []).append(t)
-    handles = []
     for ts in by_layer.values():
         lin = ts[0].linear
         w = lin.weight
         delta = LoraDelta(lin.in_features, [(t.part, t.start, t.stop) for t in ts], opts.r, opts.lora_scale,
                           opts.dropout).to(device=w.device, dtype=w.dtype if w.is_floating_point() else None)
         lin.lora = delta
-        handles.append(lin.register_forward_hook(_lora_hook))
-    return [t.name for t in targets], handles
+        _hook(lin)
+    return [t.name for t in targets]
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -129,6 +145,8 @@ def merge_lora(model: nn.Module) -> int:
             for p, a, b in lin.lora.slices:
                 lin.weight[a:b] += lin.lora.delta_weight(p).to(lin.weight.dtype)
         lin.lora.merged = True
+        lin.lora.hook.remove()
+        lin.lora.hook = None
         merged += 1
     return merged
 
@@ -144,5 +162,6 @@ def unmerge_lora(model: nn.Module) -> int:
             for p, a, b in lin.lora.slices:
                 lin.weight[a:b] -= lin.lora.delta_weight(p).to(lin.weight.dtype)
         lin.lora.merged = False
+        _hook(lin)
         count += 1
     return count

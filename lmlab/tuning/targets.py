@@ -35,7 +35,7 @@ class Target:
     stop: int
 
 
-def _slices(parent: nn.Module, child: str, linear: nn.Linear) -> list[tuple[str, int, int]]:
+def fused_slices(parent: nn.Module, child: str, linear: nn.Linear) -> list[tuple[str, int, int]]:
     """Return the named row blocks of a fused layer ``parent.child`` (empty for a plain layer)."""
     heads = tuple(getattr(parent, a, None) for a in ("n_head", "n_kv_heads", "head_dim"))
     if child == "qkv" and None not in heads:
@@ -66,7 +66,7 @@ def linear_targets(model: nn.Module) -> dict[str, Target]:
         parent = modules.get(parent_name)
         if parent is None:
             continue
-        for part, a, b in _slices(parent, child, m):
+        for part, a, b in fused_slices(parent, child, m):
             full = f"{parent_name}.{part}" if parent_name else part
             if full not in modules:
                 out[full] = Target(full, name, part, m, a, b)

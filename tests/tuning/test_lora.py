@@ -208,3 +208,17 @@ def test_bad_options():
         TuningOptions(method="ia3")
     with pytest.raises(LmlabError, match="r must be a positive"):
         TuningOptions(r=0)
+
+
+def test_merged_layers_run_without_hooks():
+    """Merged, a layer runs the base's code path (no hook); unmerged, the hook is back."""
+    model = tiny()
+    apply_tuning(model, TuningOptions(method="lora", r=2, targets=["q", "w2"]))
+    layers = [model.blocks[i].attn.qkv for i in range(2)] + [model.blocks[i].mlp.w2 for i in range(2)]
+    assert all(len(lin._forward_hooks) == 1 for lin in layers)
+    merge_tuning(model)
+    assert all(len(lin._forward_hooks) == 0 for lin in layers)
+    unmerge_tuning(model)
+    assert all(len(lin._forward_hooks) == 1 for lin in layers)
+    unload_tuning(model, merge=False)
+    assert all(len(lin._forward_hooks) == 0 and not hasattr(lin, "lora") for lin in layers)

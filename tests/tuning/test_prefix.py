@@ -221,3 +221,22 @@ def test_methods_go_into_the_backbone_and_keep_the_head(tmp_path, method):
     load_tuning(fresh, tmp_path / "a")  # the head comes from the adapter file
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), out, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "houlsby", "prefix", "prompt"])
+def test_generation_with_every_method(method):
+    """Greedy decoding (KV cache; left-padded batch of ragged prompts) equals full forwards of each row."""
+    from lmlab.generate import generate_ids
+
+    model = tiny()
+    apply_tuning(model, TuningOptions(method=method, n_prefix=3, prefix_hidden=8, n_prompt=3))
+    perturb(model, std=0.5)
+    model.eval()
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    out = generate_ids(model, rows, 6, temperature=0.0)
+    with torch.no_grad():
+        for row, got in zip(rows, out, strict=True):
+            seq = torch.tensor([row])
+            for _ in range(6):
+                seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+            assert got == seq[0].tolist()
