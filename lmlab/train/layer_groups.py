@@ -1,0 +1,129 @@
+"""Layer groups: a model's parameters cut into depth-ordered groups, bottom to top.
+
+ULMFiT's discriminative learning rates and gradual unfreezing (Howard & Ruder 2018) act on
+"layer groups": the embeddings, each block or recurrent layer, and the final norm with the
+output head. :func:`layer_groups` gives them for every lmlab family, and for a task model
+that wraps one (an object with ``.backbone``, e.g. a sequence classifier: its other
+parameters, the task head, are the top group).
+
+Groups are found by module-name prefixes, so modules wrapped by LoRA, adapters or prefix
+tuning (``blocks.0.attn.qkv.lora_A``) stay in their block's group. A weight tied across
+groups (a tied embedding and output head) is listed once, in the lowest group. A parameter
+that no prefix claims joins the top group.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.models.decoder import Decoder
+from lmlab.models.elmo import ELMo
+from lmlab.models.encdec import EncoderDecoder
+from lmlab.models.encoder import Encoder
+from lmlab.models.nplm import NPLM
+from lmlab.models.rnn import RNNLM
+from lmlab.models.seq2seq import Seq2Seq
+
+Group = list[tuple[str, nn.Parameter]]
+
+
+def _stack(prefix: str, n: int) -> list[list[str]]:
+    """One group per element of the ModuleList at ``prefix``."""
+    return [[f"{prefix}.{i}"] for i in range(n)]
+
+
+def _prefixes(model: nn.Module) -> list[list[str]]:
+    """The module-name prefixes of each group of ``model``, bottom to top."""
+    if isinstance(model, Decoder):
+        return [["tok_emb", "pos_emb", "block_pos_emb"], *_stack("blocks", len(model.blocks)),
+                ["norm_f", "lm_head"]]
+    if isinstance(model, Encoder):
+        return [["tok_emb", "pos_emb", "type_emb", "norm_emb"], *_stack("blocks", len(model.blocks)),
+                ["mlm", "pooler", "nsp_head"]]
+    if isinstance(model, EncoderDecoder):
+        enc = _stack("encoder.blocks", len(model.encoder.blocks))
+        dec = _stack("decoder.blocks", len(model.decoder.blocks))
+        enc[-1].append("encoder.norm")  # the encoder's output goes with its last block
+        dec[0][:0] = ["decoder.pos", "decoder.rel", "decoder.emb_norm"]  # the decoder's input with its first
+        return [["tok_emb", "encoder.pos", "encoder.rel", "encoder.emb_norm"], *enc, *dec,
+                ["decoder.norm", "lm_head", "final_logits_bias"]]
+    if isinstance(model, RNNLM):
+        return [["emb"], *_stack("layers", len(model.layers)), ["proj", "head"]]
+    if isinstance(model, ELMo):
+        layers = [[f"fwd.{i}", f"bwd.{i}"] for i in range(len(model.fwd))]
+        return [["tok_emb", "char_cnn"], *layers, ["head"]]
+    if isinstance(model, NPLM):
+        return [["emb"], ["hidden"], ["out", "direct"]]
+    if isinstance(model, Seq2Seq):
+        return [["src_emb", "tgt_emb"], ["encoder"], ["init_state", "attention", "decoder"],
+                ["pre_output", "output"]]
+    raise LmlabError(
+        f"{type(model).__name__} has no layer groups (discriminative learning rates and gradual "
+        "unfreezing need them); they exist for decoders, encoders, encoder-decoders, RNN/LSTM/GRU LMs, "
+        "ELMo, NPLM, Bahdanau seq2seq and task models with a .backbone of one of these"
+    )
+
+
+def _claims(prefix: str, name: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def layer_groups(model: nn.Module) -> list[Group]:
+    """Return ``model``'s parameters as layer groups, bottom (embeddings) to top (head).
+
+    Each group is a list of ``(name, parameter)`` with the names of ``model.named_parameters()``
+    (frozen parameters included); empty groups are left out. A model with a ``.backbone``
+    (a task model) gets its backbone's groups, then one group of its own other parameters
+    (the task head). Raises LmlabError for a model of no known family.
+    """
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        inner = layer_groups(backbone)
+        ids = {id(p) for group in inner for _, p in group}
+        groups = [[(f"backbone.{n}", p) for n, p in group] for group in inner]
+        head = [(n, p) for n, p in model.named_parameters() if id(p) not in ids]
+        return [g for g in [*groups, head] if g]
+    prefixes = _prefixes(model)
+    groups: list[Group] = [[] for _ in prefixes]
+    for name, p in model.named_parameters():
+        index = next((i for i, ps in enumerate(prefixes) if any(_claims(x, name) for x in ps)),
+                     len(prefixes) - 1)
+        groups[index].append((name, p))
+    return [g for g in groups if g]
+
+
+def unfrozen_count(step: int, every: int, n_groups: int) -> int:
+    """Return how many layer groups, counted from the top, train at optimiser step ``step`` (0-based)
+    under gradual unfreezing that unfreezes one more group every ``every`` steps (0: all of them)."""
+    if every <= 0:
+        return n_groups
+    return min(n_groups, 1 + step // every)
+
+
+class GradualUnfreezing:
+    """ULMFiT's gradual unfreezing over ``groups`` (layer groups, bottom to top).
+
+    Only the parameters trainable when it is made take part: a parameter frozen by its
+    owner (e.g. a backbone frozen under LoRA) stays frozen. :meth:`apply` sets
+    ``requires_grad`` for a step, so a frozen group gets no gradient, hence no update and
+    no weight decay; :meth:`restore` gives every parameter its first ``requires_grad`` back.
+    """
+
+    def __init__(self, groups: list[Group], every: int):
+        self.every = every
+        self.groups = [[p for _, p in group if p.requires_grad] for group in groups]
+
+    def apply(self, step: int) -> int:
+        """Freeze all but the top groups due at ``step``; return how many groups train."""
+        n = unfrozen_count(step, self.every, len(self.groups))
+        for i, group in enumerate(self.groups):
+            for p in group:
+                p.requires_grad_(i >= len(self.groups) - n)
+        return n
+
+    def restore(self) -> None:
+        """Make every parameter that took part trainable again."""
+        for group in self.groups:
+            for p in group:
+                p.requires_grad_(True)
