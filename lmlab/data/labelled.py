@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.data.corpora import data_home, decode_utf8, tar_members, verified_sdist, write_folder
+from lmlab.data.archives import data_home, decode_utf8, tar_members, verified_sdist, write_folder
 from lmlab.errors import LmlabError
 
 VADER_SDIST = "vaderSentiment==3.3.2"
@@ -319,18 +319,9 @@ def _from_rows(name: str, parts: dict[str, list[tuple[str, dict[str, Any]]]],
     parsed = {split: [(where, *_fields(where, rec)) for where, rec in rows] for split, rows in parts.items()}
     raw_labels = [lab for rows in parsed.values() for _, _, lab, _ in rows if lab is not None]
     names = _label_names(raw_labels, label_names)
-    index = {n: i for i, n in enumerate(names)}
 
     def example(where: str, text: str, label: Any, rating: float | None) -> Example:
-        if label is None:
-            return Example(text, None, rating)
-        key = str(label)
-        if key not in index and isinstance(label, int) and 0 <= label < len(names):
-            return Example(text, label, rating)  # an integer label is the index of a named class
-        if key not in index:
-            raise LmlabError(f"{where}: unknown label {key!r}; the labels are {', '.join(names)} "
-                             "(fix the line, or train on data that has this label)")
-        return Example(text, index[key], rating)
+        return _example(where, text, label, rating, names)
 
     notes = []
     if set(parsed) == {"all"}:
@@ -347,8 +338,42 @@ def _from_rows(name: str, parts: dict[str, list[tuple[str, dict[str, Any]]]],
     return LabelledCorpus(name, names, splits, source, notes)
 
 
-def _fields(where: str, rec: dict[str, Any]) -> tuple[str, Any, float | None]:
-    """``(text, label or None, rating or None)`` of one record; LmlabError for an empty text."""
+def read_examples(path: Path, label_names: Sequence[str]) -> list[Example]:
+    """Return the examples of one ``.jsonl``/``.csv`` file (no split) or ``.txt`` (one text a line),
+    in file order, for prediction: ``label`` and ``rating`` may be absent (None), a label must be one
+    of ``label_names`` (or its index). Raises LmlabError naming the line of an empty text or an
+    unknown label."""
+    if path.suffix == ".txt":
+        raw, _ = decode_utf8(path.read_bytes())
+        texts = [(f"{path}:{i}", line.strip()) for i, line in enumerate(raw.split("\n"), 1) if line.strip()]
+        if not texts:
+            raise LmlabError(f"{path} holds no text; give one text a line")
+        return [Example(text, None, None) for _, text in texts]
+    names = [str(n) for n in label_names]
+    out = []
+    for where, rec in read_rows(path):
+        text, label, rating = _fields(where, rec, need_target=False)
+        out.append(_example(where, text, label, rating, names))
+    return out
+
+
+def _example(where: str, text: str, label: Any, rating: float | None, names: list[str]) -> Example:
+    """The :class:`Example` of a parsed record, its label mapped to its index in ``names`` (an
+    integer label not among the names is taken as an index); LmlabError for an unknown label."""
+    if label is None:
+        return Example(text, None, rating)
+    key = str(label)
+    if key in names:
+        return Example(text, names.index(key), rating)
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
+        return Example(text, label, rating)
+    raise LmlabError(f"{where}: unknown label {key!r}; the labels are {', '.join(names)} "
+                     "(fix the line, or train on data that has this label)")
+
+
+def _fields(where: str, rec: dict[str, Any], need_target: bool = True) -> tuple[str, Any, float | None]:
+    """``(text, label or None, rating or None)`` of one record; LmlabError for an empty text (and,
+    with ``need_target``, for a record with neither label nor rating)."""
     text = rec.get("text")
     if not isinstance(text, str) or not text.strip():
         raise LmlabError(f"{where}: the text is empty or missing; every example needs a non-empty "
@@ -366,7 +391,7 @@ def _fields(where: str, rec: dict[str, Any]) -> tuple[str, Any, float | None]:
             raise LmlabError(f"{where}: rating {rating!r} is not a number") from None
     else:
         rating = None
-    if label is None and rating is None:
+    if need_target and label is None and rating is None:
         raise LmlabError(f"{where}: no 'label' (or 'rating'); give each example a label")
     return text.strip(), label, rating
 

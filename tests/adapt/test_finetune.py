@@ -1,0 +1,306 @@
+"""End to end through the real CLI: ``lmlab finetune`` (classify, regress, lm; head and full) and
+``lmlab predict`` on tiny pretrained runs made in tmp_path, on a fake archive of the sentiment sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lmlab
+from lmlab.cli import main
+from lmlab.data.labelled import get_labelled
+from lmlab.data.prepare import prepare
+from lmlab.models.heads import SequenceClassifier
+from lmlab.models.registry import build_model, get_preset, save_model
+from lmlab.train.log import read_metrics
+from tests.labelled_fixtures import fake_sentiment_archive
+
+COMMON = ["--device", "cpu", "--precision", "fp32", "--no-progress", "--batch-size", "8"]
+
+
+@pytest.fixture(autouse=True)
+def _env(archive, monkeypatch):
+    monkeypatch.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
+    monkeypatch.setenv("LMLAB_PEAK_FLOPS", "1e11")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return fake_sentiment_archive(tmp_path_factory.mktemp("vader"), n=160)
+
+
+@pytest.fixture(scope="module")
+def runs(archive, tmp_path_factory) -> dict[str, Path]:
+    """'Pretrained' runs (random tiny models with the char tokenizer of the movies' training text):
+    a GPT-2, an LSTM, a BERT and an NPLM (a family with no head)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
+    root = tmp_path_factory.mktemp("runs")
+    try:
+        prepare("sentiment-movies", root / "prep", kind="char")
+    finally:
+        mp.undo()
+    vocab = json.loads((root / "prep" / "meta.json").read_text())["vocab_size"]
+    shapes = {
+        "gpt2": ("gpt2-tiny", {"n_layer": 1, "d_model": 32, "n_head": 2, "block_size": 64}),
+        "lstm": ("lstm-tiny", {}),
+        "bert": ("bert-micro", {"n_layer": 1, "d_model": 32, "n_head": 2, "block_size": 64}),
+        "nplm": ("nplm-tiny", {}),
+    }
+    out = {}
+    for kind, (preset, extra) in shapes.items():
+        torch.manual_seed(0)
+        run = root / kind
+        run.mkdir()
+        save_model(build_model(get_preset(preset, vocab_size=vocab, **extra)), run)
+        (run / "tokenizer.json").write_bytes((root / "prep" / "tokenizer.json").read_bytes())
+        out[kind] = run
+    return out
+
+
+def finetune(*args: str) -> int:
+    return main(["finetune", *COMMON, *map(str, args)])
+
+
+def test_classify_full_writes_the_run_and_reports_every_figure(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert (
+        finetune(
+            "--ckpt",
+            runs["gpt2"],
+            "--data",
+            "sentiment-movies",
+            "--out",
+            out,
+            "--epochs",
+            "1",
+            "--lr",
+            "3e-3",
+            "--json",
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    corpus = get_labelled("sentiment-movies")
+    n_train = len(corpus.examples("train"))
+    assert r["step"] == -(-n_train // 8)  # one epoch of batches of 8
+    assert r["trainable_share"] == 1.0 and r["trainable_params"] == r["total_params"] > 0
+    assert r["test"]["n"] == len(corpus.examples("test"))
+    assert 0 <= r["test"]["accuracy"] <= 1 and 0 <= r["test"]["macro_f1"] <= 1
+    assert sum(map(sum, r["test"]["confusion"])) == r["test"]["n"] and len(r["test"]["confusion"]) == 2
+    assert set(r["val"]) == {"loss", "accuracy", "macro_f1"}
+    assert r["elapsed_s"] > 0 and r["checkpoint_bytes"] == (out / "model.safetensors").stat().st_size
+    for name in ("config.yaml", "model.safetensors", "tokenizer.json", "metrics.jsonl", "results.json"):
+        assert (out / name).is_file()
+    assert "val_accuracy" in read_metrics(out)[-1]
+    model, tokenizer = lmlab.load(str(out))
+    assert isinstance(model, SequenceClassifier) and model.config.labels == ["negative", "positive"]
+    assert tokenizer is not None
+
+    # lmlab predict: the test split through the CLI gives the same test figures
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(
+        "".join(
+            json.dumps({"text": e.text, "label": corpus.label_names[e.label]}) + "\n"
+            for e in corpus.examples("test")
+        )
+    )
+    preds = tmp_path / "preds.jsonl"
+    assert (
+        main(
+            [
+                "predict",
+                "--ckpt",
+                str(out),
+                "--data",
+                str(test_file),
+                "--out",
+                str(preds),
+                "--device",
+                "cpu",
+                "--precision",
+                "fp32",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    p = json.loads(capsys.readouterr().out)
+    assert p["n"] == r["test"]["n"] and p["metrics"]["accuracy"] == pytest.approx(
+        r["test"]["accuracy"], abs=1e-6
+    )
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == p["n"] and set(rows[0]["probs"]) == {"negative", "positive"}
+    assert abs(sum(rows[0]["probs"].values()) - 1) < 1e-4
+
+
+def test_head_method_trains_only_the_head(runs, tmp_path, capsys):
+    out = tmp_path / "head"
+    assert (
+        finetune(
+            "--ckpt",
+            runs["lstm"],
+            "--data",
+            "sentiment-tweets",
+            "--out",
+            out,
+            "--max-steps",
+            "4",
+            "--method",
+            "head",
+            "--lr",
+            "1e-2",
+            "--json",
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    d_hidden = 48  # lstm-tiny: concat pooling gives 3 x 48 features, 2 classes
+    assert r["trainable_params"] == 3 * d_hidden * 2 + 2 and r["trainable_share"] < 0.2
+    before = load_file(str(runs["lstm"] / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    for name, tensor in before.items():
+        assert torch.equal(after[f"backbone.{name}"], tensor), name
+    assert not torch.equal(after["head.1.weight"], torch.zeros_like(after["head.1.weight"]))
+
+
+def test_regress_on_an_encoder_and_predict_scores(runs, tmp_path, capsys):
+    out = tmp_path / "reg"
+    assert (
+        finetune(
+            "--ckpt",
+            runs["bert"],
+            "--data",
+            "sentiment-nyt",
+            "--task",
+            "regress",
+            "--out",
+            out,
+            "--max-steps",
+            "3",
+            "--json",
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    corpus = get_labelled("sentiment-nyt")
+    assert r["test"]["n"] == len(corpus.examples("test", "regress")) > len(corpus.examples("test"))
+    assert {"mse", "mae", "pearson"} <= set(r["test"]) and set(r["val"]) == {"loss", "mae", "pearson"}
+    texts = tmp_path / "t.txt"
+    texts.write_text("the film was good\n\na bad plot\n")
+    assert main(["predict", "--ckpt", str(out), "--data", str(texts), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].endswith("\ta bad plot")
+    score = float(lines[0].split("\t")[0])  # a signed number, then the text
+    assert lines[0] == f"{score:+.3f}\tthe film was good"
+
+
+def test_resume_continues_exactly(runs, tmp_path, capsys):
+    args = ["--ckpt", runs["gpt2"], "--data", "sentiment-amazon", "--max-steps", "6", "--head-dropout", "0.3"]
+    assert finetune(*args, "--out", tmp_path / "a") == 0
+    assert finetune(*args, "--out", tmp_path / "b", "--stop-at-step", "3") == 0
+    assert finetune(*args, "--out", tmp_path / "b", "--resume") == 0
+    a, b = (
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert finetune(*args, "--out", tmp_path / "a") == 2  # a run is there: --resume or --overwrite
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_task_lm_continues_the_language_model_on_training_text_only(runs, tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert (
+        finetune(
+            "--ckpt",
+            runs["gpt2"],
+            "--data",
+            "sentiment-tweets",
+            "--task",
+            "lm",
+            "--out",
+            out,
+            "--max-steps",
+            "3",
+            "--max-len",
+            "32",
+            "--json",
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["task"] == "lm" and r["step"] == 3 and "loss" in r["val"]
+    assert (out / "finetune.yaml").is_file() and (out / "config.yaml").is_file()
+    model, _ = lmlab.load(str(out))
+    assert type(model).__name__ == "Decoder"
+    # a labelled file: only its train split's text is prepared
+    rows = [{"text": f"sentence number {i} here", "label": i % 2} for i in range(50)]
+    data = tmp_path / "own.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    out2 = tmp_path / "lm2"
+    assert (
+        finetune(
+            "--ckpt",
+            runs["lstm"],
+            "--data",
+            data,
+            "--task",
+            "lm",
+            "--out",
+            out2,
+            "--max-steps",
+            "2",
+            "--max-len",
+            "16",
+        )
+        == 0
+    )
+    written = (out2 / "lm-text" / "train-text.jsonl").read_text()
+    corpus = get_labelled(str(data))
+    assert all(t in written for t in corpus.texts("train"))
+    assert not any(f'"{t}"' in written for t in corpus.texts("test") + corpus.texts("validation"))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("nplm", "has no task head yet; the model families with one are decoder"),
+        ("one-class", "every training example has the label 'pos'"),
+        ("empty-text", "own.jsonl:3: the text is empty"),
+        ("lm-head", "--task lm trains the whole language model"),
+    ],
+)
+def test_bad_input_is_one_line(runs, tmp_path, capsys, case, message):
+    data = tmp_path / "own.jsonl"
+    rows = [
+        {"text": f"t {i}", "label": "pos" if case == "one-class" else ["pos", "neg"][i % 2]}
+        for i in range(30)
+    ]
+    if case == "empty-text":
+        rows[2]["text"] = " "
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    ckpt = runs["nplm"] if case == "nplm" else runs["gpt2"]
+    extra = ("--task", "lm", "--method", "head") if case == "lm-head" else ()
+    assert finetune("--ckpt", ckpt, "--data", data, "--out", tmp_path / "x", "--max-steps", "1", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_predict_refuses_an_unknown_label(runs, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert (
+        finetune("--ckpt", runs["gpt2"], "--data", "sentiment-movies", "--out", out, "--max-steps", "1") == 0
+    )
+    capsys.readouterr()
+    data = tmp_path / "p.csv"
+    data.write_text("text,label\nfine film,positive\nso so,neutral\n")
+    assert main(["predict", "--ckpt", str(out), "--data", str(data), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "p.csv:3: unknown label 'neutral'; the labels are negative, positive" in err and err.count("\n") == 1
+    )
