@@ -220,7 +220,19 @@ class Trainer:
         self, optimizer: torch.optim.Optimizer, model: nn.Module, loaded: ckpt.Checkpoint
     ) -> tuple[int, int, float]:
         ts = loaded.trainer_state
-        D.load_full_optimizer_state(model, optimizer, loaded.optimizer_state, self.dist)
+        # A parameter that had no gradient yet (frozen by gradual unfreezing, or unused, like an LM head
+        # under a task head) has no optimizer state: hold it out of the load, which would otherwise
+        # refuse the checkpoint or give it a state an uninterrupted run does not have.
+        with_state = set(loaded.optimizer_state.get("state", {}))
+        stateless = [p for n, p in D.unwrap_model(model).named_parameters()
+                     if p.requires_grad and n not in with_state]
+        for p in stateless:
+            p.requires_grad_(False)
+        try:
+            D.load_full_optimizer_state(model, optimizer, loaded.optimizer_state, self.dist)
+        finally:
+            for p in stateless:
+                p.requires_grad_(True)
         self.batches.load_state_dict(ts["data"])
         rngs = ts["rng"]
         if len(rngs) == self.dist.world_size:
@@ -276,9 +288,6 @@ class Trainer:
         unfreezing = GradualUnfreezing(groups, s.gradual_unfreeze) if s.gradual_unfreeze else None
         step, tokens, elapsed = 0, 0, 0.0
         if loaded is not None:
-            if unfreezing is not None:
-                # Groups frozen in the checkpoint's last step have no optimizer state and must not get one.
-                unfreezing.apply(max(int(loaded.trainer_state["step"]) - 1, 0))
             step, tokens, elapsed = self._restore(optimizer, model, loaded)
         if s.compile:
             model = _compile(model)

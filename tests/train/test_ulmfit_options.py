@@ -227,3 +227,31 @@ def test_pretrain_takes_the_flags_and_saves_them(tmp_path: Path):
     records = read_metrics(out)
     assert [r["unfrozen_groups"] for r in records] == [1, 1, 2, 2]
     assert records[0]["lr"] == pytest.approx(saved["optim"]["lr"] / 32)  # stlr starts at lr / ratio
+
+
+def test_resume_with_a_parameter_that_never_had_a_gradient(tmp_path: Path):
+    """An unused parameter (an LM head under a task head) has no optimizer state; resume still works."""
+
+    class PartlyUsed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = torch.nn.Embedding(32, 8)
+            self.out = torch.nn.Linear(8, 32)
+            self.unused = torch.nn.Linear(8, 8)
+
+        def forward(self, idx):
+            return self.out(self.emb(idx))
+
+    def run(out: Path, **extra) -> torch.nn.Module:
+        model = PartlyUsed()
+        batches = RandomWindows(tokens(), block_size=8, batch_size=2, seed=0)
+        Trainer(model, causal_lm_loss, batches, settings(6, **extra), out_dir=out, device=CPU).fit(
+            resume=(out / "state").exists())
+        return model
+
+    ref = run(tmp_path / "ref")
+    run(tmp_path / "run", stop_at_step=3)
+    resumed = run(tmp_path / "run")
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
