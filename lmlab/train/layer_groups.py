@@ -4,7 +4,10 @@ ULMFiT's discriminative learning rates and gradual unfreezing (Howard & Ruder 20
 "layer groups": the embeddings, each block or recurrent layer, and the final norm with the
 output head. :func:`layer_groups` gives them for every lmlab family, and for a task model
 that wraps one (an object with ``.backbone``, e.g. a sequence classifier: its other
-parameters, the task head, are the top group).
+parameters, the task head, are the top group). A task head does not use the backbone's
+language-model output layers (the softmax, BERT's MLM and NSP heads), so in a task model they
+join the task head's group, as ULMFiT's classifier leaves out the LM decoder; the lowest
+group that trains then is a real layer of the network.
 
 Groups are found by module-name prefixes, so modules wrapped by LoRA, adapters or prefix
 tuning (``blocks.0.attn.qkv.lora_A``) stay in their block's group. A weight tied across
@@ -65,6 +68,21 @@ def _prefixes(model: nn.Module) -> list[list[str]]:
     )
 
 
+def _lm_outputs(model: nn.Module) -> tuple[str, ...]:
+    """The module-name prefixes of ``model``'s language-model output layers (unused under a task head)."""
+    if isinstance(model, (Decoder, EncoderDecoder)):
+        return ("lm_head", "final_logits_bias")
+    if isinstance(model, Encoder):
+        return ("mlm", "nsp_head")
+    if isinstance(model, RNNLM):
+        return ("proj", "head")
+    if isinstance(model, ELMo):
+        return ("head",)
+    if isinstance(model, NPLM):
+        return ("out", "direct")
+    return ()
+
+
 def _claims(prefix: str, name: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
@@ -75,11 +93,14 @@ def layer_groups(model: nn.Module) -> list[Group]:
     Each group is a list of ``(name, parameter)`` with the names of ``model.named_parameters()``
     (frozen parameters included); empty groups are left out. A model with a ``.backbone``
     (a task model) gets its backbone's groups, then one group of its own other parameters
-    (the task head). Raises LmlabError for a model of no known family.
+    (the task head) and the backbone's language-model output layers. Raises LmlabError for a
+    model of no known family.
     """
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, nn.Module):
-        inner = layer_groups(backbone)
+        outputs = _lm_outputs(backbone)
+        inner = [[(n, p) for n, p in group if not any(_claims(x, n) for x in outputs)]
+                 for group in layer_groups(backbone)]
         ids = {id(p) for group in inner for _, p in group}
         groups = [[(f"backbone.{n}", p) for n, p in group] for group in inner]
         head = [(n, p) for n, p in model.named_parameters() if id(p) not in ids]

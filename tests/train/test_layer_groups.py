@@ -115,15 +115,25 @@ class TaskModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 2))
 
 
-def test_task_model_adds_its_head_as_the_top_group():
+def test_task_model_adds_its_head_as_the_top_group_with_the_unused_lm_outputs():
     backbone = build_model(get_preset("lstm-tiny", **SMALL, n_layer=3, d_emb=32))
     model = TaskModel(backbone)
     groups = layer_groups(model)
     assert_partition(model, groups)
     inner = names(layer_groups(backbone))
-    assert names(groups)[:-1] == [[f"backbone.{n}" for n in g] for g in inner]
-    assert names(groups)[-1] == ["head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
-    assert len(groups) == 1 + 3 + 1 + 1  # embedding, three LSTMs, LM projection + head bias, task head
+    # embedding, three LSTM layers; the LM's projection and softmax bias go with the task head
+    assert names(groups)[:-1] == [[f"backbone.{n}" for n in g] for g in inner[:-1]]
+    assert names(groups)[-1] == ["backbone.proj.weight", "backbone.head.bias",
+                                 "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
+    assert len(groups) == 1 + 3 + 1
+    llama = TaskModel(build_model(get_preset("llama-tiny", **SMALL, n_layer=2, d_model=32,
+                                             tie_embeddings=False)))
+    top = names(layer_groups(llama))
+    assert top[-2] == ["backbone.norm_f.weight"] and top[-1][0] == "backbone.lm_head.weight"
+    bert = TaskModel(build_model(get_preset("bert-tiny", **SMALL, n_layer=1, d_model=32)))
+    top = names(layer_groups(bert))
+    assert set(top[-2]) == {"backbone.pooler.weight", "backbone.pooler.bias"}  # a task head may pool
+    assert all(n.startswith(("backbone.mlm", "backbone.nsp_head", "head.")) for n in top[-1])
 
 
 def test_unknown_model_is_refused_naming_the_families():
