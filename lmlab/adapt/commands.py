@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from lmlab.adapt.finetune import FinetuneConfig
 from lmlab.adapt.predict import PredictConfig
+from lmlab.adapt.ulmfit import UlmfitConfig
 from lmlab.config import arg, save_config
 from lmlab.errors import LmlabError
 
@@ -180,4 +181,48 @@ def transfer_baseline(cfg: TransferBaselineConfig) -> int:
         if m.get("n"):
             print(f"  transfer to {name}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
                   f"({m['n']} test examples)")
+    return 0
+
+
+# ------------------------------------------------------------------ lmlab ulmfit
+
+
+def ulmfit(cfg: UlmfitConfig) -> int:
+    """ULMFiT's three stages (Howard & Ruder 2018) from a general-domain language model (stage 1,
+    --ckpt): stage 2 fine-tunes the LM on the target corpus's training text with discriminative
+    learning rates (each layer group's rate the one above / 2.6) and slanted triangular rates
+    (cut_frac 0.1, ratio 32) into OUT/stage2-lm; stage 3 trains a classifier on it with gradual
+    unfreezing (one more layer group from the top each epoch) into OUT/stage3-classifier. Both are
+    ordinary 'lmlab finetune' runs (config.yaml, metrics.jsonl, state/); OUT/ulmfit.json records the
+    finished stages, so --resume skips them and resumes an interrupted one.
+
+    The ablation switches turn one trick off each: --no-stage2, --no-discriminative-lr, --no-stlr
+    (a constant rate), --no-gradual-unfreeze. E.g.:
+
+      lmlab data prepare --corpus wiki-slice --tokenizer bpe --vocab-size 8000 --out data/wiki
+      lmlab pretrain --model lstm-small --data data/wiki --out runs/lm --max-steps 3000
+      lmlab ulmfit --ckpt runs/lm --data sentiment-movies --out runs/ulmfit
+      lmlab ulmfit --ckpt runs/lm --data sentiment-movies --out runs/ulmfit-no-stlr --no-stlr
+    """
+    from lmlab.adapt.ulmfit import ulmfit as run_ulmfit
+
+    result = run_ulmfit(cfg)
+    summary = result.summary()
+    if cfg.json:
+        print(json.dumps(summary))
+    else:
+        off = [k for k, on in result.tricks.items() if not on]
+        for name, stage in (("stage 2 (LM)", result.stage2), ("stage 3 (classifier)", result.stage3)):
+            if stage:
+                val = _figures(stage.get("val", {}), ("loss", "bpb", "accuracy", "macro_f1"))
+                print(f"{name}: {stage['step']} steps in {stage['elapsed_s']:.1f}s; validation {val or '-'}; "
+                      f"saved {stage['out']}")
+        if result.accuracy is not None:
+            label = "ULMFiT" + (f" without {', '.join(off)}" if off else "")
+            print(f"{label}: test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} "
+                  f"({result.layer_groups} layer groups, one more unfrozen "
+                  f"every {result.unfreeze_every or '-'} steps)")
+    if result.interrupted:
+        print(f"continue with: lmlab ulmfit --out {result.out} --resume")
+        return 130
     return 0
