@@ -10,9 +10,12 @@ join the task head's group, as ULMFiT's classifier leaves out the LM decoder; th
 group that trains then is a real layer of the network.
 
 Groups are found by module-name prefixes, so modules wrapped by LoRA, adapters or prefix
-tuning (``blocks.0.attn.qkv.lora_A``) stay in their block's group. A weight tied across
-groups (a tied embedding and output head) is listed once, in the lowest group. A parameter
-that no prefix claims joins the top group.
+tuning (``blocks.0.attn.qkv.lora_A``) stay in their block's group. A parameter that no prefix
+claims joins the top group. A weight tied across groups (an embedding that is also the
+softmax) is listed once, under its first name: in a language model it sits in the top group,
+with the output layer it also is (as in fastai's ULMFiT language-model split, where the tied
+encoder goes with the decoder), and in a task model, which has no use for the softmax, in the
+embedding group.
 """
 
 from __future__ import annotations
@@ -100,17 +103,33 @@ def layer_groups(model: nn.Module) -> list[Group]:
     if isinstance(backbone, nn.Module):
         outputs = _lm_outputs(backbone)
         inner = [[(n, p) for n, p in group if not any(_claims(x, n) for x in outputs)]
-                 for group in layer_groups(backbone)]
+                 for group in _family_groups(backbone, tied_up=False)]
         ids = {id(p) for group in inner for _, p in group}
         groups = [[(f"backbone.{n}", p) for n, p in group] for group in inner]
         head = [(n, p) for n, p in model.named_parameters() if id(p) not in ids]
         return [g for g in [*groups, head] if g]
+    return _family_groups(model, tied_up=True)
+
+
+def _family_groups(model: nn.Module, tied_up: bool) -> list[Group]:
+    """The groups of a model of an lmlab family; a tied weight goes to the highest group of its names
+    when ``tied_up``, else to the lowest."""
     prefixes = _prefixes(model)
+
+    def index(name: str) -> int:
+        claimed = (i for i, ps in enumerate(prefixes) if any(_claims(x, name) for x in ps))
+        return next(claimed, len(prefixes) - 1)
+
+    first: dict[int, tuple[str, nn.Parameter, int]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        i = index(name)
+        if id(p) not in first:
+            first[id(p)] = (name, p, i)
+        elif tied_up and i > first[id(p)][2]:
+            first[id(p)] = (first[id(p)][0], p, i)
     groups: list[Group] = [[] for _ in prefixes]
-    for name, p in model.named_parameters():
-        index = next((i for i, ps in enumerate(prefixes) if any(_claims(x, name) for x in ps)),
-                     len(prefixes) - 1)
-        groups[index].append((name, p))
+    for name, p, i in first.values():
+        groups[i].append((name, p))
     return [g for g in groups if g]
 
 

@@ -32,8 +32,9 @@ def assert_partition(model: nn.Module, groups) -> None:
 
 
 @pytest.mark.parametrize("preset, overrides, expected", [
-    ("gpt2-tiny", {"n_layer": 2, "d_model": 32}, [{"tok_emb.weight", "pos_emb.weight"}, {"blocks.0"},
-                                                   {"blocks.1"}, {"norm_f.weight", "norm_f.bias"}]),
+    # tied: the embedding is also the softmax, so it goes with the output layer (fastai's LM split)
+    ("gpt2-tiny", {"n_layer": 2, "d_model": 32}, [{"pos_emb.weight"}, {"blocks.0"}, {"blocks.1"},
+                                                   {"norm_f.weight", "norm_f.bias", "tok_emb.weight"}]),
     ("llama-tiny", {"n_layer": 2, "d_model": 32, "tie_embeddings": False},
      [{"tok_emb.weight"}, {"blocks.0"}, {"blocks.1"}, {"norm_f.weight", "lm_head.weight"}]),
     ("bert-tiny", {"n_layer": 2, "d_model": 32},
@@ -41,7 +42,9 @@ def assert_partition(model: nn.Module, groups) -> None:
       {"blocks.0"}, {"blocks.1"}, {"mlm.bias", "mlm.dense", "mlm.norm", "pooler.weight", "pooler.bias",
                                    "nsp_head.weight", "nsp_head.bias"}]),
     ("lstm-tiny", {"n_layer": 2},
-     [{"emb.weight"}, {"layers.0"}, {"layers.1"}, {"proj.weight", "head.bias"}]),
+     [{"layers.0"}, {"layers.1"}, {"emb.weight", "proj.weight", "head.bias"}]),
+    ("lstm-tiny", {"n_layer": 2, "tie_embeddings": False},
+     [{"emb.weight"}, {"layers.0"}, {"layers.1"}, {"head.weight", "head.bias"}]),
     ("nplm-tiny", {},
      [{"emb.weight"}, {"hidden.weight", "hidden.bias"}, {"out.weight", "out.bias", "direct.weight"}]),
 ])
@@ -58,18 +61,18 @@ def test_groups_of_encoder_decoders():
     assert_partition(t5, groups)
     # the shared relative-position bias goes with the embeddings; each stack's norms with its ends
     assert [{".".join(n.split(".")[:3]) for n in g} for g in names(groups)] == [
-        {"tok_emb.weight", "encoder.rel.weight"}, {"encoder.blocks.0"},
-        {"encoder.blocks.1", "encoder.norm.weight"},
-        {"decoder.rel.weight", "decoder.blocks.0"}, {"decoder.blocks.1"}, {"decoder.norm.weight"}]
+        {"encoder.rel.weight"}, {"encoder.blocks.0"}, {"encoder.blocks.1", "encoder.norm.weight"},
+        {"decoder.rel.weight", "decoder.blocks.0"}, {"decoder.blocks.1"},
+        {"decoder.norm.weight", "tok_emb.weight"}]
     bart = build_model(get_preset("bart-tiny", **SMALL, n_layer=2, d_model=32))
     groups = layer_groups(bart)
     assert_partition(bart, groups)
-    # post-norm with a tied head: no final norm, so the last decoder block is the top group
+    # post-norm with a tied head: no final norm, so the tied embedding-softmax alone is the top group
     assert [{".".join(n.split(".")[:3]) for n in g} for g in names(groups)] == [
-        {"tok_emb.weight", "encoder.pos.weight", "encoder.emb_norm.weight", "encoder.emb_norm.bias"},
+        {"encoder.pos.weight", "encoder.emb_norm.weight", "encoder.emb_norm.bias"},
         {"encoder.blocks.0"}, {"encoder.blocks.1"},
         {"decoder.pos.weight", "decoder.emb_norm.weight", "decoder.emb_norm.bias", "decoder.blocks.0"},
-        {"decoder.blocks.1"}]
+        {"decoder.blocks.1"}, {"tok_emb.weight"}]
 
 
 def test_groups_of_elmo_pair_the_two_directions():
@@ -78,12 +81,14 @@ def test_groups_of_elmo_pair_the_two_directions():
         groups = layer_groups(model)
         assert_partition(model, groups)
         got = roots(groups)
-        n = model.config.n_layer
-        assert len(got) == n + 2
-        assert got[0] == ({"tok_emb.weight"} if preset == "elmo-tiny" else
-                          {"char_cnn.char_emb", "char_cnn.convs", "char_cnn.highway", "char_cnn.proj"})
-        for i in range(n):
-            assert got[1 + i] == {f"fwd.{i}", f"bwd.{i}"}
+        n, tied = model.config.n_layer, preset == "elmo-tiny"
+        layers = got[:n] if tied else got[1:n + 1]
+        assert layers == [{f"fwd.{i}", f"bwd.{i}"} for i in range(n)]
+        if tied:  # the token embedding is also the softmax: the top group
+            assert len(got) == n + 1 and got[-1] == {"tok_emb.weight", "head.bias"}
+        else:
+            assert len(got) == n + 2 and got[-1] == {"head.weight", "head.bias"}
+            assert got[0] == {"char_cnn.char_emb", "char_cnn.convs", "char_cnn.highway", "char_cnn.proj"}
 
 
 def test_groups_of_bahdanau_seq2seq():
@@ -94,15 +99,15 @@ def test_groups_of_bahdanau_seq2seq():
         {"src_emb", "tgt_emb"}, {"encoder"}, {"init_state", "attention", "decoder"}, {"pre_output", "output"}]
 
 
-def test_tied_weight_sits_in_the_lowest_group_and_wrapped_modules_stay_in_their_block():
+def test_tied_weight_sits_in_the_top_group_and_wrapped_modules_stay_in_their_block():
     model = build_model(get_preset("gpt2-tiny", **SMALL, n_layer=2, d_model=32))
     assert model.lm_head.weight is model.tok_emb.weight
     # a module wrapped inside a block (as LoRA or an adapter does) belongs to that block
     model.blocks[1].attn.adapter = nn.Linear(32, 4)
     model.extra = nn.Parameter(torch.zeros(3))  # claimed by no prefix: joins the top group
     groups = names(layer_groups(model))
-    assert "tok_emb.weight" in groups[0] and "lm_head.weight" not in sum(groups, [])
-    assert "blocks.1.attn.adapter.weight" in groups[2]
+    assert "tok_emb.weight" in groups[-1] and "lm_head.weight" not in sum(groups, [])
+    assert groups[0] == ["pos_emb.weight"] and "blocks.1.attn.adapter.weight" in groups[2]
     assert "extra" in groups[-1]
 
 
@@ -120,9 +125,10 @@ def test_task_model_adds_its_head_as_the_top_group_with_the_unused_lm_outputs():
     model = TaskModel(backbone)
     groups = layer_groups(model)
     assert_partition(model, groups)
-    inner = names(layer_groups(backbone))
-    # embedding, three LSTM layers; the LM's projection and softmax bias go with the task head
-    assert names(groups)[:-1] == [[f"backbone.{n}" for n in g] for g in inner[:-1]]
+    # embedding (tied to the softmax, which a task head does not use), three LSTM layers; the LM's
+    # projection and softmax bias go with the task head
+    assert names(groups)[0] == ["backbone.emb.weight"]
+    assert [{n.split(".")[2] for n in g} for g in names(groups)[1:4]] == [{"0"}, {"1"}, {"2"}]
     assert names(groups)[-1] == ["backbone.proj.weight", "backbone.head.bias",
                                  "head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
     assert len(groups) == 1 + 3 + 1
