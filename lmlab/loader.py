@@ -1,4 +1,5 @@
-"""The one loader: a run folder, a model file or a Hugging Face folder -> model and tokenizer.
+"""The one loader: a run folder, a model file, a Hugging Face folder or an adapter run (base +
+adapter, :mod:`lmlab.tuning`) -> model and tokenizer.
 
 Every command that reads a model (generate, eval, embed, lineage, pretrain --init, and
 the ones to come) goes through :func:`load_model_any`; ``lmlab.load(path)`` is
@@ -28,8 +29,9 @@ def is_hf_dir(path: str | os.PathLike) -> bool:
 
 
 def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = None) -> Any:
-    """Return the model in ``path`` (an lmlab run dir / model file of any architecture, or a Hugging
-    Face folder) in eval mode on ``device``, cast to ``dtype`` (None or 'auto' keeps the stored dtype)."""
+    """Return the model in ``path`` (an lmlab run dir / model file of any architecture, a Hugging
+    Face folder, or an adapter run: its base with the adapter applied) in eval mode on ``device``,
+    cast to ``dtype`` (None or 'auto' keeps the stored dtype)."""
     from lmlab.models.io import WEIGHTS
     from lmlab.models.registry import load_model
 
@@ -38,6 +40,12 @@ def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = No
         raise LmlabError(f"{p} does not exist; give a run directory, a model.safetensors or "
                          "a Hugging Face folder")
     dt = parse_dtype(dtype)
+    if _is_adapter_run(p):
+        from lmlab.tuning import base_path, load_tuning
+
+        model = load_model_any(base_path(p), "cpu", dt)
+        load_tuning(model, p)
+        return model.to(device).eval()
     if p.is_dir() and is_hf_dir(p) and not _is_lmlab_file(p / WEIGHTS):
         from lmlab.interop.hf_auto import load_hf_model
 
@@ -45,6 +53,14 @@ def load_model_any(path: str | os.PathLike, device: Any = "cpu", dtype: Any = No
     else:
         model = load_model(p, map_location="cpu", dtype=dt)
     return model.to(device).eval()
+
+
+def _is_adapter_run(p: Path) -> bool:
+    """True when ``p`` is an adapter run folder (``tuning.json``, no model of its own)."""
+    from lmlab.models.io import WEIGHTS
+    from lmlab.tuning.io import META
+
+    return p.is_dir() and (p / META).is_file() and not (p / WEIGHTS).is_file()
 
 
 def _is_lmlab_file(f: Path) -> bool:
@@ -61,11 +77,16 @@ def _is_lmlab_file(f: Path) -> bool:
 
 
 def load_tokenizer_any(path: str | os.PathLike) -> Any:
-    """Return the lmlab Tokenizer of ``path`` (its ``tokenizer.json``), or None when it has none."""
+    """Return the lmlab Tokenizer of ``path`` (its ``tokenizer.json``; an adapter run without one: its
+    base's), or None when it has none."""
     from lmlab.data.tokenizers import load_tokenizer
 
     p = Path(path)
     folder = p if p.is_dir() else p.parent
+    if not (folder / "tokenizer.json").is_file() and _is_adapter_run(folder):
+        from lmlab.tuning import base_path
+
+        return load_tokenizer_any(base_path(folder))
     return load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
 
 

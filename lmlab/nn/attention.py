@@ -13,6 +13,12 @@ bias, with padding folded in as a large negative number), broadcastable to
 ``(B, n_head, T_query, T_key)``; :func:`padding_mask` turns a ``(B, T)`` attention mask of
 1s and 0s into the boolean form for bidirectional attention.
 
+Prefix tuning (Li & Liang 2021) hooks in here: an optional ``prefix`` module on a
+self-attention returns per-layer keys and values ``(1 | B, n_kv_heads, P, head_dim)`` (or None
+when it is switched off); they are prepended to the keys and values after the cache (the cache
+holds only real positions), carry no position, and every query may attend to them, so masks
+grow by P leading columns that are all True (:func:`with_prefix`).
+
 Masking rule (see REFERENCE.md): SDPA's ``is_causal`` aligns its mask top-left, which is
 only right when there are as many queries as keys. With a cache, a single query needs no
 mask and a chunk of queries needs an explicit lower-right-aligned mask
@@ -112,6 +118,22 @@ def causal_mask(n_query: int, n_key: int, device: torch.device | str = "cpu") ->
     return j <= i + (n_key - n_query)
 
 
+def with_prefix(k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+                mask: torch.Tensor | None, is_causal: bool,
+                n_query: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Return keys, values ``(B, H_kv, P + S, D)`` with the prefix ``pk, pv (1 | B, H_kv, P, D)`` in front,
+    and the mask for them: ``mask`` with P leading columns every query may attend (True, or 0 for
+    a float mask); SDPA's causal flag (``is_causal``) becomes an explicit lower-right causal mask."""
+    B, P = k.shape[0], pk.shape[2]
+    k = torch.cat([pk.to(k.dtype).expand(B, -1, -1, -1), k], dim=2)
+    v = torch.cat([pv.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
+    if mask is None:
+        return k, v, causal_mask(n_query, k.shape[2], k.device) if is_causal else None
+    lead = (torch.ones if mask.dtype == torch.bool else torch.zeros)(
+        *mask.shape[:-1], P, dtype=mask.dtype, device=mask.device)
+    return k, v, torch.cat([lead, mask], dim=-1)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads, optional RoPE and a cache.
 
@@ -137,6 +159,7 @@ class Attention(nn.Module):
             self.qkv = Linear(d_model, (n_head + 2 * n_kv_heads) * head_dim, bias=bias)
         self.proj = Linear(n_head * head_dim, d_model, bias=bias)
         self.dropout = dropout
+        self.prefix: nn.Module | None = None  # prefix tuning's keys/values (see the module docstring)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: KVCache | CrossKVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
@@ -166,6 +189,9 @@ class Attention(nn.Module):
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        prefix = self.prefix(B) if self.prefix is not None else None
+        if prefix is not None:
+            k, v, mask = with_prefix(k, v, *prefix, mask, is_causal, T)
         dropout = self.dropout if self.training else 0.0
         if T == 1:
             # One query per head: the query heads sharing a KV head become that many queries
