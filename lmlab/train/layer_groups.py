@@ -142,17 +142,18 @@ def unfrozen_count(step: int, every: int, n_groups: int) -> int:
 
 
 class GradualUnfreezing:
-    """ULMFiT's gradual unfreezing over ``groups`` (layer groups, bottom to top).
+    """ULMFiT's gradual unfreezing over ``groups``: the trainable parameters of each layer group,
+    bottom to top, groups without any left out (see :func:`trainable_groups`).
 
-    Only the parameters trainable when it is made take part: a parameter frozen by its
-    owner (e.g. a backbone frozen under LoRA) stays frozen. :meth:`apply` sets
-    ``requires_grad`` for a step, so a frozen group gets no gradient, hence no update and
-    no weight decay; :meth:`restore` gives every parameter its first ``requires_grad`` back.
+    A parameter frozen by its owner (e.g. a backbone frozen under LoRA) is in no group, so it
+    stays frozen. :meth:`apply` sets ``requires_grad`` for a step, so a frozen group gets no
+    gradient, hence no update and no weight decay; :meth:`restore` makes every parameter of the
+    groups trainable again.
     """
 
-    def __init__(self, groups: list[Group], every: int):
+    def __init__(self, groups: list[list[nn.Parameter]], every: int):
         self.every = every
-        self.groups = [[p for _, p in group if p.requires_grad] for group in groups]
+        self.groups = groups
 
     def apply(self, step: int) -> int:
         """Freeze all but the top groups due at ``step``; return how many groups train."""
@@ -163,7 +164,15 @@ class GradualUnfreezing:
         return n
 
     def restore(self) -> None:
-        """Make every parameter that took part trainable again."""
+        """Make every parameter of the groups trainable again."""
         for group in self.groups:
             for p in group:
                 p.requires_grad_(True)
+
+
+def trainable_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Return the trainable parameters of each of ``model``'s layer groups, bottom to top, leaving
+    out groups with none: the groups discriminative rates and gradual unfreezing count (under LoRA,
+    the blocks that hold adapters; the top one trains at the peak rate and unfreezes first)."""
+    groups = ([p for _, p in group if p.requires_grad] for group in layer_groups(model))
+    return [g for g in groups if g]

@@ -32,7 +32,7 @@ from lmlab.errors import LmlabError
 from lmlab.nn.linear import cpu_matmul_backend, training_layout, use_row_major_layout
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as D
-from lmlab.train.layer_groups import GradualUnfreezing, layer_groups
+from lmlab.train.layer_groups import GradualUnfreezing, trainable_groups
 from lmlab.train.log import RunLogger
 from lmlab.train.mfu import mfu, peak_flops
 from lmlab.train.objectives import Objective, loss_and_metrics
@@ -276,9 +276,8 @@ class Trainer:
         if loaded is not None:
             self.read_weights(self.raw_model, loaded.weights_path)
         self.raw_model.to(self.device)
-        groups = layer_groups(self.raw_model) if o.group_lr_factor() > 1 or s.gradual_unfreeze else []
-        scales = (discriminative_scales([[p for _, p in g] for g in groups], o.group_lr_factor())
-                  if o.group_lr_factor() > 1 else None)
+        groups = trainable_groups(self.raw_model) if o.group_lr_factor() > 1 or s.gradual_unfreeze else []
+        scales = discriminative_scales(groups, o.group_lr_factor()) if o.group_lr_factor() > 1 else None
         model = D.wrap_model(self.raw_model, dist, fsdp=self.fsdp)
         optimizer = build_adamw(
             model, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), device=self.device,

@@ -255,3 +255,26 @@ def test_resume_with_a_parameter_that_never_had_a_gradient(tmp_path: Path):
     resumed = run(tmp_path / "run")
     for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_options_compose_with_lora(monkeypatch, tmp_path: Path):
+    """Under LoRA only the adapter trains; gradual unfreezing and discriminative rates act on its
+    parameters by the block they sit in."""
+    from lmlab.tuning import TuningOptions, apply_tuning
+
+    model = tiny_decoder()
+    apply_tuning(model, TuningOptions(method="lora", r=2, targets=["q", "v"]))
+    lora = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert lora and all(n.startswith("blocks.") for n in lora)
+    spy = Spy(monkeypatch, model)
+    batches = RandomWindows(tokens(), block_size=8, batch_size=4, seed=0)
+    Trainer(model, causal_lm_loss, batches, settings(3, gradual_unfreeze=1, discriminative_lr=2.0,
+                                                     schedule="constant"),
+            out_dir=tmp_path, device=CPU).fit()
+    in_block = [{n for n in lora if n.startswith(f"blocks.{i}.")} for i in range(2)]
+    # the groups that count are those with trainable parameters: block 0's and block 1's adapters
+    assert [s["grad"] for s in spy.steps] == [in_block[1], lora, lora]
+    rates = {spy.names[id(p)]: g["lr"] for g in spy.optimizer.param_groups for p in g["params"]}
+    assert set(rates) == lora
+    assert all(rates[n] == pytest.approx(1e-2 / 2 ** (1 - i)) for i in range(2) for n in in_block[i])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == lora  # as the method left it
