@@ -60,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scaling flops": ("lmlab.scaling.commands:flops", "parameters, FLOPs per token (6N, Kaplan, Chinchilla, PaLM) and MFU of a model"),
     "kv-cache": ("lmlab.scaling.commands:kv_cache", "KV-cache elements and bytes per token and in total: MHA, GQA, MQA, MLA"),
     "scaling sweep": ("lmlab.scaling.commands:sweep", "train an IsoFLOP grid of model sizes x compute budgets into SWEEP/runs.csv"),
+    "ulmfit": ("lmlab.adapt.commands:ulmfit", "ULMFiT's stages 2 and 3 from a general LM: LM fine-tuning (discriminative lr, STLR), classifier with gradual unfreezing; ablation switches"),
+    "transfer baseline": ("lmlab.adapt.commands:transfer_baseline", "held-out accuracy of a bag-of-n-grams, averaged word2vec or ELMo-features logistic regression on labelled data"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
 }
 
