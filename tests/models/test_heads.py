@@ -129,7 +129,7 @@ def test_batchnorm_head_standardises_features_that_barely_vary() -> None:
     """ULMFiT's head (batch norm before each linear layer): features with a tiny spread reach the
     first linear layer standardised in training, and eval mode uses the running statistics."""
     from lmlab.models.heads import classifier_for
-    from lmlab.models.rnn import RNNConfig, RNNLM
+    from lmlab.models.rnn import RNNLM, RNNConfig
 
     torch.manual_seed(0)
     lstm = RNNLM(RNNConfig(vocab_size=50, cell="lstm", n_layer=1, d_emb=8, d_hidden=12, block_size=16))
