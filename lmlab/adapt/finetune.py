@@ -66,7 +66,7 @@ class FinetuneConfig(LoopOptions):
     json: bool = arg(False, "print the final figures as one JSON object")
 
 
-def resolve_head_norm(name: str, backbone: torch.nn.Module) -> str:
+def resolve_head_norm(name: str, backbone: Any) -> str:
     """Return the head norm for ``backbone``: ``auto`` is batchnorm for RNN backbones (ULMFiT's
     classifier head, whose LSTM features vary little between sentences) and none otherwise."""
     from lmlab.models.heads import backbone_arch
