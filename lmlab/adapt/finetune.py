@@ -244,7 +244,7 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
                       device=device, evaluator=evaluator if val_ids else None, flops_per_token=None, **books)
     out.mkdir(parents=True, exist_ok=True)
     resolved = dataclasses.replace(cfg, resume=False, overwrite=False, stop_at_step=None, precision=precision,
-                                   max_len=max_len, pooling=model.config.pooling)
+                                   max_len=max_len, pooling=model.config.pooling, epochs=None)  # in max_steps
     save_config(resolved, out / "config.yaml")
     write_bytes(out / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
     state_dir = (out / TRAIN if tuned else out) / ckpt.STATE_DIR

@@ -200,10 +200,11 @@ def test_regress_on_an_encoder_and_predict_scores(runs, tmp_path, capsys):
 
 
 def test_resume_continues_exactly(runs, tmp_path, capsys):
-    args = ["--ckpt", runs["gpt2"], "--data", "sentiment-amazon", "--max-steps", "6", "--head-dropout", "0.3"]
+    args = ["--ckpt", runs["gpt2"], "--data", "sentiment-amazon", "--epochs", "0.5", "--head-dropout", "0.3"]
     assert finetune(*args, "--out", tmp_path / "a") == 0
     assert finetune(*args, "--out", tmp_path / "b", "--stop-at-step", "3") == 0
-    assert finetune(*args, "--out", tmp_path / "b", "--resume") == 0
+    # as the interrupted run's hint says: its resolved config (epochs turned into max_steps) and --resume
+    assert finetune("--config", tmp_path / "b" / "config.yaml", "--resume") == 0
     a, b = (
         load_file(str(tmp_path / "a" / "model.safetensors")),
         load_file(str(tmp_path / "b" / "model.safetensors")),
