@@ -33,7 +33,9 @@ def finetune(cfg: FinetuneConfig) -> int:
     rating (--task regress) or the language model itself on the data's training text (--task lm,
     ULMFiT's stage 2), through the one Trainer.
 
-    --method head trains only the task head (the backbone frozen); full trains every weight. The task
+    --method head trains only the task head (the backbone frozen); full trains every weight; lora,
+    houlsby, pfeiffer, prefix and prompt train a parameter-efficient method (lmlab.tuning; its shape:
+    --r --alpha --targets --bottleneck --n-prefix --n-prompt ...) and the head. The task
     head reads the last real token's state (decoders), the pooler or [CLS] (encoders) or ULMFiT's
     concat pooling (RNN/LSTM/GRU). Validation runs on the validation split during training
     (--eval-interval) and at the end; the test split is scored once at the end: accuracy, macro-F1
@@ -42,7 +44,10 @@ def finetune(cfg: FinetuneConfig) -> int:
 
     Writes OUT/config.yaml (resolved), OUT/model.safetensors (the classifier: 'lmlab predict' and
     lmlab.load read it), OUT/tokenizer.json, OUT/metrics.jsonl, OUT/results.json and OUT/state/
-    (exact --resume). --task lm writes a pretrain run (OUT/config.yaml is pretrain's, this command's
+    (exact --resume). A tuned run (lora ... prompt) is an adapter run instead: OUT/tuning.json and
+    OUT/tuning.safetensors (the method's weights and the head only) on the classifier in OUT/base,
+    with the Trainer's metrics.jsonl and state/ in OUT/train; lmlab.load and lmlab predict open it as
+    base + adapter. --task lm writes a pretrain run (OUT/config.yaml is pretrain's, this command's
     is OUT/finetune.yaml; the prepared text is in OUT/lm-data). The sentiment sets come from the
     vaderSentiment==3.3.2 sdist (downloaded once; LMLAB_VADER_SDIST names a local copy). E.g.:
 

@@ -4,7 +4,12 @@
 pretrained model of ``--ckpt`` and trains it on a labelled corpus
 (:func:`lmlab.data.labelled.get_labelled`) through the one Trainer, validating on the
 validation split and scoring the test split at the end. ``--method`` says what trains:
-``head`` (the backbone frozen), ``full`` (everything). ``--task lm`` continues the language
+``head`` (the backbone frozen), ``full`` (everything), or a parameter-efficient method of
+:mod:`lmlab.tuning` (``lora``, ``houlsby``, ``pfeiffer``, ``prefix``, ``prompt``: the method's
+parameters and the head). A tuned run is an adapter run: ``tuning.json`` and
+``tuning.safetensors`` (the method's weights and the head only) beside ``base/`` (the classifier
+it adapts), so ``lmlab.load`` and ``lmlab predict`` open it as base + adapter; the Trainer's
+books (metrics, resumable state) are in ``train/``. ``--task lm`` continues the language
 model on the corpus's unlabelled training text (ULMFiT's stage 2): the text is prepared with
 the run's tokenizer and trained by :func:`lmlab.train.pretrain.pretrain` from ``--ckpt``.
 """
@@ -20,14 +25,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lmlab.config import Precision, arg, save_config
+from lmlab.config import DictConfig, Precision, arg, save_config
 from lmlab.errors import LmlabError
 from lmlab.train.options import LoopOptions, OptimOptions
+from lmlab.tuning import METHODS as TUNING_METHODS
+from lmlab.tuning import TuningOptions
 
 Task = Literal["classify", "regress", "lm"]
-METHODS = ("head", "full")
-Method = Literal["head", "full"]
+METHODS = ("head", "full", *TUNING_METHODS)
+Method = Literal["head", "full", "lora", "houlsby", "pfeiffer", "prefix", "prompt"]
 RESULTS = "results.json"
+BASE = "base"  # a tuned run's classifier base
+TRAIN = "train"  # a tuned run's Trainer folder (metrics.jsonl, state/)
+
+
+def _tuning_shape_fields() -> list[tuple[str, Any, Any]]:
+    """The fields of :class:`~lmlab.tuning.TuningOptions` but ``method`` (``--method`` names it)."""
+    out = []
+    for f in dataclasses.fields(TuningOptions):
+        if f.name == "method":
+            continue
+        if f.default is dataclasses.MISSING:
+            default = dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+        else:
+            default = dataclasses.field(default=f.default, metadata=f.metadata)
+        out.append((f.name, f.type, default))
+    return out
+
+
+# The shape of a tuning method (LoRA rank, adapter bottleneck, prefix length, ...) as an options group:
+# TuningOptions' own fields and help, without its ``method``.
+TuningShape = dataclasses.make_dataclass("TuningShape", _tuning_shape_fields(), bases=(DictConfig,))
+TuningShape.__module__ = __name__
+TuningShape.__doc__ = "The shape of a tuning method: lmlab.tuning.TuningOptions without its method."
 
 
 @dataclass
@@ -39,7 +69,9 @@ class FinetuneConfig(LoopOptions):
                                  "train/validation/test files, or hf:NAME[:CONFIG]")
     task: Task = arg("classify", "classify (labels), regress (the rating) or lm (continue the language "
                                  "model on the data's unlabelled training text: ULMFiT's stage 2)")
-    method: Method = arg("full", "what trains: head (backbone frozen) or full (every weight)")
+    method: Method = arg("full", "what trains: head (backbone frozen), full (every weight), or with the "
+                                 "head a tuning method: lora, houlsby or pfeiffer adapters, prefix or prompt "
+                                 "tuning")
     out: Path | None = arg(None, "run folder: config.yaml, model.safetensors, tokenizer.json, metrics.jsonl, "
                                  "results.json (test metrics), state/")
     overwrite: bool = arg(False, "start a new run in an --out that already holds one")
@@ -55,6 +87,7 @@ class FinetuneConfig(LoopOptions):
     head_dropout: float = arg(0.1, "dropout on the features before the head")
     head_norm: str = arg("auto", "batchnorm: batch normalisation before each of the head's linear layers "
                                  "(ULMFiT's classifier); none; auto: batchnorm on RNNs, none otherwise")
+    tuning: TuningShape = arg(TuningShape(), "the tuning method's shape")
     optim: OptimOptions = arg(OptimOptions(lr=1e-4, min_lr=1e-5, warmup_fraction=0.1, warmup_steps=0,
                                            weight_decay=0.01, beta2=0.999),
                               "AdamW and its schedule")
@@ -115,10 +148,14 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     return _finetune_task(cfg)
 
 
+def _tuned(cfg: FinetuneConfig) -> bool:
+    return cfg.method in TUNING_METHODS
+
+
 def _check_out(cfg: FinetuneConfig) -> None:
     from lmlab.train import checkpoint as ckpt
 
-    out = Path(cfg.out)
+    out = Path(cfg.out) / TRAIN if _tuned(cfg) else Path(cfg.out)
     if cfg.resume and ckpt.latest_step(out) is None:
         raise LmlabError(f"{out} has no checkpoint to resume; drop --resume to start a new run there")
     if not cfg.resume and ckpt.latest_step(out) is not None and not cfg.overwrite:
@@ -185,7 +222,9 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.eval_max:
         val_ids, val_y = val_ids[:cfg.eval_max], val_y[:cfg.eval_max]
     cfg = _length(cfg, len(train_ids))
-    trainable = _apply_method(model, cfg.method)
+    if _tuned(cfg):
+        save_model(model, out / BASE)  # the classifier the adapter adapts (its fresh head is replaced)
+    trainable = _apply_method(model, cfg)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     pad_id = pad_id_of(model, tokenizer)
     batches = ExampleBatches(train_ids, train_y, cfg.batch_size, cfg.seed, pad_id, device, regression)
@@ -208,18 +247,22 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
 
     settings = TrainSettings(**cfg.loop_options(), optim=cfg.optim, precision=precision,
                              show_progress=cfg.progress)
-    trainer = Trainer(model, objective, batches, settings, out_dir=out, device=device,
-                      evaluator=evaluator if val_ids else None,
-                      write_weights=lambda m, p: save_model(m, p),
-                      model_config={"classifier": model.config.to_dict(), "method": cfg.method},
-                      flops_per_token=None)
+    tuned = _tuned(cfg)
+    books: dict[str, Any] = {"model_config": {"classifier": model.config.to_dict(), "method": cfg.method},
+                             "write_weights": lambda m, p: save_model(m, p)}
+    if tuned:  # the Trainer keeps (and resumes) only what trains: the method's weights and the head
+        books = {"model_config": {**books["model_config"], "tuning": dataclasses.asdict(cfg.tuning)},
+                 "write_weights": _write_tuning, "read_weights": _read_tuning}
+    trainer = Trainer(model, objective, batches, settings, out_dir=out / TRAIN if tuned else out,
+                      device=device, evaluator=evaluator if val_ids else None, flops_per_token=None, **books)
     out.mkdir(parents=True, exist_ok=True)
     resolved = dataclasses.replace(cfg, resume=False, overwrite=False, stop_at_step=None, precision=precision,
-                                   max_len=max_len, pooling=model.config.pooling)
+                                   max_len=max_len, pooling=model.config.pooling, epochs=None)  # in max_steps
     save_config(resolved, out / "config.yaml")
     write_bytes(out / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
-    if not cfg.resume and (out / ckpt.STATE_DIR).exists():
-        shutil.rmtree(out / ckpt.STATE_DIR)
+    state_dir = (out / TRAIN if tuned else out) / ckpt.STATE_DIR
+    if not cfg.resume and state_dir.exists():
+        shutil.rmtree(state_dir)
     t0 = time.perf_counter()
     with PeakMemory(device) as peak:
         result = trainer.fit(resume=cfg.resume)
@@ -227,7 +270,10 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
     rec = result.last_record
     val = {k[4:]: v for k, v in rec.items() if k.startswith("val_")}
     test = _rounded(figures(model, test_ids, test_y)) if test_ids else {}
-    size = (out / ckpt.WEIGHTS).stat().st_size if (out / ckpt.WEIGHTS).is_file() else 0
+    if tuned:
+        size = _save_adapter(model, out)
+    else:
+        size = (out / ckpt.WEIGHTS).stat().st_size if (out / ckpt.WEIGHTS).is_file() else 0
     res = FinetuneResult(
         out=str(out), task=cfg.task, method=cfg.method, step=result.step, elapsed_s=round(elapsed, 2),
         trainable_params=trainable, total_params=total, trainable_share=round(trainable / total, 6),
@@ -240,15 +286,66 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
     return res
 
 
-def _apply_method(model: Any, method: str) -> int:
-    """Set which parameters train for ``method``; return how many train."""
-    if method == "head":
+def _apply_method(model: Any, cfg: FinetuneConfig) -> int:
+    """Set which parameters train for ``cfg.method`` (a tuning method wraps the model's modules and
+    keeps the head trainable); return how many train."""
+    if _tuned(cfg):
+        from lmlab.tuning import apply_tuning
+
+        opts = TuningOptions(method=cfg.method, **dataclasses.asdict(cfg.tuning))
+        return apply_tuning(model, opts, keep_trainable=("head.",)).trainable
+    if cfg.method == "head":
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+def _write_tuning(model: Any, path: Path) -> None:
+    """The Trainer's weights writer for a tuned model: the method's tensors and the head only."""
+    from safetensors.torch import save_file
+
+    from lmlab.fileio import atomic_path
+    from lmlab.tuning import tuning_state_dict
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tuning_state_dict(model).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def _read_tuning(model: Any, path: Path) -> None:
+    """Load what :func:`_write_tuning` wrote into a model tuned the same way (names checked)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lmlab.tuning import tuning_parameter_names
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own types for a damaged file
+        raise LmlabError(f"{path} is damaged ({e}); start over without --resume") from None
+    want = set(tuning_parameter_names(model))
+    if set(state) != want:
+        odd = sorted(set(state) ^ want)[:3]
+        raise LmlabError(f"{path} does not hold this run's tuned weights (differs in {', '.join(odd)}); "
+                         "resume with the same --method and tuning options, or start over")
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)
+
+
+def _save_adapter(model: Any, out: Path) -> int:
+    """Write the trained method (and head) as an adapter run in ``out`` on the classifier in
+    ``out/base`` (prefixes folded first); return the size of its weights file in bytes."""
+    from lmlab.tuning import merge_tuning, save_tuning, tuning_state
+    from lmlab.tuning.io import WEIGHTS
+
+    state = tuning_state(model)
+    if state.options.method == "prefix" and not state.folded:
+        merge_tuning(model)  # the prefixes the MLP gives, as plain tensors (Li & Liang 2021)
+    save_tuning(model, out, base=out / BASE)
+    return (out / WEIGHTS).stat().st_size
 
 
 def _rounded(value: Any) -> Any:

@@ -200,10 +200,11 @@ def test_regress_on_an_encoder_and_predict_scores(runs, tmp_path, capsys):
 
 
 def test_resume_continues_exactly(runs, tmp_path, capsys):
-    args = ["--ckpt", runs["gpt2"], "--data", "sentiment-amazon", "--max-steps", "6", "--head-dropout", "0.3"]
+    args = ["--ckpt", runs["gpt2"], "--data", "sentiment-amazon", "--epochs", "0.5", "--head-dropout", "0.3"]
     assert finetune(*args, "--out", tmp_path / "a") == 0
     assert finetune(*args, "--out", tmp_path / "b", "--stop-at-step", "3") == 0
-    assert finetune(*args, "--out", tmp_path / "b", "--resume") == 0
+    # as the interrupted run's hint says: its resolved config (epochs turned into max_steps) and --resume
+    assert finetune("--config", tmp_path / "b" / "config.yaml", "--resume") == 0
     a, b = (
         load_file(str(tmp_path / "a" / "model.safetensors")),
         load_file(str(tmp_path / "b" / "model.safetensors")),
@@ -358,3 +359,134 @@ def test_full_finetuning_learns_the_sentiment_words(tmp_path, capsys, monkeypatc
     )
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["test"]["accuracy"] >= 0.8 and r["val"]["accuracy"] >= 0.8
+
+
+def _test_file(corpus, path: Path) -> Path:
+    rows = (
+        json.dumps({"text": e.text, "label": corpus.label_names[e.label]}) + "\n"
+        for e in corpus.examples("test")
+    )
+    path.write_text("".join(rows))
+    return path
+
+
+@pytest.mark.parametrize("method", ["lora", "houlsby", "pfeiffer", "prefix", "prompt"])
+def test_tuning_methods_write_an_adapter_run_that_loads_and_predicts(runs, tmp_path, capsys, method):
+    out = tmp_path / method
+    assert (
+        finetune(
+            "--ckpt",
+            runs["gpt2"],
+            "--data",
+            "sentiment-movies",
+            "--out",
+            out,
+            "--method",
+            method,
+            "--max-steps",
+            "3",
+            "--lr",
+            "1e-2",
+            "--r",
+            "4",
+            "--n-prefix",
+            "3",
+            "--prefix-hidden",
+            "8",
+            "--json",
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["method"] == method and 0 < r["trainable_params"] < r["total_params"]
+    for name in (
+        "tuning.json",
+        "tuning.safetensors",
+        "base/model.safetensors",
+        "train/metrics.jsonl",
+        "config.yaml",
+        "tokenizer.json",
+        "results.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "model.safetensors").exists()  # an adapter run: lmlab.load builds base + adapter
+    assert r["checkpoint_bytes"] == (out / "tuning.safetensors").stat().st_size
+    assert r["checkpoint_bytes"] < (out / "base" / "model.safetensors").stat().st_size / 4
+    saved = load_file(str(out / "tuning.safetensors"))
+    assert any(k.startswith("head.") for k in saved) and not any(
+        k.startswith("backbone.tok_emb.weight") for k in saved
+    )
+    base, _ = lmlab.load(str(out / "base"))
+    original, _ = lmlab.load(str(runs["gpt2"]))
+    expected = original.state_dict()
+    assert all(
+        torch.equal(v, expected[k]) for k, v in base.backbone.state_dict().items()
+    )  # frozen base as it was
+    model, tokenizer = lmlab.load(str(out))
+    assert isinstance(model, SequenceClassifier) and tokenizer is not None
+    test_file = _test_file(get_labelled("sentiment-movies"), tmp_path / "test.jsonl")
+    assert (
+        main(
+            [
+                "predict",
+                "--ckpt",
+                str(out),
+                "--data",
+                str(test_file),
+                "--device",
+                "cpu",
+                "--precision",
+                "fp32",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    p = json.loads(capsys.readouterr().out)
+    assert p["metrics"]["loss"] == pytest.approx(
+        r["test"]["loss"], abs=1e-5
+    )  # the saved adapter is the trained one
+
+
+def test_lora_run_resumes_exactly(runs, tmp_path):
+    args = [
+        "--ckpt",
+        runs["gpt2"],
+        "--data",
+        "sentiment-amazon",
+        "--max-steps",
+        "4",
+        "--method",
+        "lora",
+        "--dropout",
+        "0.2",
+        "--lr",
+        "1e-2",
+    ]
+    assert finetune(*args, "--out", tmp_path / "a") == 0
+    assert finetune(*args, "--out", tmp_path / "b", "--stop-at-step", "2") == 0
+    assert finetune(*args, "--out", tmp_path / "b", "--resume") == 0
+    a, b = (load_file(str(tmp_path / x / "tuning.safetensors")) for x in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_targets_matching_nothing_is_one_line(runs, tmp_path, capsys):
+    assert (
+        finetune(
+            "--ckpt",
+            runs["gpt2"],
+            "--data",
+            "sentiment-movies",
+            "--out",
+            tmp_path / "x",
+            "--method",
+            "lora",
+            "--targets",
+            "no_such_layer",
+            "--max-steps",
+            "1",
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no_such_layer" in err and err.count("\n") == 1
