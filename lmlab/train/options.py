@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lmlab.config import DictConfig, arg
 from lmlab.errors import LmlabError
@@ -12,14 +12,25 @@ from lmlab.errors import LmlabError
 
 @dataclass
 class OptimOptions(DictConfig):
-    """AdamW and its learning-rate schedule: linear warmup, then cosine decay to ``min_lr``.
+    """AdamW and its learning-rate schedule (by default linear warmup, then cosine decay to
+    ``min_lr``), with ULMFiT's slanted triangular schedule and discriminative learning rates.
 
     Commands embed one of these (``optim: OptimOptions = arg(OptimOptions(lr=...))``); its
     fields are flags of their own names (``--lr``, ``--warmup-steps``, ...).
     """
 
     lr: float = arg(1e-3, "peak learning rate")
-    min_lr: float = arg(1e-4, "final learning rate of the cosine decay")
+    min_lr: float = arg(1e-4, "final learning rate of the cosine and linear decays")
+    schedule: Literal["cosine", "stlr", "linear", "constant"] = arg(
+        "cosine", "learning-rate schedule after the warmup: cosine or linear decay to --min-lr, constant, "
+        "or stlr (ULMFiT's slanted triangular: a linear rise from lr/ratio to lr over --stlr-cut-frac of "
+        "the run, then a linear fall back to lr/ratio; it is its own warmup, so --warmup-steps, "
+        "--warmup-fraction and --min-lr do not apply)")
+    stlr_cut_frac: float = arg(0.1, "stlr: fraction of the run spent rising (ULMFiT: 0.1)")
+    stlr_ratio: float = arg(32.0, "stlr: how much smaller the lowest rate is than the peak (ULMFiT: 32)")
+    discriminative_lr: float = arg(
+        0.0, "discriminative learning rates: each layer group (embeddings, each block, head) trains at "
+        "the rate of the group above divided by this, the top group at --lr (ULMFiT: 2.6; 0 or 1: off)")
     warmup_steps: int = arg(100, "linear warmup steps")
     warmup_fraction: float = arg(0.0, "warm up over this fraction of the run's steps instead "
                                       "(at least one step; 0: use --warmup-steps)")
@@ -41,6 +52,16 @@ class OptimOptions(DictConfig):
                              f"{self.grad_clip}); 0 turns either off")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise LmlabError(f"--beta1 and --beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+        if not 0.0 < self.stlr_cut_frac < 1.0 or not self.stlr_ratio >= 1.0:
+            raise LmlabError(f"--stlr-cut-frac must be in (0, 1) and --stlr-ratio at least 1 (got "
+                             f"{self.stlr_cut_frac}, {self.stlr_ratio}); ULMFiT uses 0.1 and 32")
+        if not (self.discriminative_lr == 0.0 or self.discriminative_lr >= 1.0):
+            raise LmlabError(f"--discriminative-lr must be 0 (off) or a factor of at least 1 (got "
+                             f"{self.discriminative_lr}); ULMFiT uses 2.6")
+
+    def group_lr_factor(self) -> float:
+        """Return the discriminative factor between adjacent layer groups (1.0 when off)."""
+        return self.discriminative_lr if self.discriminative_lr > 1.0 else 1.0
 
 
 @dataclass
@@ -59,6 +80,9 @@ class LoopOptions(DictConfig):
     stop_at_step: int | None = arg(
         None, "end this session at this step with a resumable checkpoint, without shortening the schedule"
     )
+    gradual_unfreeze: int = arg(
+        0, "gradual unfreezing (ULMFiT): train only the top layer group at first and unfreeze one more "
+        "group, going down, every this many steps (0: off)")
     grad_accum: int = arg(1, "micro-batches per optimizer step (global batch = processes x batch x this)")
     eval_interval: int = arg(0, "validate every N steps (0: only at the end)")
     eval_interval_s: float = arg(0.0, "also validate every this many seconds of training (0: off)")

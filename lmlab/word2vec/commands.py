@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -13,9 +12,6 @@ from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
     from lmlab.word2vec.model import Word2VecParams
-
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-
 
 def read_sentences(path: str | Path, lowercase: bool = False) -> list[list[str]]:
     """Read a text file as sentences: one per line, tokens split on whitespace (empty lines skipped)."""
@@ -30,13 +26,14 @@ def corpus_sentences(name: str, lowercase: bool = True) -> list[list[str]]:
     """Read a named corpus (see ``lmlab corpora``; both splits) as sentences: one per line of its
     documents, tokens are runs of letters and digits (with inner apostrophes)."""
     from lmlab.data.corpora import get_corpus
+    from lmlab.word2vec.vectors import split_words
 
     corpus = get_corpus(name)
     sentences = []
     for split in ("train", "val"):
         for doc in corpus.documents(split):
             for line in doc.splitlines():
-                toks = _WORD.findall(line.lower() if lowercase else line)
+                toks = split_words(line, lowercase)
                 if toks:
                     sentences.append(toks)
     return sentences

@@ -7,6 +7,7 @@ The text format is word2vec.c's and gensim's interchange format: a header line
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,13 @@ import numpy as np
 
 from lmlab.errors import LmlabError
 from lmlab.fileio import atomic_path
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+
+
+def split_words(text: str, lowercase: bool = True) -> list[str]:
+    """Return the words of ``text``: runs of letters and digits, with inner apostrophes (``don't``)."""
+    return _WORD.findall(text.lower() if lowercase else text)
 
 
 @dataclass
