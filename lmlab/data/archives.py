@@ -8,11 +8,12 @@ bytes of chosen regular files of a ``.tar.gz``; nothing is extracted or run.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmlab.errors import LmlabError
@@ -104,3 +105,19 @@ def write_folder(dest: Path, files: dict[str, bytes]) -> None:
         os.replace(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def jsonl_objects(text: str, path: Path | str) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line number, object)`` for each non-blank line of the JSONL ``text`` read from
+    ``path``; raise LmlabError naming the file and line for a line that is not a JSON object."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LmlabError(f"{path}:{lineno} is not valid JSON ({e.msg}); "
+                             "fix or remove that line") from None
+        if not isinstance(obj, dict):
+            raise LmlabError(f'{path}:{lineno} is not a JSON object; write {{"text": ..., ...}} on each line')
+        yield lineno, obj

