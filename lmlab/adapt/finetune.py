@@ -85,6 +85,8 @@ class FinetuneConfig(LoopOptions):
                                "pooler, concat")
     head_hidden: int = arg(0, "0: one linear layer on the features; N: a hidden ReLU layer of width N")
     head_dropout: float = arg(0.1, "dropout on the features before the head")
+    head_norm: str = arg("auto", "batchnorm: batch normalisation before each of the head's linear layers "
+                                 "(ULMFiT's classifier); none; auto: batchnorm on RNNs, none otherwise")
     tuning: TuningShape = arg(TuningShape(), "the tuning method's shape")
     optim: OptimOptions = arg(OptimOptions(lr=1e-4, min_lr=1e-5, warmup_fraction=0.1, warmup_steps=0,
                                            weight_decay=0.01, beta2=0.999),
@@ -95,6 +97,16 @@ class FinetuneConfig(LoopOptions):
     eval_max: int = arg(0, "validation examples per evaluation during training (0: all)")
     progress: bool = arg(True, "show a progress bar (--no-progress hides it)")
     json: bool = arg(False, "print the final figures as one JSON object")
+
+
+def resolve_head_norm(name: str, backbone: Any) -> str:
+    """Return the head norm for ``backbone``: ``auto`` is batchnorm for RNN backbones (ULMFiT's
+    classifier head, whose LSTM features vary little between sentences) and none otherwise."""
+    from lmlab.models.heads import backbone_arch
+
+    if name != "auto":
+        return name
+    return "batchnorm" if backbone_arch(backbone) == "rnn" else "none"
 
 
 @dataclass
@@ -193,7 +205,8 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
         raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; fine-tuning needs the model's tokenizer")
     torch.manual_seed(cfg.seed)
     model = classifier_for(backbone.train(), task=cfg.task, labels=corpus.label_names, pooling=cfg.pooling,
-                           head_hidden=cfg.head_hidden, dropout=cfg.head_dropout)
+                           head_hidden=cfg.head_hidden, dropout=cfg.head_dropout,
+                           head_norm=resolve_head_norm(cfg.head_norm, backbone))
     arch = model.config.backbone_arch
     if _tuned(cfg):
         save_model(model, out / BASE)  # the classifier the adapter adapts (its fresh head is replaced)

@@ -222,7 +222,7 @@ def ulmfit(cfg: UlmfitConfig) -> UlmfitResult:
         ckpt=start, data=cfg.data, task="classify", method="full", out=out / STAGE3,
         max_steps=max(1, math.ceil(epochs * per_epoch)), gradual_unfreeze=every, batch_size=cfg.batch_size,
         max_len=cfg.max_len, pooling=cfg.pooling, head_hidden=cfg.head_hidden, head_dropout=cfg.head_dropout,
-        optim=_optim(cfg, cfg.lr), **common))
+        head_norm="batchnorm", optim=_optim(cfg, cfg.lr), **common))
     if stage3 is None:
         return UlmfitResult(str(out), tricks, stage2, {}, None, None, interrupted=True, layer_groups=groups,
                             unfreeze_every=every)

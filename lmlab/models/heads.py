@@ -43,6 +43,7 @@ BACKBONES: dict[str, tuple[type, type, tuple[str, ...], str]] = {
     "encoder": (EncoderConfig, Encoder, ("pooler", "cls", "mean"), "pooler"),
     "rnn": (RNNConfig, RNNLM, ("concat", "last", "mean"), "concat"),
 }
+HEAD_NORMS = ("none", "batchnorm")
 HAVE_HEADS = "decoder (GPT-2, LLaMA, ...), encoder (BERT, RoBERTa) and rnn (RNN, LSTM, GRU)"
 
 
@@ -54,7 +55,10 @@ class ClassifierConfig(DictConfig):
     one number). ``pooling``: ``auto`` (the family's own, see the module docstring) or one of
     ``last``, ``mean``, ``cls``, ``pooler``, ``concat``. ``head_hidden``: 0 for one linear layer
     on the features, else the width of a hidden ReLU layer. ``dropout``: on the features (and
-    the hidden layer).
+    the hidden layer). ``head_norm``: ``batchnorm`` puts batch normalisation before each of the
+    head's linear layers, as ULMFiT's classifier (Howard & Ruder sec. 3.3; an LSTM's pooled
+    features vary little between sentences and a plain head barely learns from them), or
+    ``none``.
     """
 
     backbone_arch: str = "decoder"
@@ -64,6 +68,7 @@ class ClassifierConfig(DictConfig):
     pooling: str = "auto"
     head_hidden: int = 0
     dropout: float = 0.1
+    head_norm: str = "none"
 
     def __post_init__(self) -> None:
         if self.backbone_arch not in BACKBONES:
@@ -83,6 +88,8 @@ class ClassifierConfig(DictConfig):
         if self.pooling == "pooler" and not has_pooler:
             raise LmlabError("pooling 'pooler' needs an encoder with BERT's pooler (RoBERTa has none); "
                              "use pooling cls or auto")
+        if self.head_norm not in HEAD_NORMS:
+            raise LmlabError(f"head_norm {self.head_norm!r} is not one of {', '.join(HEAD_NORMS)}")
         if self.head_hidden < 0 or not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"head_hidden must be >= 0 and dropout in [0, 1) (got {self.head_hidden}, "
                              f"{self.dropout})")
@@ -115,12 +122,15 @@ class SequenceClassifier(nn.Module):
             raise LmlabError(f"the classifier config says a {c.backbone_arch} backbone, got a "
                              f"{type(backbone).__name__}")
         self.backbone = backbone
-        d = self.feature_dim
-        if c.head_hidden:
-            self.head = nn.Sequential(nn.Dropout(c.dropout), Linear(d, c.head_hidden), nn.ReLU(),
-                                      nn.Dropout(c.dropout), Linear(c.head_hidden, c.num_outputs))
-        else:
-            self.head = nn.Sequential(nn.Dropout(c.dropout), Linear(d, c.num_outputs))
+        widths = [self.feature_dim] + ([c.head_hidden] if c.head_hidden else []) + [c.num_outputs]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            if i:
+                layers.append(nn.ReLU())
+            if c.head_norm == "batchnorm":
+                layers.append(nn.BatchNorm1d(a))
+            layers += [nn.Dropout(c.dropout), Linear(a, b)]
+        self.head = nn.Sequential(*layers)
         self.reset_head()
 
     @property
@@ -175,7 +185,8 @@ class SequenceClassifier(nn.Module):
 
 
 def classifier_for(backbone: nn.Module, task: str = "classify", labels: list[str] | None = None,
-                   pooling: str = "auto", head_hidden: int = 0, dropout: float = 0.1) -> SequenceClassifier:
+                   pooling: str = "auto", head_hidden: int = 0, dropout: float = 0.1,
+                   head_norm: str = "none") -> SequenceClassifier:
     """Return a :class:`SequenceClassifier` on ``backbone`` (kept as it is) with a new head.
 
     Raises LmlabError for a model family that has no head, naming those that have one.
@@ -183,5 +194,5 @@ def classifier_for(backbone: nn.Module, task: str = "classify", labels: list[str
     arch = backbone_arch(backbone)
     config = ClassifierConfig(backbone_arch=arch, backbone=backbone.config.to_dict(), task=task,
                               labels=list(labels or ["negative", "positive"]), pooling=pooling,
-                              head_hidden=head_hidden, dropout=dropout)
+                              head_hidden=head_hidden, dropout=dropout, head_norm=head_norm)
     return SequenceClassifier(config, backbone)

@@ -160,13 +160,13 @@ def test_head_method_trains_only_the_head(runs, tmp_path, capsys):
         == 0
     )
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    d_hidden = 48  # lstm-tiny: concat pooling gives 3 x 48 features, 2 classes
-    assert r["trainable_params"] == 3 * d_hidden * 2 + 2 and r["trainable_share"] < 0.2
+    d_hidden = 48  # lstm-tiny: concat pooling gives 3 x 48 features, 2 classes; ULMFiT's batch norm first
+    assert r["trainable_params"] == 2 * 3 * d_hidden + 3 * d_hidden * 2 + 2 and r["trainable_share"] < 0.2
     before = load_file(str(runs["lstm"] / "model.safetensors"))
     after = load_file(str(out / "model.safetensors"))
     for name, tensor in before.items():
         assert torch.equal(after[f"backbone.{name}"], tensor), name
-    assert not torch.equal(after["head.1.weight"], torch.zeros_like(after["head.1.weight"]))
+    assert not torch.equal(after["head.2.weight"], torch.zeros_like(after["head.2.weight"]))
 
 
 def test_regress_on_an_encoder_and_predict_scores(runs, tmp_path, capsys):

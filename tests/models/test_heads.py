@@ -123,3 +123,26 @@ def test_config_refusals():
         ClassifierConfig(labels=["only"])
     with pytest.raises(LmlabError, match="nplm model family has no task head"):
         ClassifierConfig(backbone_arch="nplm")
+
+
+def test_batchnorm_head_standardises_features_that_barely_vary() -> None:
+    """ULMFiT's head (batch norm before each linear layer): features with a tiny spread reach the
+    first linear layer standardised in training, and eval mode uses the running statistics."""
+    from lmlab.models.heads import classifier_for
+    from lmlab.models.rnn import RNNLM, RNNConfig
+
+    torch.manual_seed(0)
+    lstm = RNNLM(RNNConfig(vocab_size=50, cell="lstm", n_layer=1, d_emb=8, d_hidden=12, block_size=16))
+    model = classifier_for(lstm, head_hidden=6, head_norm="batchnorm", dropout=0.0)
+    kinds = [type(m).__name__ for m in model.head]
+    assert kinds == ["BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
+    seen = []
+    model.head[2].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    model.train()
+    model(torch.randint(0, 50, (8, 5)))
+    x = seen[-1]
+    assert torch.allclose(x.mean(0), torch.zeros(x.shape[1]), atol=1e-5)
+    assert x.std(0, unbiased=False).min() > 0.5  # standardised (features with a spread)
+    model.eval()
+    assert model(torch.randint(0, 50, (1, 5))).shape == (1, 2)  # eval: running stats, batch of one
+    assert classifier_for(lstm).config.head_norm == "none"
