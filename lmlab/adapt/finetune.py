@@ -184,7 +184,7 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
     import torch.nn.functional as F
 
     from lmlab.adapt.examples import ExampleBatches, encode_texts
-    from lmlab.adapt.predict import pad_id_of, predict_logits, task_metrics
+    from lmlab.adapt.predict import max_input_len, pad_id_of, predict_logits, task_metrics
     from lmlab.data.labelled import get_labelled
     from lmlab.device import PeakMemory, resolve_device, resolve_precision
     from lmlab.fileio import write_bytes, write_json
@@ -208,7 +208,10 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
                            head_hidden=cfg.head_hidden, dropout=cfg.head_dropout,
                            head_norm=resolve_head_norm(cfg.head_norm, backbone))
     arch = model.config.backbone_arch
-    max_len = min(cfg.max_len, getattr(backbone.config, "block_size", cfg.max_len))
+    if _tuned(cfg):
+        save_model(model, out / BASE)  # the classifier the adapter adapts (its fresh head is replaced)
+    trainable = _apply_method(model, cfg)
+    max_len = max_input_len(model, cfg.max_len)
     regression = cfg.task == "regress"
 
     def encoded(split: str) -> tuple[list[list[int]], list[float]]:
@@ -222,9 +225,6 @@ def _finetune_task(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.eval_max:
         val_ids, val_y = val_ids[:cfg.eval_max], val_y[:cfg.eval_max]
     cfg = _length(cfg, len(train_ids))
-    if _tuned(cfg):
-        save_model(model, out / BASE)  # the classifier the adapter adapts (its fresh head is replaced)
-    trainable = _apply_method(model, cfg)
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     pad_id = pad_id_of(model, tokenizer)
     batches = ExampleBatches(train_ids, train_y, cfg.batch_size, cfg.seed, pad_id, device, regression)

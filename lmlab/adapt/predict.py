@@ -67,6 +67,23 @@ def pad_id_of(model: nn.Module, tokenizer: Any) -> int:
     return int(pad or 0)
 
 
+def max_input_len(model: nn.Module, wanted: int) -> int:
+    """The tokens per text a classifier reads: ``wanted``, cut to its backbone's context (decoders and
+    encoders; an RNN reads any length) less the virtual tokens a prompt-tuned model prepends."""
+    from lmlab.tuning import tuning_state
+
+    if model.config.backbone_arch == "rnn":
+        return wanted
+    room = int(model.backbone.config.block_size)
+    state = tuning_state(model)
+    if state is not None and state.options.method == "prompt":
+        room -= state.options.n_prompt
+    if room < 2:
+        raise LmlabError(f"the model's context of {model.backbone.config.block_size} tokens leaves no room "
+                         "for text after the prompt; use a smaller --n-prompt")
+    return min(wanted, room)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int,
                    device: torch.device, precision: str = "fp32") -> torch.Tensor:
@@ -146,8 +163,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
                              f"{', '.join(c.labels)}; score it on data with the classifier's labels")
         examples = corpus.examples(cfg.split, c.task)
     max_len = cfg.max_len or _run_max_len(Path(cfg.ckpt)) or 512
-    block = getattr(model.backbone.config, "block_size", max_len)
-    seqs = encode_texts(tokenizer, [e.text for e in examples], c.backbone_arch, min(max_len, block))
+    seqs = encode_texts(tokenizer, [e.text for e in examples], c.backbone_arch, max_input_len(model, max_len))
     logits = predict_logits(model, seqs, pad_id_of(model, tokenizer), cfg.batch_size, device, precision)
     predictions = []
     for e, row in zip(examples, logits, strict=True):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import lmlab
@@ -490,3 +491,36 @@ def test_lora_targets_matching_nothing_is_one_line(runs, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no_such_layer" in err and err.count("\n") == 1
+
+
+def test_prompt_tuning_leaves_room_for_its_virtual_tokens(runs, tmp_path, capsys):
+    """Texts as long as the model's context are cut by the prompt's length (not refused as too long)."""
+    data = tmp_path / "long.jsonl"
+    data.write_text(
+        "".join(json.dumps({"text": "the film " * 30 + str(i), "label": i % 2}) + "\n" for i in range(30))
+    )
+    out = tmp_path / "prompt"
+    assert (
+        finetune(
+            "--ckpt",
+            runs["gpt2"],
+            "--data",
+            data,
+            "--out",
+            out,
+            "--method",
+            "prompt",
+            "--n-prompt",
+            "5",
+            "--max-len",
+            "64",
+            "--max-steps",
+            "1",
+        )
+        == 0
+    )
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_len"] == 64 - 5
+    assert (
+        main(["predict", "--ckpt", str(out), "--data", str(data), "--max-len", "200", "--device", "cpu"]) == 0
+    )
+    assert "30 labelled" in capsys.readouterr().out
