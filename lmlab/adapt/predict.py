@@ -101,7 +101,7 @@ def predict_logits(model: nn.Module, seqs: Sequence[Sequence[int]], pad_id: int,
         for a in range(0, len(order), batch_size):
             idx = order[a:a + batch_size]
             ids, mask = pad_batch([seqs[i] for i in idx], pad_id)
-            with autocast(device, precision):
+            with torch.no_grad(), autocast(device, precision):
                 logits = model(ids.to(device), mask.to(device))
             for row, i in zip(logits.float().cpu(), idx, strict=True):
                 out[i] = row
