@@ -47,8 +47,10 @@ def finetune(cfg: FinetuneConfig) -> int:
     (exact --resume). A tuned run (lora ... prompt) is an adapter run instead: OUT/tuning.json and
     OUT/tuning.safetensors (the method's weights and the head only) on the classifier in OUT/base,
     with the Trainer's metrics.jsonl and state/ in OUT/train; lmlab.load and lmlab predict open it as
-    base + adapter. --task lm writes a pretrain run (OUT/config.yaml is pretrain's, this command's
-    is OUT/finetune.yaml; the prepared text is in OUT/lm-data). The sentiment sets come from the
+    base + adapter. --task lm --method full writes a pretrain run (OUT/config.yaml is pretrain's, this
+    command's is OUT/finetune.yaml; the prepared text is in OUT/lm-data); --task lm with a tuning
+    method writes an adapter run on the language model (OUT/base), which 'lmlab export peft' turns
+    into a PEFT adapter. The sentiment sets come from the
     vaderSentiment==3.3.2 sdist (downloaded once; LMLAB_VADER_SDIST names a local copy). E.g.:
 
       lmlab finetune --ckpt runs/gpt --data sentiment-movies --task classify --method full \\

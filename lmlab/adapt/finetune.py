@@ -391,8 +391,9 @@ def _finetune_lm(cfg: FinetuneConfig) -> FinetuneResult:
     from lmlab.loader import load_model_any
     from lmlab.train.pretrain import PretrainConfig, pretrain
 
-    if cfg.method != "full":
-        raise LmlabError(f"--task lm trains the whole language model; use --method full, not {cfg.method}")
+    if cfg.method == "head":
+        raise LmlabError("--task lm has no task head to train alone; use --method full or a tuning method "
+                         f"({', '.join(TUNING_METHODS)})")
     out = Path(cfg.out)
     _check_out(cfg)
     run = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
@@ -405,6 +406,8 @@ def _finetune_lm(cfg: FinetuneConfig) -> FinetuneResult:
     windows = max(1, n_train // cfg.max_len)
     cfg = _length(cfg, windows)
     block = min(cfg.max_len, getattr(load_model_any(cfg.ckpt).config, "block_size", cfg.max_len))
+    if _tuned(cfg):
+        return _finetune_lm_tuned(cfg, data_dir, block)
     pc = PretrainConfig(**cfg.loop_options(), init=None if cfg.resume else Path(cfg.ckpt), data=data_dir,
                         out=out, resume=cfg.resume, overwrite=cfg.overwrite, block_size=block,
                         batch_size=cfg.batch_size, optim=cfg.optim, precision=cfg.precision, seed=cfg.seed,
@@ -419,3 +422,63 @@ def _finetune_lm(cfg: FinetuneConfig) -> FinetuneResult:
                           trainable_params=total, total_params=total, trainable_share=1.0,
                           peak_memory_mib=None if peak.peak_mib is None else round(peak.peak_mib, 1),
                           checkpoint_bytes=size, val=val, test={}, interrupted=r.interrupted)
+
+
+def _finetune_lm_tuned(cfg: FinetuneConfig, data_dir: Path, block: int) -> FinetuneResult:
+    """--task lm with a tuning method: the language model of ``cfg.ckpt`` wrapped by the method, only
+    the method's weights trained on the prepared text in ``data_dir`` through the one Trainer, written
+    as an adapter run on a copy of the LM in ``OUT/base`` (what ``lmlab export peft`` reads)."""
+    import torch
+
+    from lmlab.data.prepare import load_prepared
+    from lmlab.device import PeakMemory, resolve_device, resolve_precision
+    from lmlab.evaluate.perplexity import evaluate_perplexity
+    from lmlab.fileio import write_bytes
+    from lmlab.loader import load
+    from lmlab.models.registry import save_model
+    from lmlab.train import checkpoint as ckpt
+    from lmlab.train.loop import Trainer, TrainSettings
+    from lmlab.train.parts import training_parts
+    from lmlab.tuning import apply_tuning
+
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
+    model, tokenizer = load(cfg.ckpt)
+    data = load_prepared(data_dir)
+    save_model(model, out / BASE)  # the adapter run's base: the LM as it was loaded
+    write_bytes(out / BASE / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
+    torch.manual_seed(cfg.seed)
+    opts = TuningOptions(method=cfg.method, **dataclasses.asdict(cfg.tuning))
+    info = apply_tuning(model.train(), opts)
+    objective, batches = training_parts(model, data.train, block_size=block, batch_size=cfg.batch_size,
+                                        seed=cfg.seed, device=device, objective="causal")
+    settings = TrainSettings(**cfg.loop_options(), optim=cfg.optim, precision=precision,
+                             show_progress=cfg.progress)
+    books = {"model_config": {"lm": model.config.to_dict(), "method": cfg.method,
+                              "tuning": dataclasses.asdict(cfg.tuning)},
+             "write_weights": _write_tuning, "read_weights": _read_tuning}
+    trainer = Trainer(model, objective, batches, settings, out_dir=out / TRAIN, device=device, **books)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = dataclasses.replace(cfg, resume=False, overwrite=False, stop_at_step=None, precision=precision,
+                                   epochs=None)  # the length is in max_steps
+    save_config(resolved, out / "config.yaml")
+    write_bytes(out / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
+    if not cfg.resume and (out / TRAIN / ckpt.STATE_DIR).exists():
+        shutil.rmtree(out / TRAIN / ckpt.STATE_DIR)
+    with PeakMemory(device) as peak:
+        result = trainer.fit(resume=cfg.resume)
+    size = _save_adapter(model, out)
+    model.eval()
+    val = evaluate_perplexity(model, data.val, block_size=block, batch_size=cfg.batch_size, device=device,
+                              precision=precision, split_bytes=data.meta["splits"]["val"]["bytes"])
+    res = FinetuneResult(
+        out=str(out), task="lm", method=cfg.method, step=result.step, elapsed_s=round(result.elapsed, 2),
+        trainable_params=info.trainable, total_params=info.total, trainable_share=round(info.share, 6),
+        peak_memory_mib=None if peak.peak_mib is None else round(peak.peak_mib, 1), checkpoint_bytes=size,
+        val={"loss": round(val.loss, 6), "bpb": round(val.bits_per_byte, 6)}, test={},
+        interrupted=result.interrupted)
+    from lmlab.fileio import write_json
+
+    write_json(out / RESULTS, {**res.summary(), "data": cfg.data})
+    return res

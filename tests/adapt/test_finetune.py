@@ -274,7 +274,7 @@ def test_task_lm_continues_the_language_model_on_training_text_only(runs, tmp_pa
         ("nplm", "has no task head yet; the model families with one are decoder"),
         ("one-class", "every training example has the label 'pos'"),
         ("empty-text", "own.jsonl:3: the text is empty"),
-        ("lm-head", "--task lm trains the whole language model"),
+        ("lm-head", "--task lm has no task head to train alone"),
     ],
 )
 def test_bad_input_is_one_line(runs, tmp_path, capsys, case, message):
@@ -524,3 +524,28 @@ def test_prompt_tuning_leaves_room_for_its_virtual_tokens(runs, tmp_path, capsys
         main(["predict", "--ckpt", str(out), "--data", str(data), "--max-len", "200", "--device", "cpu"]) == 0
     )
     assert "30 labelled" in capsys.readouterr().out
+
+
+def test_task_lm_with_lora_exports_to_peft_with_the_same_logits(runs, tmp_path, capsys):
+    """A LoRA on the language model itself (--task lm --method lora) is an adapter run that lmlab.load
+    opens and that PEFT loads onto the Hugging Face export of its base with the same logits."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lm-lora"
+    args = ["--ckpt", runs["gpt2"], "--data", "sentiment-tweets", "--task", "lm", "--method", "lora",
+            "--targets", "qkv,fc", "--out", out, "--max-steps", "4", "--max-len", "32", "--lr", "5e-2"]
+    assert finetune(*args, "--json") == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["task"] == "lm" and r["method"] == "lora" and 0 < r["trainable_share"] < 0.5
+    assert "bpb" in r["val"] and (out / "tuning.safetensors").is_file()
+    ours, _ = lmlab.load(str(out))
+    base, _ = lmlab.load(str(runs["gpt2"]))
+    assert main(["export", "hf", "--ckpt", str(runs["gpt2"]), "--out", str(tmp_path / "hf")]) == 0
+    assert main(["export", "peft", "--ckpt", str(out), "--out", str(tmp_path / "peft")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()
+    ids = torch.randint(0, base.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b, c = ours(ids), theirs(input_ids=ids).logits, base(ids)
+    assert torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, c, atol=1e-3)  # trained: not the base
