@@ -378,9 +378,13 @@ def export_hf(model: Decoder, out: str | os.PathLike, tokenizer_dir: str | os.Pa
             ids[name] = tokenizer.token_to_id(tok) if tok else None
         with atomic_path(out / "tokenizer.json") as tmp:
             shutil.copyfile(tok_src / "tokenizer.json", tmp)
+        from lmlab.data.chat import CHAT_TEMPLATE, has_chat_tokens
+
+        chat = {"chat_template": CHAT_TEMPLATE} if not src_cfg and has_chat_tokens(tokenizer) else {}
         write_json(out / "tokenizer_config.json", {
             **(src_cfg or {}), "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": model.config.block_size, "clean_up_tokenization_spaces": False, **specials})
+            "model_max_length": model.config.block_size, "clean_up_tokenization_spaces": False, **specials,
+            **chat})
         write_json(out / "special_tokens_map.json", specials)
     gen_src = _read_json(tok_src / "generation_config.json") if tok_src is not None else None
     with atomic_path(out / "model.safetensors") as tmp:
