@@ -51,7 +51,9 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 
 
 class ExampleBatches:
-    """Shuffled batches of ``(ids, target)`` examples, epoch after epoch, for the Trainer.
+    """Shuffled batches of ``(ids, target)`` examples, epoch after epoch, for the Trainer. A target
+    is one number per example (a label, a rating) or a list of one per token (next-token ids, -100
+    where nothing is learned), padded with -100.
 
     Epoch ``e`` visits the examples in a permutation drawn from ``seed + e``; a batch that runs
     past the end of an epoch continues into the next. ``state_dict()`` is the position (epoch,
@@ -86,8 +88,13 @@ class ExampleBatches:
             picked += take
             self.offset += len(take)
         ids, mask = pad_batch([self.ids[i] for i in picked], self.pad_id)
-        dtype = torch.float32 if self.regression else torch.long
-        labels = torch.tensor([self.targets[i] for i in picked], dtype=dtype)
+        if isinstance(self.targets[0], (list, tuple)):  # a target per token (SFT), -100 on the padding
+            labels = torch.full(ids.shape, -100, dtype=torch.long)
+            for row, i in enumerate(picked):
+                labels[row, :len(self.targets[i])] = torch.tensor(self.targets[i], dtype=torch.long)
+        else:
+            dtype = torch.float32 if self.regression else torch.long
+            labels = torch.tensor([self.targets[i] for i in picked], dtype=dtype)
         return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
                 "labels": labels.to(self.device)}
 

@@ -1,0 +1,195 @@
+"""Supervised fine-tuning on conversations: the chat template's ids, the loss only on what the
+assistant wrote (each assistant turn and its closing ``<|im_end|>``, so the model learns to end a
+turn), through the one Trainer.
+
+Data: JSONL, one conversation a line, either ``{"messages": [{"role", "content"}, ...]}`` ending
+with an assistant turn, or ``{"prompt": ..., "completion": ...}`` (a user turn and the assistant's
+answer: completion-only loss). One line in ten (by a hash of the line) is held out for validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmlab.config import Precision, arg, save_config
+from lmlab.errors import LmlabError
+from lmlab.train.options import LoopOptions, OptimOptions
+
+VAL_SHARE = 10  # one conversation in VAL_SHARE goes to validation
+
+
+@dataclass
+class SFTConfig(LoopOptions):
+    """Options of ``lmlab sft``."""
+
+    ckpt: Path | None = arg(None, "the model to fine-tune: a run folder, model file or imported HF run")
+    data: Path | None = arg(None, "conversations: JSONL with 'messages' (ending with an assistant turn) or "
+                                  "'prompt'/'completion' per line")
+    out: Path | None = arg(None, "run folder: config.yaml, model.safetensors, tokenizer.json, metrics.jsonl, "
+                                 "state/")
+    overwrite: bool = arg(False, "start a new run in an --out that already holds one")
+    resume: bool = arg(False, "continue the run in --out from its latest checkpoint (same options)")
+    epochs: float | None = arg(None, "passes over the training conversations (sets --max-steps; 1 when no "
+                                     "--max-steps, --max-tokens or --time-budget is given)")
+    batch_size: int = arg(8, "conversations per micro-batch")
+    max_len: int = arg(256, "tokens per conversation; longer ones are refused (say which line)")
+    optim: OptimOptions = arg(OptimOptions(lr=1e-4, min_lr=1e-5, warmup_fraction=0.05, warmup_steps=0,
+                                           weight_decay=0.0, beta2=0.999), "AdamW and its schedule")
+    precision: Precision = arg("auto", "auto = bf16 autocast where the hardware has it, else fp32")
+    seed: int = arg(1337, "seed of the data order and dropout")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    progress: bool = arg(True, "show a progress bar (--no-progress hides it)")
+    json: bool = arg(False, "print the final figures as one JSON object")
+
+
+@dataclass
+class SFTResult:
+    """How an SFT run ended."""
+
+    out: str
+    step: int
+    elapsed_s: float
+    train_conversations: int
+    val_conversations: int
+    first_loss: float | None
+    val_loss: float | None
+    interrupted: bool = False
+
+
+def read_conversations(path: Path) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Return ``(line number, messages)`` for each conversation of the JSONL file ``path``; raise
+    LmlabError naming the line for a record of neither format or one without a final assistant turn."""
+    from lmlab.data.archives import decode_utf8, jsonl_objects
+    from lmlab.data.chat import check_messages
+
+    if not Path(path).is_file():
+        raise LmlabError(f"{path} does not exist; give a JSONL file of conversations")
+    text, _ = decode_utf8(Path(path).read_bytes())
+    out = []
+    for lineno, obj in jsonl_objects(text, path):
+        if "messages" in obj:
+            messages = obj["messages"]
+        elif isinstance(obj.get("prompt"), str) and isinstance(obj.get("completion"), str):
+            messages = [{"role": "user", "content": obj["prompt"]},
+                        {"role": "assistant", "content": obj["completion"]}]
+        else:
+            raise LmlabError(f"{path}:{lineno} has neither 'messages' nor 'prompt' and 'completion'")
+        check_messages(messages if isinstance(messages, list) else [], f"{path}:{lineno}")
+        if messages[-1]["role"] != "assistant":
+            raise LmlabError(f"{path}:{lineno}: the conversation ends without an assistant turn, so there is "
+                             "nothing to learn; end it with {\"role\": \"assistant\", ...}")
+        out.append((lineno, messages))
+    if not out:
+        raise LmlabError(f"{path} holds no conversations")
+    return out
+
+
+def _held_out(lineno: int, messages: list[dict[str, Any]]) -> bool:
+    key = json.dumps([lineno, messages], sort_keys=True).encode()
+    return int(hashlib.sha256(key).hexdigest()[:8], 16) % VAL_SHARE == 0
+
+
+def encode_for_sft(tokenizer: Any, path: Path, conversations: list[tuple[int, list[dict[str, Any]]]],
+                   max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Return ``(inputs, targets)`` per conversation: the ids but the last, and the next ids where
+    an assistant wrote them (else -100). Raises LmlabError naming the line of a conversation longer
+    than ``max_len`` tokens."""
+    from lmlab.data.chat import encode_chat
+
+    inputs, targets = [], []
+    for lineno, messages in conversations:
+        enc = encode_chat(tokenizer, messages)
+        if len(enc.ids) > max_len:
+            raise LmlabError(f"{path}:{lineno} is {len(enc.ids)} tokens, more than --max-len {max_len}; "
+                             "raise --max-len (up to the model's context) or shorten it")
+        inputs.append(enc.ids[:-1])
+        targets.append([t if m else -100 for t, m in zip(enc.ids[1:], enc.assistant_mask[1:])])
+    return inputs, targets
+
+
+def sft(cfg: SFTConfig) -> SFTResult:
+    """Fine-tune ``cfg.ckpt`` on the conversations in ``cfg.data``; return the result (see the module
+    docstring). Bad input raises LmlabError naming the file and line."""
+    import torch
+
+    from lmlab.adapt.examples import ExampleBatches
+    from lmlab.device import autocast, resolve_device, resolve_precision
+    from lmlab.fileio import write_bytes
+    from lmlab.loader import load
+    from lmlab.models.registry import save_model
+    from lmlab.train import checkpoint as ckpt
+    from lmlab.train.loop import Trainer, TrainSettings
+
+    if cfg.ckpt is None or cfg.data is None or cfg.out is None:
+        raise LmlabError("sft needs --ckpt RUN, --data CONVERSATIONS.jsonl and --out RUN2")
+    out = Path(cfg.out)
+    if cfg.resume and ckpt.latest_step(out) is None:
+        raise LmlabError(f"{out} has no checkpoint to resume; drop --resume to start a new run there")
+    if not cfg.resume and ckpt.latest_step(out) is not None and not cfg.overwrite:
+        raise LmlabError(f"{out} already holds a run; pass --resume, --overwrite or another --out")
+    model, tokenizer = load(cfg.ckpt)
+    if tokenizer is None:
+        raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; SFT needs the model's tokenizer")
+    if type(model).__name__ != "Decoder":
+        raise LmlabError(f"SFT trains decoders (GPT-2, LLaMA, ...); {cfg.ckpt} holds a "
+                         f"{type(model).__name__}")
+    max_len = min(cfg.max_len, model.config.block_size)
+    conversations = read_conversations(Path(cfg.data))
+    val = [c for c in conversations if _held_out(*c)]
+    train = [c for c in conversations if not _held_out(*c)] or conversations
+    x, y = encode_for_sft(tokenizer, Path(cfg.data), train, max_len)
+    vx, vy = encode_for_sft(tokenizer, Path(cfg.data), val, max_len)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
+    no_length = cfg.max_steps is None and cfg.max_tokens is None and cfg.time_budget is None
+    if cfg.epochs is not None or no_length:
+        steps = max(1, math.ceil((cfg.epochs or 1.0) * len(x) / cfg.batch_size))
+        cfg = dataclasses.replace(cfg, max_steps=steps, epochs=None)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eot_id
+    torch.manual_seed(cfg.seed)
+    batches = ExampleBatches(x, y, cfg.batch_size, cfg.seed, pad, device)
+
+    def objective(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return m(batch["input_ids"], targets=batch["labels"])
+
+    def evaluator(m: torch.nn.Module) -> dict[str, float]:
+        was = m.training
+        m.eval()
+        total, n = 0.0, 0
+        with torch.no_grad(), autocast(device, precision):
+            for a in range(0, len(vx), cfg.batch_size):
+                b = ExampleBatches(vx[a:a + cfg.batch_size], vy[a:a + cfg.batch_size],
+                                   len(vx[a:a + cfg.batch_size]), 0, pad, device)
+                batch = b.next()
+                k = int((batch["labels"] != -100).sum())
+                total += float(objective(m, batch)) * k
+                n += k
+        m.train(was)
+        return {"val_loss": round(total / max(n, 1), 6)}
+
+    settings = TrainSettings(**cfg.loop_options(), optim=cfg.optim, precision=precision,
+                             show_progress=cfg.progress)
+    trainer = Trainer(model.train(), objective, batches, settings, out_dir=out, device=device,
+                      evaluator=evaluator if vx else None, model_config=model.config.to_dict(),
+                      write_weights=lambda m, p: save_model(m, p))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(dataclasses.replace(cfg, resume=False, overwrite=False, stop_at_step=None,
+                                    precision=precision), out / "config.yaml")
+    write_bytes(out / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
+    t0 = time.perf_counter()
+    result = trainer.fit(resume=cfg.resume)
+    from lmlab.train.log import read_metrics
+
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    elapsed = result.elapsed or time.perf_counter() - t0
+    return SFTResult(out=str(out), step=result.step, elapsed_s=round(elapsed, 2),
+                     train_conversations=len(x), val_conversations=len(vx),
+                     first_loss=round(losses[0], 6) if losses else None,
+                     val_loss=result.last_record.get("val_loss"), interrupted=result.interrupted)

@@ -1,0 +1,95 @@
+"""lmlab sft end to end: the loss falls, only assistant tokens are learned, the model learns to end
+its turn with <|im_end|>, and bad conversations are one line naming the file and line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import lmlab
+from lmlab.align.sft import encode_for_sft, read_conversations
+from lmlab.cli import main
+from lmlab.data.chat import IM_END, encode_chat
+from lmlab.data.tokenizers import train_tokenizer
+from lmlab.models.registry import build_model, get_preset, save_model
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+
+
+def _conversations(n: int, seed: int = 0) -> list[dict]:
+    """The task: repeat the user's last word (the answer is short, so the model must also stop)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(3)]
+        rows.append({"messages": [{"role": "user", "content": "say the last: " + " ".join(words)},
+                                  {"role": "assistant", "content": words[-1]}]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A random tiny LLaMA with a char tokenizer (which carries the chat tokens)."""
+    run = tmp_path_factory.mktemp("base")
+    texts = [json.dumps(r) for r in _conversations(50)] + WORDS
+    tok = train_tokenizer("char", iter(texts))
+    torch.manual_seed(0)
+    model = build_model(get_preset("llama-tiny", vocab_size=tok.vocab_size, d_model=48, n_layer=2,
+                                   block_size=128))
+    save_model(model, run / "model.safetensors")
+    tok.save(run / "tokenizer.json")
+    return run
+
+
+def test_sft_learns_the_answer_and_to_end_the_turn(base, tmp_path, capsys):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _conversations(400)))
+    out = tmp_path / "sft"
+    args = ["sft", "--ckpt", str(base), "--data", str(data), "--out", str(out), "--max-steps", "150",
+            "--batch-size", "16", "--lr", "3e-3", "--precision", "fp32", "--device", "cpu", "--no-progress",
+            "--eval-interval", "150", "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["step"] == 150 and r["val_conversations"] > 0
+    assert r["val_loss"] < 0.5 * r["first_loss"]
+    model, tok = lmlab.load(str(out))
+    end = tok.token_to_id(IM_END)
+    hits = 0
+    for row in _conversations(20, seed=99):
+        prompt = encode_chat(tok, row["messages"][:1], add_generation_prompt=True).ids
+        ids = torch.tensor([prompt])
+        for _ in range(8):  # greedy, by hand: the answer, then <|im_end|>
+            nxt = int(model(ids)[0, -1].argmax())
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+            if nxt == end:
+                break
+        answer = tok.decode(ids[0, len(prompt):].tolist())
+        hits += answer == row["messages"][1]["content"] + IM_END
+    assert hits >= 15  # answers and stops
+
+
+def test_only_assistant_tokens_are_targets(base, tmp_path):
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"prompt": "say the last: red dog", "completion": "dog"}) + "\n")
+    tok = lmlab.load(str(base))[1]
+    x, y = encode_for_sft(tok, data, read_conversations(data), 128)
+    learned = [t for t in y[0] if t != -100]
+    assert tok.decode(learned) == "dog" + IM_END and len(x[0]) == len(y[0])
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"messages": [{"role": "user", "content": "hi"}]}, "ends without an assistant turn"),
+    ({"text": "hi"}, "has neither 'messages' nor 'prompt' and 'completion'"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "message 0: expected"),
+])
+def test_bad_conversations_are_one_line(base, tmp_path, capsys, line, message):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n" + json.dumps(line) + "\n")
+    assert main(["sft", "--ckpt", str(base), "--data", str(data), "--out", str(tmp_path / "x"),
+                 "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{data}:2" in err and message in err and err.count("\n") == 1
