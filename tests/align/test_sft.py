@@ -93,3 +93,18 @@ def test_bad_conversations_are_one_line(base, tmp_path, capsys, line, message):
                  "--max-steps", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and f"{data}:2" in err and message in err and err.count("\n") == 1
+
+
+def test_sft_resumes_exactly(base, tmp_path):
+    from safetensors.torch import load_file
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _conversations(60)))
+    common = ["sft", "--ckpt", str(base), "--data", str(data), "--max-steps", "6", "--batch-size", "4",
+              "--precision", "fp32", "--device", "cpu", "--no-progress", "--deterministic"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
