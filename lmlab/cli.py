@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable
 
 from lmlab.config import add_config_arguments, parse_config, to_yaml
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, Terminated
 
 # command words -> ("module:function", one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(name, rest)
     except LmlabError as e:
         error, code, line = e, 2, f"error: {e}"
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, Terminated) as e:
         error, code, line = e, 130, "interrupted"
     except BrokenPipeError:
         # the reader of stdout went away (lmlab ... | head): nothing more to say to it

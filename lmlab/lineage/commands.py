@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from lmlab.errors import Terminated
 from lmlab.lineage.run import PLOT, LineageConfig, run_lineage
 
 
@@ -29,7 +30,7 @@ def lineage(cfg: LineageConfig) -> int:
     log = sys.stderr if cfg.json else sys.stdout
     try:
         result = run_lineage(cfg, log=lambda line: print(line, file=log, flush=True))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         print(f"interrupted; nothing was written to {cfg.out}", file=sys.stderr)
         return 130
     if cfg.json:

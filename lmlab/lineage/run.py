@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmlab.config import Precision, arg, save_config
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, Terminated
 from lmlab.fileio import write_json
 from lmlab.lineage.budget import Budget, apply_preset, budget_of, describe_presets
 from lmlab.lineage.entries import DEFAULT_MODELS, ENTRIES, Entry
@@ -268,13 +268,14 @@ def _repoint(work: Path, out: Path) -> None:
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """Make SIGTERM raise KeyboardInterrupt (as Ctrl-C), so the temporary folder is removed on it too."""
+    """Make SIGTERM raise :class:`~lmlab.errors.Terminated` (handled as Ctrl-C is), so the temporary
+    folder is removed on it too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
