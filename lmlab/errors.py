@@ -12,7 +12,8 @@ class LmlabError(Exception):
 class Terminated(BaseException):
     """Raised in the main thread when the process gets SIGTERM (by the commands that clean up on it).
 
-    Not a KeyboardInterrupt on purpose: CPython remembers a KeyboardInterrupt that passes through
-    code an extension runs with ``PyRun_*`` and then exits by SIGINT even after the program caught
-    it (``_Py_UnhandledKeyboardInterrupt``); the CLI exits with status 130 on either.
+    Not a KeyboardInterrupt on purpose: a KeyboardInterrupt raised by the SIGTERM handler and caught
+    by the program still ended the process by SIGINT now and then, without a traceback (seen in
+    the lineage interrupt test; CPython's exit-by-SIGINT after a KeyboardInterrupt is the likely
+    path). The CLI exits with status 130 on either.
     """
