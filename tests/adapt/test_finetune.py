@@ -23,15 +23,7 @@ from tests.labelled_fixtures import fake_sentiment_archive
 COMMON = ["--device", "cpu", "--precision", "fp32", "--no-progress", "--batch-size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _env(archive, monkeypatch):
-    monkeypatch.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
-    monkeypatch.setenv("LMLAB_PEAK_FLOPS", "1e11")
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return fake_sentiment_archive(tmp_path_factory.mktemp("vader"), n=160)
+pytestmark = pytest.mark.usefixtures("sentiment_env")  # tests/adapt/conftest.py
 
 
 @pytest.fixture(scope="module")

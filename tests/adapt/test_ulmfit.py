@@ -19,22 +19,13 @@ from lmlab.data.labelled import get_labelled
 from lmlab.data.prepare import prepare
 from lmlab.models.registry import build_model, get_preset, save_model
 from lmlab.train.log import read_metrics
-from tests.labelled_fixtures import fake_sentiment_archive
 
 SMALL = ["--device", "cpu", "--precision", "fp32", "--no-progress", "--log-interval", "1",
          "--lm-batch-size", "4", "--lm-max-len", "16", "--lm-epochs", "0.1", "--batch-size", "16",
          "--max-len", "32", "--head-hidden", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _env(archive, monkeypatch):
-    monkeypatch.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
-    monkeypatch.setenv("LMLAB_PEAK_FLOPS", "1e11")
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return fake_sentiment_archive(tmp_path_factory.mktemp("vader"), n=160)
+pytestmark = pytest.mark.usefixtures("sentiment_env")  # tests/adapt/conftest.py
 
 
 @pytest.fixture(scope="module")
