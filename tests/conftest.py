@@ -106,3 +106,18 @@ def char_data(tmp_path_factory):
     from lmlab.data.prepare import load_prepared
 
     return load_prepared(prepare_word_soup(tmp_path_factory.mktemp("char-data")))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """A fake vaderSentiment archive (the real sdist's layout) with 160 sentences per set."""
+    from tests.labelled_fixtures import fake_sentiment_archive
+
+    return fake_sentiment_archive(tmp_path_factory.mktemp("vader"), n=160)
+
+
+@pytest.fixture
+def sentiment_env(archive, monkeypatch) -> None:
+    """Point the sentiment sets at ``archive`` and fix the MFU peak (no measuring in tests)."""
+    monkeypatch.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
+    monkeypatch.setenv("LMLAB_PEAK_FLOPS", "1e11")
