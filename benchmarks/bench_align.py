@@ -1,0 +1,406 @@
+"""Alignment training speed: lmlab's DPO and PPO against TRL's ``DPOTrainer`` and PPO trainer, and
+rollout generation (lmlab's ``decode`` against Hugging Face ``generate``), in one process.
+
+Both sides start from the SAME tiny model: a random LLaMA built by lmlab with a BPE tokenizer trained
+on the task's text, written as a Hugging Face folder by ``lmlab export hf``'s function. TRL loads that
+folder with ``AutoModelForCausalLM`` / ``AutoModelForSequenceClassification`` and its tokenizer with
+``AutoTokenizer``; lmlab loads it with ``lmlab.load`` as its commands do. The task is synthetic text
+of the sentiment task's shape (short review prefixes; preference pairs of two continuations); only
+the shapes matter for speed, and both sides see the same ones.
+
+- DPO: one optimizer step on ``--dpo-batch`` pairs (prompt ``--prompt-len`` tokens at most, each
+  response ``--response-len``), sigmoid loss, beta 0.1, reference log-probs precomputed once before
+  training on both sides (TRL's ``precompute_ref_log_probs``; lmlab always precomputes), AdamW, fp32.
+- PPO: one iteration = rollouts of ``--ppo-batch`` prompts (``--response-len`` new tokens at
+  temperature 1, stop at end-of-text), the reference, value and reward passes, then ``--ppo-epochs``
+  optimizer steps on the whole batch (one minibatch). The reward model and the value model are
+  random scalar heads on the same backbone (TRL: ``AutoModelForSequenceClassification`` of the
+  folder; lmlab: a ``lmlab reward train`` run folder holding the same backbone), fixed KL coefficient
+  0.05, fp32.
+- Rollouts: ``--ppo-batch`` left-padded prompts, ``--response-len`` new tokens sampled at temperature
+  1 (no early stop, so both make the same number of tokens); tokens/s of new tokens.
+
+Each training mode runs its own real training loop (TRL's ``Trainer.train``; lmlab's ``dpo``/``rlhf``
+through the one Trainer) for ``--steps`` steps per round, the modes taking turns round after round
+(interleaved, so the noise of a shared machine hits all alike). A step's time is the wall time
+between the ends of consecutive steps (TRL: ``on_step_end`` callbacks; lmlab: the ``time`` of each
+record of metrics.jsonl, logged every step), so loading, tokenising and the reference precompute are
+not counted; the first step of every run (warm-up) and the last (lmlab's Trainer validates after it)
+are not timed, on both sides alike. Speeds are from the median step
+over all rounds, with the min-max of the per-round ratios (benchmarks/timing.py's ``summarise``).
+
+    python benchmarks/bench_align.py [--rounds 3] [--steps 8] [--threads 0] [--json] [--out FILE]
+
+The defaults give the README's table; ``--quick`` shrinks everything for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from timing import ratio, round_robin, summarise
+
+COMMON = ("good bad great awful film movie plot actor story scene music boring funny dull moving "
+          "brilliant weak strong script ending cast slow fast love hate best worst truly quite very "
+          "rather simply the a an and but or of to in it is was this that with for on as").split()
+SYLLABLES = "ba ko ri mu te la sen dor vi qua pel tra mon zu fi gar nel os un ex".split()
+
+
+def vocabulary(seed: int) -> list[str]:
+    """The task's words: common review words, often, and made-up words from syllables, so that a BPE
+    tokenizer of the asked size fills up with merges (as real text would)."""
+    rng = random.Random(seed)
+    made = {"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(4000)}
+    return COMMON * 20 + sorted(made)
+
+
+@dataclass
+class Task:
+    """The shared model and data: ``run`` (lmlab run folder), ``hf`` (its HF export), prompts and pairs."""
+
+    run: Path
+    hf: Path
+    prompts: list[str]
+    pairs: list[dict[str, str]]
+    root: Path
+    reward: Path | None = None
+
+    @property
+    def pairs_file(self) -> Path:
+        return self.root / "pairs.jsonl"
+
+    @property
+    def prompts_file(self) -> Path:
+        return self.root / "prompts.txt"
+
+
+def _text(rng: random.Random, words: list[str], n: int) -> str:
+    return " ".join(rng.choice(words) for _ in range(n))
+
+
+def make_task(root: Path, args: argparse.Namespace) -> Task:
+    """Train the tokenizer, build the random LLaMA, export it to HF, and make prompts and pairs."""
+    from lmlab.data.tokenizers import train_tokenizer
+    from lmlab.interop.hf import export_hf
+    from lmlab.models.registry import build_model, get_preset, save_model
+
+    rng = random.Random(args.seed)
+    words = vocabulary(args.seed)
+    corpus = [_text(rng, words, rng.randint(5, 60)) for _ in range(4000)]
+    tok = train_tokenizer("bpe", iter(corpus), vocab_size=args.vocab, min_frequency=1)
+    torch.manual_seed(args.seed)
+    model = build_model(get_preset("llama-small", vocab_size=tok.vocab_size, d_model=args.d_model,
+                                   n_layer=args.layers, n_head=args.heads, n_kv_heads=args.kv_heads,
+                                   block_size=256, tie_embeddings=False))
+    run = root / "run"
+    run.mkdir()
+    save_model(model, run / "model.safetensors")
+    tok.save(run / "tokenizer.json")
+    hf = export_hf(model, root / "hf", tokenizer_dir=run)
+
+    def cut(text: str, n: int) -> str:
+        ids = tok.encode(text)[:n]
+        return tok.decode(ids)
+
+    prompts = [cut(_text(rng, words, rng.randint(2, 8)), args.prompt_len) for _ in range(256)]
+    pairs = []
+    for p in prompts:
+        chosen = cut(_text(rng, words, 2 * args.response_len), args.response_len)
+        rejected = cut(_text(rng, words, 2 * args.response_len), args.response_len)
+        if chosen != rejected:
+            pairs.append({"prompt": p, "chosen": " " + chosen, "rejected": " " + rejected})
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in pairs))
+    (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    return Task(run=run, hf=hf, prompts=prompts, pairs=pairs, root=root)
+
+
+class StepClock:
+    """A TRL/transformers callback that notes the wall time at the end of each step."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        clock = self
+        self.ends: list[float] = []
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+                clock.ends.append(time.perf_counter())
+
+        self.callback = _Callback()
+
+    def step_seconds(self) -> list[float]:
+        """Seconds between consecutive step ends (the first step, warm-up, has no predecessor)."""
+        return [b - a for a, b in zip(self.ends, self.ends[1:])]
+
+
+def _hf_tokenizer(task: Task):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(task.hf)
+    tok.padding_side = "left"
+    return tok
+
+
+def _trl_common(tmp: str, args: argparse.Namespace, batch: int, steps: int) -> dict:
+    return dict(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=1e-5, max_steps=steps,
+                logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
+                bf16=False, dataloader_num_workers=0, seed=args.seed)
+
+
+def trl_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+    """Run TRL's DPOTrainer for ``steps`` steps; return the step seconds after the first."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32)
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = DPOConfig(**_trl_common(tmp, args, args.dpo_batch, steps), beta=0.1, loss_type=["sigmoid"],
+                           precompute_ref_log_probs=True, max_length=args.prompt_len + args.response_len + 4)
+        trainer = DPOTrainer(model=model, ref_model=ref, args=config,
+                             train_dataset=Dataset.from_list(task.pairs),
+                             processing_class=_hf_tokenizer(task), callbacks=[clock.callback])
+        trainer.train()
+    return clock.step_seconds()
+
+
+def trl_ppo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+    """Run TRL's PPO trainer for ``steps`` iterations; return the iteration seconds after the first."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tok = _hf_tokenizer(task)
+    policy = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32)
+    torch.manual_seed(args.seed)
+    heads = [AutoModelForSequenceClassification.from_pretrained(task.hf, num_labels=1, dtype=torch.float32)
+             for _ in range(2)]
+    for h in heads:
+        h.config.pad_token_id = tok.pad_token_id
+    queries = Dataset.from_dict({"input_ids": [tok(p)["input_ids"] for p in task.prompts]})
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        common = _trl_common(tmp, args, args.ppo_batch, steps)
+        common.pop("max_steps")
+        config = PPOConfig(**common, total_episodes=steps * args.ppo_batch, num_mini_batches=1,
+                           num_ppo_epochs=args.ppo_epochs, response_length=args.response_len,
+                           temperature=1.0, stop_token="eos", kl_coef=0.05, num_sample_generations=0,
+                           local_rollout_forward_batch_size=args.ppo_batch)
+        trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref,
+                             reward_model=heads[0], value_model=heads[1], train_dataset=queries,
+                             eval_dataset=queries.select(range(args.ppo_batch)),
+                             callbacks=[clock.callback])
+        trainer.train()
+    return clock.step_seconds()
+
+
+def step_seconds(out: Path, every: int = 1) -> list[float]:
+    """Wall seconds of each step of an lmlab run (of each ``every`` steps: a PPO iteration) from the
+    ``time`` of its metrics.jsonl records (logged every step), the first one dropped (no predecessor)."""
+    from lmlab.train.log import read_metrics
+
+    ends = {r["step"]: r["time"] for r in read_metrics(out) if "loss" in r}
+    marks = [ends[s] for s in sorted(ends) if s % every == 0]
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def ours_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+    """Run lmlab's DPO (``lmlab dpo``'s function) for ``steps`` steps; return the timed step seconds."""
+    from lmlab.align.dpo import DPOConfig, dpo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "dpo"
+        dpo(DPOConfig(ckpt=task.hf, data=str(task.pairs_file), out=out, beta=0.1, loss="sigmoid",
+                      batch_size=args.dpo_batch, max_len=args.prompt_len + args.response_len + 4,
+                      max_steps=steps, log_interval=1, eval_interval=0, precision="fp32", device="cpu",
+                      progress=False, seed=args.seed))
+        return step_seconds(out)
+
+
+def reward_run(task: Task, args: argparse.Namespace) -> Path:
+    """A reward-model run folder for lmlab's PPO (``lmlab reward train`` for one step on the task's
+    pairs: the export's backbone with a scalar head), made once."""
+    from lmlab.align.reward import RewardConfig, train_reward
+
+    if task.reward is None:
+        task.reward = task.root / "rm"
+        train_reward(RewardConfig(ckpt=task.hf, data=str(task.pairs_file), out=task.reward, max_steps=1,
+                                  batch_size=4, precision="fp32", device="cpu", progress=False,
+                                  seed=args.seed))
+    return task.reward
+
+
+def ours_ppo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+    """Run lmlab's PPO (``lmlab rlhf --algo ppo``'s function) for ``steps`` iterations; return the
+    iteration seconds after the first."""
+    from lmlab.align.rlhf import RLHFConfig, rlhf
+
+    rm = reward_run(task, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ppo"
+        cfg = RLHFConfig(algo="ppo", policy=task.hf, reward=str(rm), prompts=str(task.prompts_file), out=out,
+                         rollouts=steps, batch_size=args.ppo_batch, minibatch_size=args.ppo_batch,
+                         ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_len, temperature=1.0,
+                         beta=0.05, value_init="reward", log_interval=1, precision="fp32", device="cpu",
+                         progress=False, seed=args.seed)
+        rlhf(cfg)
+        return step_seconds(out, cfg.steps_per_rollout)
+
+
+def rollouts(task: Task, args: argparse.Namespace) -> dict:
+    """New tokens/s of HF ``generate`` (sampling, its dynamic cache) and lmlab's ``decode`` on the same
+    left-padded prompts; both make ``--response-len`` tokens per row."""
+    from transformers import AutoModelForCausalLM
+
+    import lmlab
+    from lmlab.generate.decode import decode
+
+    tok = _hf_tokenizer(task)
+    hf = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32).eval()
+    ours, our_tok = lmlab.load(str(task.run))
+    ours.eval()
+    prompts = task.prompts[:args.ppo_batch]
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    our_prompts = [[our_tok.eot_id] + our_tok.encode(p) for p in prompts]
+    n = args.response_len
+
+    def run_hf(i: int) -> None:
+        torch.manual_seed(i)
+        with torch.inference_mode():
+            hf.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=1.0, top_k=0,
+                        top_p=1.0, pad_token_id=tok.pad_token_id)
+
+    def run_ours(i: int) -> None:
+        decode(ours, our_prompts, n, temperature=1.0, seed=i)
+
+    fns = {"hf-generate": run_hf, "ours-decode": run_ours}
+    for fn in fns.values():
+        fn(0)  # warm-up
+    s = summarise(round_robin(fns, args.rollout_repeats, args.rounds, torch.device("cpu")), len(prompts) * n)
+    return {"tokens_per_s": {k: round(v, 1) for k, v in s["speed"].items()},
+            "ratio": ratio(s, "ours-decode", "hf-generate")}
+
+
+def versions() -> dict[str, str]:
+    """The versions of the libraries compared."""
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=16, help="prompt tokens at most")
+    ap.add_argument("--response-len", type=int, default=48, help="response tokens (DPO) / new tokens (PPO)")
+    ap.add_argument("--dpo-batch", type=int, default=8, help="preference pairs per DPO step")
+    ap.add_argument("--ppo-batch", type=int, default=16, help="rollouts per PPO iteration")
+    ap.add_argument("--ppo-epochs", type=int, default=4, help="optimizer steps per PPO iteration")
+    ap.add_argument("--steps", type=int, default=8,
+                    help="training steps (PPO: iterations) per mode per round; the first and last are "
+                         "not timed")
+    ap.add_argument("--rollout-repeats", type=int, default=4, help="timed rollouts per mode per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=("dpo", "ppo", "rollout"), action="append",
+                    help="run only these parts (repeatable)")
+    ap.add_argument("--quick", action="store_true", help="a tiny shape and few steps: a smoke run")
+    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    if args.quick:
+        args.d_model, args.layers, args.heads, args.kv_heads, args.vocab = 64, 2, 4, 4, 512
+        args.response_len, args.prompt_len, args.steps, args.rounds = 12, 8, 4, 1
+        args.dpo_batch, args.ppo_batch, args.ppo_epochs, args.rollout_repeats = 4, 4, 2, 2
+    if args.steps < 4:
+        ap.error("--steps must be at least 4 (the first and last steps are not timed)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = args.only or ["dpo", "ppo", "rollout"]
+    raise SystemExit(run(args, parts))
+
+
+def run(args: argparse.Namespace, parts: list[str]) -> int:
+    """Run the asked parts; print the table (or JSON); return the exit status."""
+    with tempfile.TemporaryDirectory() as tmp:
+        task = make_task(Path(tmp), args)
+        shape = ("vocab", "d_model", "layers", "heads", "kv_heads", "prompt_len", "response_len", "dpo_batch",
+                 "ppo_batch", "ppo_epochs", "steps", "rounds")
+        result: dict = {"versions": versions(), "threads": torch.get_num_threads(),
+                        "shape": {k: getattr(args, k) for k in shape}}
+        modes = {}
+        if "dpo" in parts:
+            modes.update({"trl-dpo": trl_dpo, "ours-dpo": ours_dpo})
+        if "ppo" in parts:
+            modes.update({"trl-ppo": trl_ppo, "ours-ppo": ours_ppo})
+        times: dict[str, list[list[float]]] = {m: [] for m in modes}
+        for _ in range(args.rounds):
+            for m, fn in modes.items():
+                times[m].append(fn(task, args, args.steps)[:-1])  # the last step: see the module docstring
+        if modes:
+            s = summarise(times, 1)
+            result["steps_per_s"] = {m: round(v, 3) for m, v in s["speed"].items()}
+            for kind in ("dpo", "ppo"):
+                if f"ours-{kind}" in s["speed"]:
+                    result[f"{kind}_ratio"] = ratio(s, f"ours-{kind}", f"trl-{kind}")
+        if "rollout" in parts:
+            result["rollout"] = rollouts(task, args)
+    text = json.dumps(result)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text if args.json else table(result))
+    return 0
+
+
+def table(r: dict) -> str:
+    """The README's markdown table of ``r``."""
+    v, sh = r["versions"], r["shape"]
+    rows = [f"| | TRL {v['trl']} (transformers {v['transformers']}) | lmlab | "
+            "lmlab / TRL (min-max over rounds) |",
+            "|---|---:|---:|---:|"]
+
+    def row(name: str, a: float, b: float, q: dict) -> None:
+        rows.append(f"| {name} | {a:,.2f} | {b:,.2f} | **{q['median']:.2f}x** "
+                    f"({q['min']:.2f}-{q['max']:.2f}) |")
+
+    sp = r.get("steps_per_s", {})
+    if "dpo_ratio" in r:
+        row(f"DPO optimizer steps/s ({sh['dpo_batch']} pairs)", sp["trl-dpo"], sp["ours-dpo"], r["dpo_ratio"])
+    if "ppo_ratio" in r:
+        row(f"PPO iterations/s ({sh['ppo_batch']} rollouts, {sh['ppo_epochs']} updates)", sp["trl-ppo"],
+            sp["ours-ppo"], r["ppo_ratio"])
+        e = sh["ppo_epochs"]
+        row("PPO optimizer steps/s", e * sp["trl-ppo"], e * sp["ours-ppo"], r["ppo_ratio"])
+    if "rollout" in r:
+        t = r["rollout"]["tokens_per_s"]
+        rows.append(f"| rollout tokens/s (HF generate vs lmlab decode) | {t['hf-generate']:,.0f} | "
+                    f"{t['ours-decode']:,.0f} | **{r['rollout']['ratio']['median']:.2f}x** "
+                    f"({r['rollout']['ratio']['min']:.2f}-{r['rollout']['ratio']['max']:.2f}) |")
+    head = (f"LLaMA d={sh['d_model']}, {sh['layers']} layers, {sh['heads']} heads, vocab {sh['vocab']}; "
+            f"prompts <= {sh['prompt_len']} tokens, responses {sh['response_len']}; fp32, {r['threads']} "
+            f"threads, torch {v['torch']}; {sh['rounds']} rounds x {sh['steps']} steps")
+    return head + "\n\n" + "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
