@@ -227,3 +227,32 @@ def test_cai_label_bad_input(base, tmp_path):
     with pytest.raises(LmlabError, match=r"bad.jsonl:1: 'responses' must be a list of 2 or more"):
         label(LabelConfig(feedback=base, data=str(bad), out=tmp_path / "o.jsonl", device="cpu",
                           progress=False))
+
+
+def test_cai_pipeline_revise_sft_label_then_train_a_reward_model(base, tmp_path, capsys):
+    """The SL stage's revisions train the model (lmlab sft), which then labels pairs as the feedback
+    model, and the AI labels train a reward model (lmlab reward train)."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS * 2) + "\n")
+    assert main(_revise(base, tmp_path / "sl", "--prompts", str(prompts), "--shots", "0")) == 0
+    capsys.readouterr()
+    sft = tmp_path / "sft"
+    assert main(["sft", "--ckpt", str(base), "--data", str(tmp_path / "sl" / "revisions.jsonl"), "--out",
+                 str(sft), "--max-steps", "3", "--batch-size", "4", "--precision", "fp32", "--device", "cpu",
+                 "--no-progress", "--max-len", "1024"]) == 0
+    samples = tmp_path / "samples.jsonl"
+    words = [("fine", "poor"), ("grand", "grim"), ("fun", "flat")]
+    samples.write_text("".join(json.dumps({"prompt": p, "responses": [f" was {a}.", f" was {b}."]}) + "\n"
+                               for p in PROMPTS for a, b in words))
+    ai = tmp_path / "ai.jsonl"
+    assert main(["cai", "label", "--feedback", str(sft), "--data", str(samples), "--out", str(ai), "--device",
+                 "cpu", "--no-progress", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["pairs"] == 12 and r["written"] == 12 - r["ties"] >= 10
+    rm = tmp_path / "rm"
+    assert main(["reward", "train", "--ckpt", str(sft), "--data", str(ai), "--out", str(rm), "--max-steps",
+                 "3", "--batch-size", "4", "--precision", "fp32", "--device", "cpu", "--no-progress",
+                 "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["step"] == 3 and trained["pairs"]["train"] > 0
+    assert (rm / "model.safetensors").is_file()
