@@ -14,7 +14,8 @@ prefers the first (or second) position gains nothing. The result is preference J
 (prompt/chosen/rejected, with ``ai_prob``, the AI's probability that chosen is better) for ``lmlab
 reward train`` or ``lmlab dpo``. Pairs that carry a human label (a prompt/chosen/rejected file, or a
 labelled corpus's pairs from ratings) report the agreement of the AI's choice with the human's; exact
-ties (no preference) are left out of the output and count one half in the agreement.
+ties (no preference) are left out of the output and count one half in the agreement. A pair whose
+question does not fit the feedback model's context is left out and counted (``too_long``).
 """
 
 from __future__ import annotations
@@ -121,10 +122,15 @@ class LabelConfig(ConstitutionOptions):
 
 @dataclass
 class LabelResult:
-    """What the RL stage's labelling wrote and how the AI's labels compare with the human's."""
+    """What the RL stage's labelling wrote and how the AI's labels compare with the human's: ``pairs``
+    labelled (``too_long`` more did not fit the feedback model's context), ``written`` (all but
+    ``ties``), the ``agreement`` with the ``human_labelled`` pairs' labels, the share of pairs where
+    both orders agree (``consistent``), the mean probability of answer (A) (``first_position``: 0.5
+    without position bias) and the mean probability of the AI's choice."""
 
     out: str
     pairs: int
+    too_long: int
     written: int
     ties: int
     human_labelled: int
@@ -306,16 +312,28 @@ def revise(cfg: ReviseConfig) -> ReviseResult:
 # ------------------------------------------------------------------ RL stage: AI feedback
 
 
+def answer_ids(tok: Any, template: str) -> list[list[int]]:
+    """Return the ids of the answers (A) and (B) in ``template``'s layout (`` (A)`` after plain text)."""
+    from lmlab.align.prompts import encode_response
+
+    return [encode_response(tok, (" " if template == "plain" else "") + o, template, ended=False)
+            for o in OPTIONS]
+
+
+def question_ids(tok: Any, question: str, template: str) -> list[int]:
+    """Return the ids of a multiple-choice question: plain text, or a user turn with the assistant's
+    generation prompt."""
+    return _ids(tok, question if template == "plain" else [{"role": "user", "content": question}], template)
+
+
 def option_logprobs(model: torch.nn.Module, tok: Any, questions: list[str], template: str,
                     batch_size: int = 16) -> torch.Tensor:
     """Return ``(N, 2)``: the log-probability ``model`` gives the answers (A) and (B) after each
     multiple-choice question (``plain``: the text then `` (A)``; ``chat``: a user turn, the assistant
     answering ``(A)``). Raises LmlabError when a question does not fit the model's context."""
-    from lmlab.align.prompts import encode_response
     from lmlab.align.sequences import join, sequence_logprobs
 
-    answers = [encode_response(tok, (" " if template == "plain" else "") + o, template, ended=False)
-               for o in OPTIONS]
+    answers = answer_ids(tok, template)
     pad = tok.pad_id if tok.pad_id is not None else tok.eot_id
     block = model.config.block_size
     out = []
@@ -323,7 +341,7 @@ def option_logprobs(model: torch.nn.Module, tok: Any, questions: list[str], temp
         for a in range(0, len(questions), batch_size):
             contexts = []
             for k, q in enumerate(questions[a:a + batch_size]):
-                ids = _ids(tok, q if template == "plain" else [{"role": "user", "content": q}], template)
+                ids = question_ids(tok, q, template)
                 if len(ids) + max(map(len, answers)) > block:
                     raise LmlabError(f"question {a + k + 1} is {len(ids)} tokens with its answer, more than "
                                      f"the feedback model's context of {block}; shorten the texts or use a "
@@ -394,6 +412,17 @@ def label(cfg: LabelConfig) -> LabelResult:
     model, tok, _ = _load_model(cfg.feedback, "--feedback MODEL", cfg.device)
     t0 = time.perf_counter()
     drawn = [c.draw(cfg.seed, i) for i in range(len(pairs))]
+    # A pair whose question does not fit the feedback model's context is left out (and counted).
+    room = model.config.block_size - max(map(len, answer_ids(tok, cfg.template)))
+    fits = [max(len(question_ids(tok, choice_question(p, x.prompt, *rs), cfg.template))
+                for rs in ((x.first, x.second), (x.second, x.first))) <= room for x, p in zip(pairs, drawn)]
+    if not any(fits):
+        raise LmlabError(f"every pair's question is longer than the feedback model's context of "
+                         f"{model.config.block_size} tokens; use shorter texts or a model with a longer "
+                         "context")
+    too_long = fits.count(False)
+    pairs = [x for x, f in zip(pairs, fits) if f]
+    drawn = [p for p, f in zip(drawn, fits) if f]
     ab, ba = [], []
     bar = progress(total=len(pairs), desc="cai label", unit="pair", disable=None if cfg.progress else True)
     for a in range(0, len(pairs), cfg.batch_size):
@@ -425,7 +454,8 @@ def label(cfg: LabelConfig) -> LabelResult:
     write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     save_config(dataclasses.replace(cfg, overwrite=False), conf)
     first_ab, first_ba = lab.softmax(-1)[:, 0], lba.softmax(-1)[:, 0]
-    return LabelResult(out=str(out), pairs=len(pairs), written=len(rows), ties=ties, human_labelled=labelled,
+    return LabelResult(out=str(out), pairs=len(pairs), too_long=too_long, written=len(rows), ties=ties,
+                       human_labelled=labelled,
                        agreement=round(agree / labelled, 4) if labelled else None,
                        consistent=round(float(((first_ab > 0.5) != (first_ba > 0.5)).float().mean()), 4),
                        first_position=round(float(torch.cat([first_ab, first_ba]).mean()), 4),

@@ -66,7 +66,8 @@ def cai_label(cfg: LabelConfig) -> int:
     reported), JSONL of prompt/responses (samples, paired in order), or a labelled corpus such as
     sentiment-movies (human pairs from its ratings). Writes --out as prompt/chosen/rejected JSONL with
     ai_prob (the AI's probability that chosen is better) and the principle, for 'lmlab reward train' or
-    'lmlab dpo'; exact ties are left out. E.g.:
+    'lmlab dpo'; exact ties are left out, and so are pairs too long for the feedback model's context (both
+counted). E.g.:
 
       lmlab cai label --feedback runs/llama-sft --data sentiment-movies --principles positive,kind \\
           --limit 500 --out runs/ai-pairs.jsonl
@@ -79,7 +80,7 @@ def cai_label(cfg: LabelConfig) -> int:
         return 0
     agree = "" if r.agreement is None else \
         f"agreement with the human labels {r.agreement:.1%} on {r.human_labelled}; "
-    print(f"labelled {r.pairs} pairs ({r.ties} ties left out) in {r.elapsed_s:.1f}s; {agree}both orders "
-          f"agree on {r.consistent:.0%}, P(A) {r.first_position:.2f}, mean AI confidence "
-          f"{r.mean_ai_prob:.2f}; wrote {r.out}")
+    print(f"labelled {r.pairs} pairs ({r.ties} ties left out; {r.too_long} too long to ask) in "
+          f"{r.elapsed_s:.1f}s; {agree}both orders agree on {r.consistent:.0%}, P(A) {r.first_position:.2f}, "
+          f"mean AI confidence {r.mean_ai_prob:.2f}; wrote {r.out}")
     return 0

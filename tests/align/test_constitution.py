@@ -127,7 +127,7 @@ def test_asking_in_both_orders_cancels_position_bias():
 
 def _revise(base: Path, out: Path, *extra: str) -> list[str]:
     return ["cai", "revise", "--ckpt", str(base), "--out", str(out), "--device", "cpu", "--no-progress",
-            "--max-new-tokens", "12", "--batch-size", "3", "--json", *extra]
+            "--max-new-tokens", "8", "--batch-size", "4", "--json", *extra]
 
 
 def test_cai_revise_writes_sft_data_and_chains(base, tmp_path, capsys):
@@ -219,13 +219,20 @@ def test_cai_label_bad_input(base, tmp_path):
 
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "x" * 2000, "chosen": "a", "rejected": "b"}) + "\n")
-    with pytest.raises(LmlabError, match="question 1 is .* tokens .* context of 1024"):
+    with pytest.raises(LmlabError, match="every pair's question is longer than .* context of 1024"):
         label(LabelConfig(feedback=base, data=str(long), out=tmp_path / "o.jsonl", device="cpu",
                           progress=False))
+    with pytest.raises(LmlabError, match="question 1 is .* tokens .* context of 1024"):
+        option_logprobs(lmlab.load(str(base))[0], lmlab.load(str(base))[1], ["y" * 1100], "plain")
+    with long.open("a") as f:
+        f.write(json.dumps({"prompt": "p", "chosen": "good", "rejected": "bad"}) + "\n")
+    r = label(LabelConfig(feedback=base, data=str(long), out=tmp_path / "o.jsonl", device="cpu",
+                          progress=False, overwrite=True))
+    assert (r.pairs, r.too_long) == (1, 1) and r.human_labelled == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "responses": ["only one"]}) + "\n")
     with pytest.raises(LmlabError, match=r"bad.jsonl:1: 'responses' must be a list of 2 or more"):
-        label(LabelConfig(feedback=base, data=str(bad), out=tmp_path / "o.jsonl", device="cpu",
+        label(LabelConfig(feedback=base, data=str(bad), out=tmp_path / "o2.jsonl", device="cpu",
                           progress=False))
 
 
