@@ -1,10 +1,11 @@
-"""CLI face of alignment: ``lmlab sft``."""
+"""CLI face of alignment: ``lmlab sft``, ``lmlab reward train|score``, ``lmlab dpo``."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
+from lmlab.align.reward import RewardConfig, ScoreConfig
 from lmlab.align.sft import SFTConfig
 from lmlab.align.sft import sft as run_sft
 
@@ -30,3 +31,56 @@ def sft(cfg: SFTConfig) -> int:
           f"first loss {r.first_loss}, validation loss {r.val_loss} ({r.val_conversations} held out); "
           f"saved {r.out}")
     return 130 if r.interrupted else 0
+
+
+def reward_train(cfg: RewardConfig) -> int:
+    """Train a reward model: a scalar head (init std 1/sqrt(d+1), bias 0, no dropout) on the last real
+    token of a decoder, with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected [- margin]) on
+    preference pairs, through the one Trainer (exact --resume).
+
+    --data is a JSONL of {"prompt": str|messages, "chosen": str, "rejected": str[, "margin": float]}
+    (split 80/10/10 by a hash of each line), or labelled data with ratings (sentiment-movies, ...):
+    human pairs of two texts of one split whose mean ratings differ by more than --margin, the more
+    positive one chosen. The model reads prompt text + response (+ end-of-text). Validation: pairwise
+    accuracy on the validation pairs (val_accuracy in metrics.jsonl); at the end the test pairs are
+    scored too. Writes OUT/config.yaml, model.safetensors, tokenizer.json, metrics.jsonl,
+    results.json, state/. E.g.:
+
+      lmlab reward train --ckpt runs/llama --data sentiment-movies --out runs/rm --epochs 1 --lr 1e-4
+    """
+    from lmlab.align.reward import train_reward
+
+    r = train_reward(cfg)
+    if cfg.json:
+        print(json.dumps(dataclasses.asdict(r)))
+        return 130 if r.interrupted else 0
+    fig = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "none"  # noqa: E731
+    print(f"trained step {r.step} ({r.elapsed_s:.1f}s) on {r.pairs['train']} pairs; "
+          f"first loss {r.first_loss}")
+    print(f"validation ({r.pairs['validation']} pairs): {fig(r.val)}")
+    print(f"test ({r.pairs['test']} pairs): {fig(r.test)}")
+    print(f"saved {r.out}")
+    return 130 if r.interrupted else 0
+
+
+def reward_score(cfg: ScoreConfig) -> int:
+    """Score texts with a reward model: one score per text (.txt one a line, or .jsonl with 'text' or
+    'prompt' + 'response'), or with --pairs the pairwise accuracy on preference pairs (a JSONL of
+    prompt/chosen/rejected, every line; or rated data's --split). --out writes a JSON line per item.
+    E.g.:
+
+      lmlab reward score --ckpt runs/rm --data samples.jsonl --out scores.jsonl
+      lmlab reward score --ckpt runs/rm --data sentiment-movies --pairs --split test --json
+    """
+    from lmlab.align.reward import score_file
+
+    r = score_file(cfg)
+    if cfg.json:
+        print(json.dumps(r))
+        return 0
+    line = f"{r['n']} {'pairs' if cfg.pairs else 'texts'}: mean score {r['mean']:.4f} (std {r['std']:.4f}, " \
+           f"min {r['min']:.4f}, max {r['max']:.4f})"
+    if cfg.pairs:
+        line += f"; accuracy {r['accuracy']:.4f}, mean reward gap {r['reward_gap']:.4f}"
+    print(line + (f"; wrote {r['out']}" if r["out"] else ""))
+    return 0
