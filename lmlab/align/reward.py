@@ -40,18 +40,15 @@ from lmlab.train.options import LoopOptions, OptimOptions
 RESULTS = "results.json"
 # Programmatic rewards: spec -> "module:factory"; the factory takes no argument and returns a Scorer.
 VERIFIABLE: dict[str, str] = {
-    "arithmetic": "lmlab.align.verifiable:ArithmeticScorer",
+    "arithmetic": "lmlab.align.verifiable:ArithmeticReward",
 }
 
 
 class Scorer(Protocol):
-    """What scores responses: a reward model or a programmatic (verifiable) reward."""
+    """What scores responses: a reward model (which also has ``score(texts)``, whole texts) or a
+    programmatic (verifiable) reward."""
 
     name: str
-
-    def score(self, texts: list[str]) -> torch.Tensor:
-        """Return ``(B,)`` float32 scores of whole texts (prompt text + response text)."""
-        ...
 
     def score_pairs(self, prompts: list[Any], responses: list[str]) -> torch.Tensor:
         """Return ``(B,)`` float32 scores of each ``responses[i]`` to ``prompts[i]`` (text or messages)."""
