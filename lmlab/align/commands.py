@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from lmlab.align.dpo import DPOConfig
 from lmlab.align.reward import RewardConfig, ScoreConfig
 from lmlab.align.sft import SFTConfig
 from lmlab.align.sft import sft as run_sft
@@ -84,3 +85,34 @@ def reward_score(cfg: ScoreConfig) -> int:
         line += f"; accuracy {r['accuracy']:.4f}, mean reward gap {r['reward_gap']:.4f}"
     print(line + (f"; wrote {r['out']}" if r["out"] else ""))
     return 0
+
+
+def dpo(cfg: DPOConfig) -> int:
+    """Direct preference optimisation of a policy on preference pairs against a frozen reference (the
+    starting model), through the one Trainer: --loss sigmoid (DPO), ipo (squared loss), with
+    --label-smoothing (conservative DPO) and --length-normalize (mean instead of summed token
+    log-probabilities). The reference's log-probabilities are computed once before training and kept
+    in OUT/reference_logps.safetensors. Logged every step and on the validation pairs: the implicit
+    rewards beta*(log pi - log ref) of the chosen and rejected responses, their margin and the
+    accuracy (chosen reward higher). At step 0 the sigmoid loss is ln 2.
+
+    --data as for 'lmlab reward train' (a JSONL of prompt/chosen/rejected, or rated data's human
+    pairs); --template plain lays a pair out as end-of-text + prompt + response + end-of-text, chat as
+    a user turn and the assistant's response closed by <|im_end|>. --method lora trains LoRA adapters
+    (--r, --alpha, --targets) and merges them into OUT/model.safetensors at the end. E.g.:
+
+      lmlab dpo --ckpt runs/sft --data pairs.jsonl --out runs/dpo --beta 0.1 --lr 5e-6 --epochs 1
+    """
+    from lmlab.align.dpo import dpo as run_dpo
+
+    r = run_dpo(cfg)
+    if cfg.json:
+        print(json.dumps(dataclasses.asdict(r)))
+        return 130 if r.interrupted else 0
+    fig = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "none"  # noqa: E731
+    print(f"trained step {r.step} ({r.elapsed_s:.1f}s) on {r.pairs['train']} pairs")
+    print(f"first step: {fig(r.first)}")
+    print(f"last step: {fig(r.last)}")
+    print(f"validation ({r.pairs['validation']} pairs): {fig(r.val)}")
+    print(f"saved {r.out}")
+    return 130 if r.interrupted else 0

@@ -215,6 +215,7 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
     from lmlab.adapt.examples import pad_batch
     from lmlab.adapt.predict import pad_id_of
     from lmlab.align.preferences import PairBatches, full_text, load_pairs
+    from lmlab.align.sequences import no_dropout
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.fileio import write_bytes, write_json
     from lmlab.loader import load
@@ -241,6 +242,7 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
     torch.manual_seed(cfg.seed)
     d = backbone.config.d_model
     model = classifier_for(backbone, task="regress", dropout=0.0, head_std=1.0 / math.sqrt(d + 1))
+    no_dropout(model)  # the backbone's too: the two texts of a pair must be scored alike
     max_len = min(cfg.max_len, int(backbone.config.block_size))
     pad = pad_id_of(model, tokenizer)
 

@@ -81,8 +81,8 @@ def test_the_reward_head_init(tiny_base):
     torch.manual_seed(0)
     d = backbone.config.d_model
     rm = classifier_for(backbone, task="regress", dropout=0.0, head_std=1 / math.sqrt(d + 1))
-    w, b = rm.head[-1].weight, rm.head[-1].bias
-    assert w.shape == (1, d) and 0.5 / math.sqrt(d + 1) < float(w.detach().std()) < 1.5 / math.sqrt(d + 1)
+    w, b = rm.head[-1].weight.detach(), rm.head[-1].bias.detach()
+    assert w.shape == (1, d) and 0.5 / math.sqrt(d + 1) < float(w.std()) < 1.5 / math.sqrt(d + 1)
     assert float(b.abs().max()) == 0.0 and rm.config.head_std == pytest.approx(1 / math.sqrt(d + 1))
     with pytest.raises(LmlabError, match="head_std must be positive"):
         classifier_for(backbone, task="regress", head_std=0.0)
