@@ -194,3 +194,10 @@ def test_bad_dpo_input_is_one_line(tiny_base, pairs, tmp_path, capsys, args, mes
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     if "max-len" in message:
         assert f"{pairs}:" in err  # names the pair's line
+
+
+def test_dpo_on_human_pairs_from_ratings(tiny_base, sentiment_env, tmp_path, capsys):
+    assert main(["dpo", "--ckpt", str(tiny_base), "--data", "sentiment-movies", "--out", str(tmp_path / "d"),
+                 "--max-steps", "2", "--batch-size", "4", "--max-pairs", "8", *FAST, "--json"]) == 0
+    r = _json(capsys)
+    assert r["pairs"]["train"] == 8 and r["first"]["loss"] == pytest.approx(math.log(2), abs=1e-5)

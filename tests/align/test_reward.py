@@ -130,6 +130,14 @@ def test_scores_of_a_file_and_of_the_scorer_agree(trained_rm, tmp_path, capsys):
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     lines = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert r["n"] == 2 and lines[0]["score"] == pytest.approx(float(good), abs=1e-5)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": "the film was", "response": " great"}) + "\n"
+                       + json.dumps({"text": "the film was awful"}) + "\n")
+    assert main(["reward", "score", "--ckpt", str(out), "--data", str(answers), "--device", "cpu",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["max"] == pytest.approx(float(good), abs=1e-5)
+    assert r["min"] == pytest.approx(float(bad), abs=1e-5)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "the plot was", "chosen": " lovely", "rejected": " dull"}) + "\n")
     assert main(["reward", "score", "--ckpt", str(out), "--data", str(pairs), "--pairs", "--device", "cpu",
