@@ -71,6 +71,7 @@ class Task:
     prompts: list[str]
     pairs: list[dict[str, str]]
     root: Path
+    vocab: int
     reward: Path | None = None
 
     @property
@@ -120,7 +121,7 @@ def make_task(root: Path, args: argparse.Namespace) -> Task:
     data = root / "pairs.jsonl"
     data.write_text("".join(json.dumps(x) + "\n" for x in pairs))
     (root / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    return Task(run=run, hf=hf, prompts=prompts, pairs=pairs, root=root)
+    return Task(run=run, hf=hf, prompts=prompts, pairs=pairs, root=root, vocab=tok.vocab_size)
 
 
 class StepClock:
@@ -270,7 +271,7 @@ def rollouts(task: Task, args: argparse.Namespace) -> dict:
 
     tok = _hf_tokenizer(task)
     hf = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32).eval()
-    ours, our_tok = lmlab.load(str(task.run))
+    ours, our_tok = lmlab.load(str(task.hf))
     ours.eval()
     prompts = task.prompts[:args.ppo_batch]
     enc = tok(prompts, return_tensors="pt", padding=True)
@@ -343,6 +344,7 @@ def run(args: argparse.Namespace, parts: list[str]) -> int:
     """Run the asked parts; print the table (or JSON); return the exit status."""
     with tempfile.TemporaryDirectory() as tmp:
         task = make_task(Path(tmp), args)
+        args.vocab = task.vocab  # the tokenizer's size (a small corpus may give fewer merges than asked)
         shape = ("vocab", "d_model", "layers", "heads", "kv_heads", "prompt_len", "response_len", "dpo_batch",
                  "ppo_batch", "ppo_epochs", "steps", "rounds")
         result: dict = {"versions": versions(), "threads": torch.get_num_threads(),
