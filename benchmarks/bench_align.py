@@ -152,13 +152,13 @@ def _hf_tokenizer(task: Task):
     return tok
 
 
-def _trl_common(tmp: str, args: argparse.Namespace, batch: int, steps: int) -> dict:
+def _trl_common(tmp: str, args: argparse.Namespace, batch: int, steps: int, precision: str) -> dict:
     return dict(output_dir=tmp, per_device_train_batch_size=batch, learning_rate=1e-5, max_steps=steps,
                 logging_steps=10_000, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
-                bf16=False, dataloader_num_workers=0, seed=args.seed)
+                bf16=precision == "bf16", dataloader_num_workers=0, seed=args.seed)
 
 
-def trl_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+def trl_dpo(task: Task, args: argparse.Namespace, steps: int, precision: str) -> list[float]:
     """Run TRL's DPOTrainer for ``steps`` steps; return the step seconds after the first."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -168,8 +168,9 @@ def trl_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
     ref = AutoModelForCausalLM.from_pretrained(task.hf, dtype=torch.float32)
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
-        config = DPOConfig(**_trl_common(tmp, args, args.dpo_batch, steps), beta=0.1, loss_type=["sigmoid"],
-                           precompute_ref_log_probs=True, max_length=args.prompt_len + args.response_len + 4)
+        config = DPOConfig(**_trl_common(tmp, args, args.dpo_batch, steps, precision), beta=0.1,
+                           loss_type=["sigmoid"], precompute_ref_log_probs=True,
+                           max_length=args.prompt_len + args.response_len + 4)
         trainer = DPOTrainer(model=model, ref_model=ref, args=config,
                              train_dataset=Dataset.from_list(task.pairs),
                              processing_class=_hf_tokenizer(task), callbacks=[clock.callback])
@@ -177,7 +178,7 @@ def trl_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
     return clock.step_seconds()
 
 
-def trl_ppo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+def trl_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) -> list[float]:
     """Run TRL's PPO trainer for ``steps`` iterations; return the iteration seconds after the first."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -194,7 +195,7 @@ def trl_ppo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
     queries = Dataset.from_dict({"input_ids": [tok(p)["input_ids"] for p in task.prompts]})
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
-        common = _trl_common(tmp, args, args.ppo_batch, steps)
+        common = _trl_common(tmp, args, args.ppo_batch, steps, precision)
         common.pop("max_steps")
         config = PPOConfig(**common, total_episodes=steps * args.ppo_batch, num_mini_batches=1,
                            num_ppo_epochs=args.ppo_epochs, response_length=args.response_len,
@@ -218,7 +219,7 @@ def step_seconds(out: Path, every: int = 1) -> list[float]:
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
-def ours_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+def ours_dpo(task: Task, args: argparse.Namespace, steps: int, precision: str) -> list[float]:
     """Run lmlab's DPO (``lmlab dpo``'s function) for ``steps`` steps; return the timed step seconds."""
     from lmlab.align.dpo import DPOConfig, dpo
 
@@ -226,7 +227,7 @@ def ours_dpo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
         out = Path(tmp) / "dpo"
         dpo(DPOConfig(ckpt=task.hf, data=str(task.pairs_file), out=out, beta=0.1, loss="sigmoid",
                       batch_size=args.dpo_batch, max_len=args.prompt_len + args.response_len + 4,
-                      max_steps=steps, log_interval=1, eval_interval=0, precision="fp32", device="cpu",
+                      max_steps=steps, log_interval=1, eval_interval=0, precision=precision, device="cpu",
                       progress=False, seed=args.seed))
         return step_seconds(out)
 
@@ -244,7 +245,7 @@ def reward_run(task: Task, args: argparse.Namespace) -> Path:
     return task.reward
 
 
-def ours_ppo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
+def ours_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) -> list[float]:
     """Run lmlab's PPO (``lmlab rlhf --algo ppo``'s function) for ``steps`` iterations; return the
     iteration seconds after the first."""
     from lmlab.align.rlhf import RLHFConfig, rlhf
@@ -255,7 +256,7 @@ def ours_ppo(task: Task, args: argparse.Namespace, steps: int) -> list[float]:
         cfg = RLHFConfig(algo="ppo", policy=task.hf, reward=str(rm), prompts=str(task.prompts_file), out=out,
                          rollouts=steps, batch_size=args.ppo_batch, minibatch_size=args.ppo_batch,
                          ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_len, temperature=1.0,
-                         beta=0.05, value_init="reward", log_interval=1, precision="fp32", device="cpu",
+                         beta=0.05, value_init="reward", log_interval=1, precision=precision, device="cpu",
                          progress=False, seed=args.seed)
         rlhf(cfg)
         return step_seconds(out, cfg.steps_per_rollout)
@@ -324,6 +325,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=("dpo", "ppo", "rollout"), action="append",
                     help="run only these parts (repeatable)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), action="append",
+                    help="training precision of both sides (repeatable; default: fp32, and bf16 where the "
+                         "CPU has it): lmlab's --precision, TRL's bf16 flag (its default is bf16=True)")
     ap.add_argument("--quick", action="store_true", help="a tiny shape and few steps: a smoke run")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
@@ -337,6 +341,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = args.only or ["dpo", "ppo", "rollout"]
+    if not args.precision:
+        from lmlab.device import resolve_precision
+
+        has_bf16 = resolve_precision(torch.device("cpu"), "auto") == "bf16"
+        args.precision = ["fp32"] + (["bf16"] if has_bf16 else [])
     raise SystemExit(run(args, parts))
 
 
@@ -346,24 +355,23 @@ def run(args: argparse.Namespace, parts: list[str]) -> int:
         task = make_task(Path(tmp), args)
         args.vocab = task.vocab  # the tokenizer's size (a small corpus may give fewer merges than asked)
         shape = ("vocab", "d_model", "layers", "heads", "kv_heads", "prompt_len", "response_len", "dpo_batch",
-                 "ppo_batch", "ppo_epochs", "steps", "rounds")
+                 "ppo_batch", "ppo_epochs", "steps", "rounds", "precision")
         result: dict = {"versions": versions(), "threads": torch.get_num_threads(),
                         "shape": {k: getattr(args, k) for k in shape}}
-        modes = {}
-        if "dpo" in parts:
-            modes.update({"trl-dpo": trl_dpo, "ours-dpo": ours_dpo})
-        if "ppo" in parts:
-            modes.update({"trl-ppo": trl_ppo, "ours-ppo": ours_ppo})
-        times: dict[str, list[list[float]]] = {m: [] for m in modes}
+        runners = {"trl-dpo": trl_dpo, "ours-dpo": ours_dpo, "trl-ppo": trl_ppo, "ours-ppo": ours_ppo}
+        modes = [(f"{m}-{p}", m, p) for kind in ("dpo", "ppo") if kind in parts for p in args.precision
+                 for m in (f"trl-{kind}", f"ours-{kind}")]
+        times: dict[str, list[list[float]]] = {name: [] for name, _, _ in modes}
         for _ in range(args.rounds):
-            for m, fn in modes.items():
-                times[m].append(fn(task, args, args.steps)[:-1])  # the last step: see the module docstring
+            for name, m, p in modes:
+                # the last step is not timed: see the module docstring
+                times[name].append(runners[m](task, args, args.steps, p)[:-1])
         if modes:
             s = summarise(times, 1)
             result["steps_per_s"] = {m: round(v, 3) for m, v in s["speed"].items()}
-            for kind in ("dpo", "ppo"):
-                if f"ours-{kind}" in s["speed"]:
-                    result[f"{kind}_ratio"] = ratio(s, f"ours-{kind}", f"trl-{kind}")
+            result["ratios"] = {f"{kind}-{p}": ratio(s, f"ours-{kind}-{p}", f"trl-{kind}-{p}")
+                                for kind in ("dpo", "ppo") for p in args.precision
+                                if f"ours-{kind}-{p}" in s["speed"]}
         if "rollout" in parts:
             result["rollout"] = rollouts(task, args)
     text = json.dumps(result)
@@ -384,22 +392,23 @@ def table(r: dict) -> str:
         rows.append(f"| {name} | {a:,.2f} | {b:,.2f} | **{q['median']:.2f}x** "
                     f"({q['min']:.2f}-{q['max']:.2f}) |")
 
-    sp = r.get("steps_per_s", {})
-    if "dpo_ratio" in r:
-        row(f"DPO optimizer steps/s ({sh['dpo_batch']} pairs)", sp["trl-dpo"], sp["ours-dpo"], r["dpo_ratio"])
-    if "ppo_ratio" in r:
-        row(f"PPO iterations/s ({sh['ppo_batch']} rollouts, {sh['ppo_epochs']} updates)", sp["trl-ppo"],
-            sp["ours-ppo"], r["ppo_ratio"])
-        e = sh["ppo_epochs"]
-        row("PPO optimizer steps/s", e * sp["trl-ppo"], e * sp["ours-ppo"], r["ppo_ratio"])
+    sp, e = r.get("steps_per_s", {}), sh["ppo_epochs"]
+    for key, q in r.get("ratios", {}).items():
+        kind, p = key.split("-")
+        a, b = sp[f"trl-{key}"], sp[f"ours-{key}"]
+        if kind == "dpo":
+            row(f"DPO optimizer steps/s ({sh['dpo_batch']} pairs), {p}", a, b, q)
+        else:
+            row(f"PPO iterations/s ({sh['ppo_batch']} rollouts, {e} updates), {p}", a, b, q)
+            row(f"PPO optimizer steps/s, {p}", e * a, e * b, q)
     if "rollout" in r:
         t = r["rollout"]["tokens_per_s"]
-        rows.append(f"| rollout tokens/s (HF generate vs lmlab decode) | {t['hf-generate']:,.0f} | "
+        rows.append(f"| rollout tokens/s (HF generate vs lmlab decode), fp32 | {t['hf-generate']:,.0f} | "
                     f"{t['ours-decode']:,.0f} | **{r['rollout']['ratio']['median']:.2f}x** "
                     f"({r['rollout']['ratio']['min']:.2f}-{r['rollout']['ratio']['max']:.2f}) |")
     head = (f"LLaMA d={sh['d_model']}, {sh['layers']} layers, {sh['heads']} heads, vocab {sh['vocab']}; "
-            f"prompts <= {sh['prompt_len']} tokens, responses {sh['response_len']}; fp32, {r['threads']} "
-            f"threads, torch {v['torch']}; {sh['rounds']} rounds x {sh['steps']} steps")
+            f"prompts <= {sh['prompt_len']} tokens, responses {sh['response_len']}; {r['threads']} threads, "
+            f"torch {v['torch']}; {sh['rounds']} rounds x {sh['steps']} steps")
     return head + "\n\n" + "\n".join(rows)
 
 
