@@ -37,6 +37,7 @@ The defaults give the README's table; ``--quick`` shrinks everything for a smoke
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
@@ -178,6 +179,37 @@ def trl_dpo(task: Task, args: argparse.Namespace, steps: int, precision: str) ->
     return clock.step_seconds()
 
 
+class GcClock:
+    """Times the ``gc.collect()`` calls TRL's PPO loop makes (two per iteration) while it is entered."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self.wall = 0.0
+
+    def __enter__(self) -> GcClock:
+        self._collect = gc.collect
+        self._t0 = time.perf_counter()
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return self._collect(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - t
+                self.calls += 1
+
+        gc.collect = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.collect = self._collect
+        self.wall += time.perf_counter() - self._t0
+
+
+GC = GcClock()  # one for the whole benchmark: TRL PPO's total time in gc.collect
+
+
 def trl_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) -> list[float]:
     """Run TRL's PPO trainer for ``steps`` iterations; return the iteration seconds after the first."""
     from datasets import Dataset
@@ -205,7 +237,8 @@ def trl_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) ->
                              reward_model=heads[0], value_model=heads[1], train_dataset=queries,
                              eval_dataset=queries.select(range(args.ppo_batch)),
                              callbacks=[clock.callback])
-        trainer.train()
+        with GC:
+            trainer.train()
     return clock.step_seconds()
 
 
@@ -364,11 +397,16 @@ def run(args: argparse.Namespace, parts: list[str]) -> int:
         times: dict[str, list[list[float]]] = {name: [] for name, _, _ in modes}
         for _ in range(args.rounds):
             for name, m, p in modes:
+                gc.collect()  # each run starts without the garbage of the ones before
                 # the last step is not timed: see the module docstring
                 times[name].append(runners[m](task, args, args.steps, p)[:-1])
         if modes:
             s = summarise(times, 1)
             result["steps_per_s"] = {m: round(v, 3) for m, v in s["speed"].items()}
+            if GC.calls:  # how much of TRL's PPO training loop its gc.collect() calls take
+                result["trl_ppo_gc"] = {"calls": GC.calls, "share_of_train": round(GC.seconds / GC.wall, 3),
+                                        "seconds_per_call": round(GC.seconds / GC.calls, 4),
+                                        "heap_objects": len(gc.get_objects())}
             result["ratios"] = {f"{kind}-{p}": ratio(s, f"ours-{kind}-{p}", f"trl-{kind}-{p}")
                                 for kind in ("dpo", "ppo") for p in args.precision
                                 if f"ours-{kind}-{p}" in s["speed"]}
@@ -409,7 +447,13 @@ def table(r: dict) -> str:
     head = (f"LLaMA d={sh['d_model']}, {sh['layers']} layers, {sh['heads']} heads, vocab {sh['vocab']}; "
             f"prompts <= {sh['prompt_len']} tokens, responses {sh['response_len']}; {r['threads']} threads, "
             f"torch {v['torch']}; {sh['rounds']} rounds x {sh['steps']} steps")
-    return head + "\n\n" + "\n".join(rows)
+    out = head + "\n\n" + "\n".join(rows)
+    if "trl_ppo_gc" in r:
+        g = r["trl_ppo_gc"]
+        out += (f"\n\nTRL's PPO loop spent {g['share_of_train']:.0%} of its training time in the two "
+                f"gc.collect() calls it makes per iteration ({g['seconds_per_call']:.3f} s each, "
+                f"{g['heap_objects']:,} objects on the heap).")
+    return out
 
 
 if __name__ == "__main__":
