@@ -263,3 +263,21 @@ def test_cai_pipeline_revise_sft_label_then_train_a_reward_model(base, tmp_path,
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert trained["step"] == 3 and trained["pairs"]["train"] > 0
     assert (rm / "model.safetensors").is_file()
+
+
+def test_cai_label_with_a_hugging_face_feedback_model(base, tmp_path, capsys):
+    """The feedback model may be a Hugging Face folder: the same weights exported give the same labels."""
+    from lmlab.interop.hf import export_hf
+
+    model, _ = lmlab.load(str(base))
+    hf = export_hf(model, tmp_path / "hf", tokenizer_dir=base)
+    data = _pairs(tmp_path / "h.jsonl")
+    probs = []
+    for i, feedback in enumerate([base, hf]):
+        out = tmp_path / f"ai{i}.jsonl"
+        assert main(["cai", "label", "--feedback", str(feedback), "--data", str(data), "--out", str(out),
+                     "--device", "cpu", "--no-progress", "--json"]) == 0
+        capsys.readouterr()
+        probs.append([(x["chosen"], x["ai_prob"]) for x in map(json.loads, out.read_text().splitlines())])
+    assert [c for c, _ in probs[0]] == [c for c, _ in probs[1]]
+    assert [p for _, p in probs[0]] == pytest.approx([p for _, p in probs[1]], abs=1e-5)
