@@ -236,11 +236,11 @@ def test_cai_label_bad_input(base, tmp_path):
                           progress=False))
 
 
-def test_cai_pipeline_revise_sft_label_then_train_a_reward_model(base, tmp_path, capsys):
+def test_cai_pipeline_revise_sft_label_then_train_reward_model_and_dpo(base, tmp_path, capsys):
     """The SL stage's revisions train the model (lmlab sft), which then labels pairs as the feedback
-    model, and the AI labels train a reward model (lmlab reward train)."""
+    model, and the AI labels train a reward model (lmlab reward train) and the policy (lmlab dpo)."""
     prompts = tmp_path / "p.txt"
-    prompts.write_text("\n".join(PROMPTS * 2) + "\n")
+    prompts.write_text("\n".join(PROMPTS) + "\n")
     assert main(_revise(base, tmp_path / "sl", "--prompts", str(prompts), "--shots", "0")) == 0
     capsys.readouterr()
     sft = tmp_path / "sft"
@@ -263,6 +263,11 @@ def test_cai_pipeline_revise_sft_label_then_train_a_reward_model(base, tmp_path,
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert trained["step"] == 3 and trained["pairs"]["train"] > 0
     assert (rm / "model.safetensors").is_file()
+    dpo = tmp_path / "dpo"
+    assert main(["dpo", "--ckpt", str(sft), "--data", str(ai), "--out", str(dpo), "--max-steps", "2",
+                 "--batch-size", "4", "--max-len", "1024", "--precision", "fp32", "--device", "cpu",
+                 "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
 def test_cai_label_with_a_hugging_face_feedback_model(base, tmp_path, capsys):
