@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("lmlab.embed.commands:embed", "contextual word embeddings (ELMo) or sentence embeddings (BERT/RoBERTa, MiniLM)"),
     "lineage": ("lmlab.lineage.commands:lineage", "train n-gram, NPLM, LSTM, GPT-2 and LLaMA on one corpus and budget; compare"),
     "sft": ("lmlab.align.commands:sft", "supervised fine-tuning of a decoder on conversations (chat template, assistant-only loss)"),
+    "rlhf": ("lmlab.align.commands:rlhf", "RLHF: PPO (value model, KL-penalised reward, GAE) or GRPO (group-relative, verifiable rewards) on a policy"),
     "finetune": ("lmlab.adapt.commands:finetune", "fine-tune a pretrained model: classifier/regressor (head, full, lora, houlsby, pfeiffer, prefix, prompt) or the LM on a corpus's text"),
     "predict": ("lmlab.adapt.commands:predict", "label (or score) the texts of a file with a fine-tuned classifier; metrics when labelled"),
     "scaling plan": ("lmlab.scaling.commands:plan", "compute-optimal model size and tokens for a budget (Chinchilla, Kaplan)"),
