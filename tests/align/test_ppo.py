@@ -16,7 +16,8 @@ from lmlab.errors import LmlabError
 
 def _masks() -> torch.Tensor:
     """Responses of lengths 3, 1, 4 and 0 after prompts of different lengths, right-padded."""
-    return join([[1, 2], [3], [4, 5, 6], [7]], [[8, 9, 10], [11], [12, 13, 14, 15], []], pad_id=0).response_mask
+    prompts, responses = [[1, 2], [3], [4, 5, 6], [7]], [[8, 9, 10], [11], [12, 13, 14, 15], []]
+    return join(prompts, responses, pad_id=0).response_mask
 
 
 def _gae_loop(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
@@ -38,8 +39,8 @@ def test_gae_equals_a_direct_loop_over_each_response(gamma, lam):
         where = mask[b].nonzero().flatten().tolist()
         direct = _gae_loop(rewards[b, where].tolist(), values[b, where].tolist(), gamma, lam)
         assert adv[b, where].tolist() == pytest.approx(direct, abs=1e-5)
-        assert ret[b, where].tolist() == pytest.approx([a + v for a, v in zip(direct, values[b, where].tolist())],
-                                                        abs=1e-5)
+        v = values[b, where].tolist()
+        assert ret[b, where].tolist() == pytest.approx([a + x for a, x in zip(direct, v)], abs=1e-5)
     assert torch.isfinite(adv).all() and torch.isfinite(ret).all()
     assert (adv[~mask] == 0).all() and (ret[~mask] == 0).all()
 
@@ -51,8 +52,8 @@ def test_gae_with_lambda_one_and_no_discount_is_return_minus_value():
     for b in range(mask.shape[0]):
         where = mask[b].nonzero().flatten().tolist()
         to_go = [sum(rewards[b, where[i:]].tolist()) for i in range(len(where))]
-        assert adv[b, where].tolist() == pytest.approx([g - v for g, v in zip(to_go, values[b, where].tolist())],
-                                                       abs=1e-5)
+        v = values[b, where].tolist()
+        assert adv[b, where].tolist() == pytest.approx([g - x for g, x in zip(to_go, v)], abs=1e-5)
 
 
 def test_whitened_advantages_have_mean_zero_and_unit_variance_on_the_mask_only():

@@ -9,8 +9,15 @@ import torch
 
 import lmlab
 from lmlab.align.rlhf import score_tokens
-from lmlab.align.rollout import (check_lengths, from_grid, join_samples, pad_id_for, sample, to_grid,
-                                 truncate_at_stop)
+from lmlab.align.rollout import (
+    check_lengths,
+    from_grid,
+    join_samples,
+    pad_id_for,
+    sample,
+    to_grid,
+    truncate_at_stop,
+)
 from lmlab.align.sequences import join
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset

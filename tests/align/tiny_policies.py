@@ -62,7 +62,7 @@ def tiny_policy(kind: str, steps: int = 150) -> Path:
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    run = _ROOT / kind
+    run = _ROOT / f"{kind}-{steps}"
     run.mkdir()
     save_model(model.eval(), run / "model.safetensors")
     tok.save(run / "tokenizer.json")
