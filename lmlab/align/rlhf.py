@@ -26,13 +26,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from lmlab.align import ppo
-from lmlab.align.rollout import Samples, from_grid, join_samples, pad_id_for, sample, to_grid
+from lmlab.align.reward import Scorer
+from lmlab.align.rollout import Samples, from_grid, join_samples, pad_id_for, response_text, sample, to_grid
 from lmlab.align.sequences import Joined, gather_logprobs, join, masked_mean, masked_whiten, no_dropout
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
@@ -41,14 +42,6 @@ from lmlab.train.options import LoopOptions, OptimOptions
 ALGOS = ("ppo", "grpo")
 VALUE_INITS = ("auto", "reward", "zero")
 VALUE_FILE = "value.safetensors"
-
-
-class PairScorer(Protocol):
-    """What scores responses: a reward model or a verifiable reward."""
-
-    name: str
-
-    def score_pairs(self, prompts: list[str], responses: list[str]) -> torch.Tensor: ...
 
 
 @dataclass
@@ -172,14 +165,6 @@ def score_tokens(model: nn.Module, joined: Joined,
     return logits, gather_logprobs(logits, joined), values
 
 
-def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
-    """Return the text a scorer reads as the prompt: the string, or a conversation's last user turn."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m["content"] for m in prompt if m["role"] == "user"]
-    return users[-1] if users else prompt[-1]["content"]
-
-
 def _pack(t: torch.Tensor) -> dict[str, Any]:
     return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
             "data": t.flatten().tolist()}
@@ -194,7 +179,7 @@ class RolloutBatches:
     ``(B, T)`` ``input_ids`` and ``(B, T - 1)`` ``response_mask``, ``old_logp``, ``ref_logp``,
     ``old_values``, ``advantages``, ``returns``, and the rollout's figures (0-d tensors)."""
 
-    def __init__(self, model: ActorCritic, reference: nn.Module, scorer: PairScorer, tokenizer: Any,
+    def __init__(self, model: ActorCritic, reference: nn.Module, scorer: Scorer, tokenizer: Any,
                  prompts: Sequence[str | list[dict[str, Any]]], cfg: RLHFConfig, device: torch.device,
                  precision: str):
         from lmlab.align.prompts import encode_prompt
@@ -204,7 +189,7 @@ class RolloutBatches:
         encoded = [encode_prompt(tokenizer, p, cfg.template) for p in prompts]
         self.prompt_ids = [e.ids for e in encoded]
         self.stop_ids = encoded[0].stop_ids
-        self.prompt_texts = [prompt_text(p) for p in prompts]
+        self.prompts = list(prompts)  # as given (text or messages): the scorer lays them out
         self.pad_id = pad_id_for(tokenizer, self.stop_ids)
         self.kl = ppo.KLController(cfg.beta, cfg.target_kl, cfg.kl_horizon)
         self.rollout = 0  # rollouts made
@@ -262,9 +247,9 @@ class RolloutBatches:
         with torch.no_grad():
             samples = sample(self.model.policy, [self.prompt_ids[i] for i in drawn], self.stop_ids,
                              cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 1_000_003 + self.rollout)
-        stops = set(self.stop_ids)
-        texts = [self.tok.decode([t for t in r if t not in stops]) for r in samples.responses]
-        scores = self.scorer.score_pairs([self.prompt_texts[i] for i in drawn], texts).detach().float().cpu()
+        texts = [response_text(self.tok, p, r, self.stop_ids)
+                 for p, r in zip(samples.prompts, samples.responses)]
+        scores = self.scorer.score_pairs([self.prompts[i] for i in drawn], texts).detach().float().cpu()
         if scores.shape != (len(texts),):
             raise LmlabError(f"the reward {self.scorer.name!r} returned {tuple(scores.shape)} scores for "
                              f"{len(texts)} responses; it must return one per response")
@@ -372,20 +357,6 @@ def grpo_objective(cfg: RLHFConfig):
     return objective
 
 
-def resolve_scorer(spec: str, device: torch.device) -> PairScorer:
-    """Return the scorer ``spec`` names: a verifiable reward (``arithmetic``) or a reward-model run."""
-    from lmlab.align.verifiable import VERIFIABLE
-
-    if spec in VERIFIABLE:
-        return VERIFIABLE[spec]()
-    try:
-        from lmlab.align.reward import load_scorer
-    except ImportError:
-        raise LmlabError(f"--reward {spec!r}: reward models are not available in this build; use "
-                         f"{', '.join(VERIFIABLE)}") from None
-    return load_scorer(spec, device=device)
-
-
 def value_model(policy: nn.Module, policy_tok: Any, reward: str, how: str) -> tuple[nn.Module, str]:
     """Return PPO's value model and how it was made: a copy of the reward model at ``reward`` (a
     regressor sharing the policy's tokenizer) or the policy's network with a zero-initialised head."""
@@ -440,10 +411,11 @@ def read_prompts_for(cfg: RLHFConfig) -> list[str | list[dict[str, Any]]]:
     return prompts[:cfg.limit] if cfg.limit is not None else prompts
 
 
-def rlhf(cfg: RLHFConfig, scorer: PairScorer | None = None) -> RLHFResult:
+def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
     """Train ``cfg.policy`` with PPO or GRPO against ``cfg.reward`` (or ``scorer``, any object with
     ``name`` and ``score_pairs(prompts, responses) -> (B,)``); return the result. Bad input raises
     LmlabError."""
+    from lmlab.align.reward import load_scorer
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.fileio import write_bytes
     from lmlab.loader import load
@@ -467,7 +439,7 @@ def rlhf(cfg: RLHFConfig, scorer: PairScorer | None = None) -> RLHFResult:
     if type(policy).__name__ != "Decoder":
         raise LmlabError(f"RLHF trains decoders (GPT-2, LLaMA, ...); {cfg.policy} holds a "
                          f"{type(policy).__name__}")
-    scorer = scorer or resolve_scorer(str(cfg.reward), device)
+    scorer = scorer or load_scorer(str(cfg.reward), device=device)
     prompts = read_prompts_for(cfg)
     no_length = cfg.max_steps is None and cfg.max_tokens is None and cfg.time_budget is None
     if no_length:

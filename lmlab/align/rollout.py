@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,6 +66,18 @@ def sample(model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], 
     new = decode(model, prompts, max_new_tokens, temperature=temperature, eos_id=list(stop_ids), seed=seed)
     cut = [truncate_at_stop(r, stop_ids) for r in new]
     return Samples([list(p) for p in prompts], [r for r, _ in cut], [e for _, e in cut])
+
+
+def response_text(tokenizer: Any, prompt: Sequence[int], response: Sequence[int],
+                  stop_ids: Sequence[int]) -> str:
+    """Return the text ``response`` adds to ``prompt`` (its stop token left out): the decoded whole
+    less the decoded prompt, so a tokenizer that spaces words when decoding (word-level) or marks
+    word starts (SentencePiece) gives the separator too; the response decoded alone when the prompt's
+    text is no prefix of the whole's."""
+    stops = set(map(int, stop_ids))
+    body = [int(t) for t in response if int(t) not in stops]
+    head, whole = tokenizer.decode(list(prompt)), tokenizer.decode(list(prompt) + body)
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(body)
 
 
 def pad_id_for(tokenizer: object, stop_ids: Sequence[int]) -> int:

@@ -2,9 +2,11 @@
 Shao et al. 2024).
 
 ``arithmetic``: the prompt holds a sum, difference or product of two integers (its last one
-counts: ``"12+7="``, ``"What is 3 * 4?"``); the reward is 1.0 when the response's first integer
-is the result, else 0.0. :func:`arithmetic_prompts` makes such prompts from a seed, and the
-prompt source ``arithmetic:N`` names N of them.
+counts: ``"12+7="``, ``"What is 3 * 4?"``; a conversation is read as its rendered text); the
+reward is 1.0 when the response's first integer is the result, else 0.0. :func:`arithmetic_prompts`
+makes such prompts from a seed, and the prompt source ``arithmetic:N`` names N of them. The
+reward is registered as ``arithmetic`` in :data:`lmlab.align.reward.VERIFIABLE`, so
+``load_scorer("arithmetic")`` returns it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -55,20 +58,21 @@ class ArithmeticReward:
 
     name = ARITHMETIC
 
-    def score_pairs(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Return ``(B,)`` float32: 1.0 where the response's first integer answers its prompt, else
-        0.0. Raises LmlabError naming a prompt with no arithmetic in it."""
+    def score_pairs(self, prompts: Sequence[Any], responses: Sequence[str]) -> torch.Tensor:
+        """Return ``(B,)`` float32: 1.0 where the response's first integer answers its prompt (text or
+        chat messages), else 0.0. Raises LmlabError naming a prompt with no arithmetic in it."""
+        from lmlab.align.preferences import prompt_text
+
+        if len(prompts) != len(responses):
+            raise LmlabError(f"{len(prompts)} prompts but {len(responses)} responses to score")
         out = []
-        for i, (p, r) in enumerate(zip(prompts, responses)):
+        for i, (p, r) in enumerate(zip(map(prompt_text, prompts), responses)):
             answer = arithmetic_answer(p)
             if answer is None:
                 raise LmlabError(f"prompt {i} ({p[:40]!r}) holds no 'a + b', 'a - b' or 'a * b' for the "
                                  "arithmetic reward to check; use --prompts arithmetic:N")
             out.append(1.0 if first_integer(r) == answer else 0.0)
         return torch.tensor(out, dtype=torch.float32)
-
-
-VERIFIABLE: dict[str, Callable[[], ArithmeticReward]] = {ARITHMETIC: ArithmeticReward}
 
 
 def verifiable_prompts(spec: str, seed: int = 0) -> list[str] | None:
