@@ -33,6 +33,16 @@ def test_arithmetic_answers_and_checks():
     assert scores.tolist() == [1.0, 0.0, 1.0, 0.0]
     with pytest.raises(LmlabError, match="holds no"):
         ArithmeticReward().score_pairs(["hello"], ["1"])
+    chat = [{"role": "system", "content": "Answer with a number."},
+            {"role": "user", "content": "What is 6 * 7?"}]
+    assert ArithmeticReward().score_pairs([chat], ["42"]).tolist() == [1.0]
+
+
+def test_load_scorer_names_the_arithmetic_reward():
+    from lmlab.align.reward import load_scorer
+
+    scorer = load_scorer("arithmetic")
+    assert isinstance(scorer, ArithmeticReward) and scorer.name == "arithmetic"
 
 
 def test_arithmetic_prompts_are_seeded_and_named_by_count():

@@ -129,3 +129,58 @@ def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert main(_cli_args(tmp_path / "bad", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The sentiment task in miniature: fake rated movie reviews, a word-level policy trained on their
+    text, and a reward model trained on human pairs from their ratings with ``lmlab reward train``
+    (on the policy, so the two share a tokenizer). Returns (archive, policy, reward model)."""
+    from lmlab.data.labelled import get_labelled
+    from lmlab.data.tokenizers import train_tokenizer
+    from tests.align.tiny_policies import train_policy
+    from tests.labelled_fixtures import FILLER, NEGATIVE, POSITIVE, fake_sentiment_archive
+
+    root = tmp_path_factory.mktemp("sentiment")
+    archive = fake_sentiment_archive(root / "vader", n=600)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: OpenMP threads spin-waiting on a shared CPU are slow
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
+        mp.setenv("LMLAB_PEAK_FLOPS", "1e11")
+        tok = train_tokenizer("word", iter([" ".join(POSITIVE + NEGATIVE + FILLER)]), min_frequency=1)
+        policy = train_policy(list(get_labelled("sentiment-movies").texts("train")), tok, root / "policy")
+        assert main(["reward", "train", "--ckpt", str(policy), "--data", "sentiment-movies", "--out",
+                     str(root / "rm"), "--max-steps", "50", "--batch-size", "16", "--lr", "3e-3", *FAST]) == 0
+    torch.set_num_threads(threads)
+    return archive, policy, root / "rm"
+
+
+def test_ppo_with_a_reward_model_raises_its_score(sentiment, tmp_path, capsys, monkeypatch, one_torch_thread):
+    archive, policy, rm = sentiment
+    monkeypatch.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
+    out = tmp_path / "ppo"
+    capsys.readouterr()
+    assert main(["rlhf", "--policy", str(policy), "--reward", str(rm), "--prompts",
+                 "reviews:sentiment-movies", "--out", str(out), "--rollouts", "16", "--batch-size", "32",
+                 "--minibatch-size", "16", "--max-new-tokens", "8", "--lr", "2e-3", "--beta", "0.05",
+                 "--seed", "0", *FAST, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["value_init"] == "reward" and (out / "value.safetensors").is_file()
+    rows = _metrics(out)
+    scores = [x["score"] for x in rows[::4]]  # four minibatch steps per rollout
+    kls = [x["kl"] for x in rows[::4]]
+    assert sum(scores[-4:]) / 4 > sum(scores[:2]) / 2 + 1.0  # about 2.5 -> 5.5 on three seeds
+    assert kls[0] == 0.0 and all(-0.5 < k < 10.0 for k in kls)
+
+
+def test_a_reward_model_with_another_tokenizer_scores_but_is_no_value_model(sentiment, tmp_path, capsys,
+                                                                           ab_prompts, monkeypatch):
+    _, _, rm = sentiment
+    args = ["rlhf", "--policy", str(tiny_policy("ab")), "--reward", str(rm), "--prompts", str(ab_prompts),
+            "--out", str(tmp_path / "x"), "--rollouts", "1", "--batch-size", "4", "--minibatch-size", "4",
+            "--max-new-tokens", "4", *FAST]
+    assert main([*args, "--value-init", "reward"]) == 2
+    assert "the reward model's tokenizer" in capsys.readouterr().err
+    assert main([*args, "--value-init", "auto", "--json"]) == 0  # the reward model re-tokenises the texts
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["value_init"] == "zero"

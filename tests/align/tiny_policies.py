@@ -6,6 +6,9 @@ byte tokens, giving rewards something to move from the first rollout.
   ``<|endoftext|>``: the policy writes about as many a's as b's and usually ends.
 - ``arithmetic``: documents ``a+b=c`` (single digits), so the policy knows the format and gets
   some sums right.
+
+:func:`train_policy` trains one on any documents with any tokenizer (the sentiment test's
+word-level policy on the fake reviews).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lmlab.data.tokenizers import train_tokenizer
+from lmlab.data.tokenizers import Tokenizer, train_tokenizer
 from lmlab.models.registry import build_model, get_preset, save_model
 
 _ROOT = Path(tempfile.mkdtemp(prefix="lmlab-test-policies-"))
@@ -35,16 +38,19 @@ def _documents(kind: str, n: int, rng: random.Random) -> list[str]:
 
 @functools.cache
 def tiny_policy(kind: str, steps: int = 150) -> Path:
-    """Return a run folder (model.safetensors + tokenizer.json) of a tiny policy of ``kind`` (see the
-    module docstring), trained ``steps`` AdamW steps on its documents; the same on every call."""
-    rng = random.Random(0)
-    docs = _documents(kind, 2000, rng)
-    tok = train_tokenizer("char", iter(docs))
+    """Return a run folder (model.safetensors + tokenizer.json) of a tiny char-level policy of ``kind``
+    (see the module docstring), trained ``steps`` AdamW steps on its documents; the same on every call."""
+    docs = _documents(kind, 2000, random.Random(0))
+    return train_policy(docs, train_tokenizer("char", iter(docs)), _ROOT / f"{kind}-{steps}", steps)
+
+
+def train_policy(docs: list[str], tok: Tokenizer, run: Path, steps: int = 150) -> Path:
+    """Train a tiny LLaMA (d 32, one layer, context 48) on ``docs`` (each closed by end-of-text) for
+    ``steps`` AdamW steps on one thread; write it with ``tok`` to ``run`` and return ``run``."""
     torch.manual_seed(0)
     model = build_model(get_preset("llama-tiny", vocab_size=tok.vocab_size, d_model=32, n_layer=1,
                                    n_head=2, n_kv_heads=2, block_size=48))
-    eot = tok.eot_id
-    stream = [t for d in docs for t in [eot] + tok.encode(d)]
+    stream = [t for d in docs for t in [tok.eot_id] + tok.encode(d)]
     data = torch.tensor(stream)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
@@ -62,8 +68,7 @@ def tiny_policy(kind: str, steps: int = 150) -> Path:
             opt.step()
     finally:
         torch.set_num_threads(threads)
-    run = _ROOT / f"{kind}-{steps}"
-    run.mkdir()
+    run.mkdir(parents=True)
     save_model(model.eval(), run / "model.safetensors")
     tok.save(run / "tokenizer.json")
     return run
