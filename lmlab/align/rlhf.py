@@ -253,6 +253,10 @@ class RolloutBatches:
         if scores.shape != (len(texts),):
             raise LmlabError(f"the reward {self.scorer.name!r} returned {tuple(scores.shape)} scores for "
                              f"{len(texts)} responses; it must return one per response")
+        if not torch.isfinite(scores).all():
+            bad = int((~torch.isfinite(scores)).nonzero()[0])
+            raise LmlabError(f"rollout {self.rollout + 1}: the reward {self.scorer.name!r} scored response "
+                             f"{bad} ({texts[bad][:40]!r}) {float(scores[bad])}; a reward must be finite")
         ended = torch.tensor(samples.ended)
         return samples, scores, ppo.penalise_missing_stop(scores, ended, cfg.missing_stop_penalty)
 

@@ -16,6 +16,7 @@ import lmlab
 from lmlab.align.rlhf import RLHFConfig, rlhf
 from lmlab.align.sequences import no_dropout
 from lmlab.cli import main
+from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
 from tests.align.tiny_policies import ShareOfA, tiny_policy
 
@@ -78,6 +79,18 @@ def test_ratio_is_exactly_one_on_each_first_minibatch_with_dropout_in_the_config
         assert (x["ratio_dev"] == 0.0) == first, x
         if first:
             assert x["ratio"] == 1.0 and x["approx_kl"] == 0.0 and x["clipfrac"] == 0.0
+
+
+def test_a_nan_score_stops_the_run_naming_the_response(tmp_path, ab_prompts):
+    class Broken(ShareOfA):
+        def score_pairs(self, prompts, responses):
+            out = super().score_pairs(prompts, responses)
+            out[2] = float("nan")
+            return out
+
+    cfg = _ab_config(tmp_path / "nan", ab_prompts, beta=0.05)
+    with pytest.raises(LmlabError, match="rollout 1: the reward 'share-of-a' scored response 2 .* nan"):
+        rlhf(cfg, scorer=Broken())
 
 
 def test_no_dropout_turns_every_dropout_off():
