@@ -196,6 +196,7 @@ class RolloutBatches:
         self.cursor = 0  # prompts drawn
         self.served = 0  # minibatches handed out
         self.pending: list[dict[str, torch.Tensor]] = []
+        self._shuffled: tuple[int, list[int]] = (-1, [])  # (pass over the prompts, its order)
 
     # ---------------------------------------------------------------- batch source
     def next(self) -> dict[str, torch.Tensor]:
@@ -225,9 +226,11 @@ class RolloutBatches:
         out = []
         for _ in range(n):
             epoch, pos = divmod(self.cursor, len(self.prompt_ids))
-            order = list(range(len(self.prompt_ids)))
-            random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
-            out.append(order[pos])
+            if self._shuffled[0] != epoch:
+                order = list(range(len(self.prompt_ids)))
+                random.Random(self.cfg.seed * 7919 + epoch).shuffle(order)
+                self._shuffled = (epoch, order)
+            out.append(self._shuffled[1][pos])
             self.cursor += 1
         return out
 
