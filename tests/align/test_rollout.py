@@ -14,6 +14,7 @@ from lmlab.align.rollout import (
     from_grid,
     join_samples,
     pad_id_for,
+    response_text,
     sample,
     to_grid,
     truncate_at_stop,
@@ -112,3 +113,16 @@ def test_prompts_longer_than_the_context_are_refused(ab):
         sample(model, [[tok.eot_id] * 45], [tok.eot_id], max_new_tokens=8, temperature=1.0, seed=0)
     with pytest.raises(LmlabError, match="temperature"):
         sample(model, [[tok.eot_id]], [tok.eot_id], max_new_tokens=8, temperature=0.0, seed=0)
+
+
+def test_response_text_is_what_the_response_adds_to_the_prompt():
+    from lmlab.data.tokenizers import train_tokenizer
+
+    words = train_tokenizer("word", iter(["the film was very good movie"]), min_frequency=1)
+    prompt = [words.eot_id] + words.encode("the film was")
+    response = words.encode("very good") + [words.eot_id]
+    assert words.decode(response[:-1]) == "very good"  # decoded alone, the space is lost
+    assert response_text(words, prompt, response, [words.eot_id]) == " very good"
+    chars = train_tokenizer("char", iter(["ab "]))
+    prompt = [chars.eot_id] + chars.encode("a")
+    assert response_text(chars, prompt, chars.encode(" b"), [chars.eot_id]) == " b"
