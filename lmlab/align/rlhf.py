@@ -104,6 +104,10 @@ class RLHFConfig(LoopOptions):
         if self.batch_size < 1 or self.minibatch_size < 1 or self.batch_size % self.minibatch_size:
             raise LmlabError(f"--minibatch-size {self.minibatch_size} must divide --batch-size "
                              f"{self.batch_size}")
+        minibatches = self.ppo_epochs * self.batch_size // self.minibatch_size
+        if self.grad_accum > 1 and minibatches % self.grad_accum:
+            raise LmlabError(f"--grad-accum {self.grad_accum} must divide the minibatches of a rollout "
+                             f"(--ppo-epochs x --batch-size / --minibatch-size = {minibatches})")
         if self.ppo_epochs < 1 or self.rollouts < 1:
             raise LmlabError(f"--ppo-epochs and --rollouts must be at least 1 (got {self.ppo_epochs}, "
                              f"{self.rollouts})")
@@ -115,8 +119,8 @@ class RLHFConfig(LoopOptions):
 
     @property
     def steps_per_rollout(self) -> int:
-        """Optimizer steps taken on each rollout batch."""
-        return self.ppo_epochs * self.batch_size // self.minibatch_size
+        """Optimizer steps taken on each rollout batch (each of ``--grad-accum`` minibatches)."""
+        return self.ppo_epochs * self.batch_size // self.minibatch_size // max(self.grad_accum, 1)
 
 
 @dataclass

@@ -137,6 +137,7 @@ def test_cli_writes_a_loadable_policy_and_resumes_exactly(tmp_path, capsys, one_
     (["--value-init", "reward"], "--value-init reward: --reward arithmetic is not a reward-model run"),
     (["--max-new-tokens", "60"], "exceeds the policy's context of 48"),
     (["--temperature", "0"], "must be > 0"),
+    (["--grad-accum", "3"], "--grad-accum 3 must divide the minibatches of a rollout"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, extra, message):
     assert main(_cli_args(tmp_path / "bad", *extra)) == 2
