@@ -171,8 +171,9 @@ def rlhf(cfg: RLHFConfig) -> int:
     training forward must score the distribution that sampled), then trains --ppo-epochs passes of
     --minibatch-size. Fixed KL coefficient --beta, or Ziegler's adaptive controller with --target-kl.
     metrics.jsonl logs score, kl, beta, entropy, clipfrac, approx_kl, value_loss, response_length.
-    Writes OUT/model.safetensors (the policy), value.safetensors, tokenizer.json, config.yaml,
-    metrics.jsonl, state/ (exact --resume). E.g.:
+    --method lora trains LoRA adapters on the policy (the value model in full) and merges them at the
+    end. Writes OUT/model.safetensors (the policy), value.safetensors, tokenizer.json, config.yaml,
+    metrics.jsonl, state/ (exact --resume; with --method lora the last two in OUT/train). E.g.:
 
       lmlab rlhf --algo ppo --policy runs/sft --reward runs/rm --prompts reviews:sentiment-movies \\
           --out runs/ppo --beta 0.05 --rollouts 50 --lr 1e-5

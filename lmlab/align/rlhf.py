@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lmlab.adapt.finetune import TuningShape
 from lmlab.align import ppo
 from lmlab.align.reward import Scorer
 from lmlab.align.rollout import Samples, from_grid, join_samples, pad_id_for, response_text, sample, to_grid
@@ -42,6 +43,7 @@ from lmlab.train.options import LoopOptions, OptimOptions
 ALGOS = ("ppo", "grpo")
 VALUE_INITS = ("auto", "reward", "zero")
 VALUE_FILE = "value.safetensors"
+TRAIN = "train"  # --method lora: the Trainer's folder (metrics.jsonl, state/)
 
 
 @dataclass
@@ -83,6 +85,10 @@ class RLHFConfig(LoopOptions):
     whiten: bool = arg(True, "whiten the advantages over each rollout batch (PPO)")
     missing_stop_penalty: float = arg(1.0, "subtracted from the score of a response that reached "
                                            "--max-new-tokens without its stop token")
+    method: Literal["full", "lora"] = arg("full", "what trains in the policy: every weight, or LoRA "
+                                                  "adapters (merged into model.safetensors at the end; the "
+                                                  "value model trains in full)")
+    tuning: TuningShape = arg(TuningShape(), "the LoRA's shape (--r, --alpha, --targets, ...)")
     value_init: Literal["auto", "reward", "zero"] = arg(
         "auto", "the value model: reward (a copy of the reward model; it must share the policy's tokenizer), "
         "zero (the policy's network with a zero head), auto (reward when possible)")
@@ -438,9 +444,12 @@ def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
         raise LmlabError("rlhf needs --policy RUN, --reward RM|arithmetic, --prompts SPEC and --out RUN2")
     cfg.check()
     out = Path(cfg.out)
-    if cfg.resume and ckpt.latest_step(out) is None:
+    lora = cfg.method == "lora"
+    books = out / TRAIN if lora else out
+    if cfg.resume and ckpt.latest_step(books) is None:
         raise LmlabError(f"{out} has no checkpoint to resume; drop --resume to start a new run there")
-    if not cfg.resume and ckpt.latest_step(out) is not None and not cfg.overwrite:
+    held = ckpt.latest_step(out) is not None or ckpt.latest_step(out / TRAIN) is not None
+    if not cfg.resume and held and not cfg.overwrite:
         raise LmlabError(f"{out} already holds a run; pass --resume, --overwrite or another --out")
     device = resolve_device(cfg.device)
     precision = resolve_precision(device, cfg.precision)
@@ -459,6 +468,10 @@ def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
     if cfg.algo == "ppo":
         value, value_init = value_model(policy, tokenizer, str(cfg.reward), cfg.value_init)
     reference = copy.deepcopy(policy).eval().requires_grad_(False).to(device)
+    if lora:
+        from lmlab.tuning import TuningOptions, apply_tuning
+
+        apply_tuning(policy, TuningOptions(method="lora", **dataclasses.asdict(cfg.tuning)))
     model = ActorCritic(policy, value)
     for m in (model, reference):
         no_dropout(m)
@@ -467,20 +480,30 @@ def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
     objective = ppo_objective(cfg) if cfg.algo == "ppo" else grpo_objective(cfg)
     settings = TrainSettings(**cfg.loop_options(), optim=cfg.optim, precision=precision,
                              show_progress=cfg.progress)
-    trainer = Trainer(model.train(), objective, batches, settings, out_dir=out, device=device,
-                      model_config={"policy": policy.config.to_dict(), "algo": cfg.algo,
-                                    "value_init": value_init},
-                      write_weights=_write, read_weights=_read)
-    out.mkdir(parents=True, exist_ok=True)
+    # full: the checkpoint's weights are the policy (RUN/model.safetensors, loadable) + value.safetensors;
+    # lora: the Trainer keeps plain state in RUN/train and the merged policy is written at the end
+    weights = {} if lora else {"write_weights": _write, "read_weights": _read}
+    books_config = {"policy": policy.config.to_dict(), "algo": cfg.algo, "value_init": value_init,
+                    "method": cfg.method, **({"tuning": dataclasses.asdict(cfg.tuning)} if lora else {})}
+    trainer = Trainer(model.train(), objective, batches, settings, out_dir=books, device=device,
+                      model_config=books_config, **weights)
+    books.mkdir(parents=True, exist_ok=True)
     save_config(dataclasses.replace(cfg, resume=False, overwrite=False, stop_at_step=None,
                                     precision=precision), out / "config.yaml")
     write_bytes(out / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
     t0 = time.perf_counter()
     result = trainer.fit(resume=cfg.resume)
-    if value is not None:  # the run folder's value model: the latest checkpoint's
+    if lora:
+        from lmlab.models.registry import save_model
+        from lmlab.tuning import unload_tuning
+
+        save_model(unload_tuning(policy, merge=True), out / ckpt.WEIGHTS)
+        if value is not None:
+            save_model(value, out / VALUE_FILE)
+    elif value is not None:  # the run folder's value model: the latest checkpoint's
         latest = ckpt.load_checkpoint(out).weights_path.with_name(VALUE_FILE)
         shutil.copyfile(latest, out / VALUE_FILE)
-    rows = [r for r in read_metrics(out) if "score" in r]
+    rows = [r for r in read_metrics(books) if "score" in r]
     elapsed = result.elapsed or time.perf_counter() - t0
     last = rows[-1] if rows else {}
     return RLHFResult(out=str(out), algo=cfg.algo, step=result.step, rollouts=batches.rollout,

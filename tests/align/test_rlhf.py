@@ -81,6 +81,22 @@ def test_ratio_is_exactly_one_on_each_first_minibatch_with_dropout_in_the_config
             assert x["ratio"] == 1.0 and x["approx_kl"] == 0.0 and x["clipfrac"] == 0.0
 
 
+def test_lora_trains_adapters_and_writes_the_merged_policy(tmp_path, ab_prompts, one_torch_thread):
+    cfg = _ab_config(tmp_path / "lora", ab_prompts, beta=0.05, method="lora")
+    cfg.rollouts, cfg.max_new_tokens = 3, 6
+    cfg.tuning.targets = ["qkv", "w13", "w2"]
+    r = rlhf(cfg, scorer=ShareOfA())
+    assert r.step == 12 and r.value_init == "zero"
+    rows = _metrics(tmp_path / "lora" / "train")  # the books; the run folder has the merged policy
+    assert [x["ratio_dev"] == 0.0 for x in rows[:5]] == [True, False, False, False, True]
+    merged, _ = lmlab.load(tmp_path / "lora")
+    base, _ = lmlab.load(tiny_policy("ab"))
+    assert type(merged).__name__ == "Decoder" and set(merged.state_dict()) == set(base.state_dict())
+    changed = [k for k in base.state_dict() if not torch.equal(merged.state_dict()[k], base.state_dict()[k])]
+    assert changed and all(k.endswith(("qkv.weight", "w13.weight", "w2.weight")) for k in changed)
+    assert (tmp_path / "lora" / "value.safetensors").is_file()
+
+
 def test_a_nan_score_stops_the_run_naming_the_response(tmp_path, ab_prompts):
     class Broken(ShareOfA):
         def score_pairs(self, prompts, responses):
