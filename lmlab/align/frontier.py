@@ -87,6 +87,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     """Measure every policy of ``cfg`` and best-of-n from the reference; write the files; return the rows."""
     import torch
 
+    from lmlab.align.preferences import prompt_text
     from lmlab.align.prompts import encode_prompt, read_prompts
     from lmlab.align.reward import load_scorer
     from lmlab.align.sequences import join, sequence_logprobs
@@ -109,7 +110,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     prompts = read_prompts(cfg.prompts, cfg.split, cfg.n_prompts)
     encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
     stops = encoded[0].stop_ids
-    texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+    texts = [prompt_text(p) for p in prompts]
     pad = tok.pad_id if tok.pad_id is not None else 0
     k = cfg.samples_per_prompt
 
@@ -119,8 +120,8 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
         return rows, sample_responses(model, ids, stops, cfg.max_new_tokens, 1.0, seed, cfg.batch_size)
 
     def scored(rows: list[int], responses: list[list[int]]) -> list[float]:
-        full = [texts[i] + _text(tok, r, stops) for i, r in zip(rows, responses)]
-        return scorer.score(full).tolist()
+        answers = [_text(tok, r, stops) for r in responses]
+        return scorer.score_pairs([prompts[i] for i in rows], answers).tolist()
 
     def logprobs(model: Any, rows: list[int], responses: list[list[int]]) -> list[float]:
         out: list[float] = []

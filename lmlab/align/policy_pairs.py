@@ -76,8 +76,7 @@ def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     ids = [e.ids for e in encoded for _ in range(2)]
     responses = sample_responses(model, ids, stops, cfg.max_new_tokens, 1.0, cfg.seed, cfg.batch_size)
     texts = [tok.decode([t for t in r if t not in stops]) for r in responses]
-    heads = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    scores = scorer.score([heads[i // 2] + t for i, t in enumerate(texts)]).tolist()
+    scores = scorer.score_pairs([prompts[i // 2] for i in range(len(texts))], texts).tolist()
     lines, gaps, chosen, rejected, ties = [], [], [], [], 0
     for i, prompt in enumerate(prompts):
         (sa, ta), (sb, tb) = (scores[2 * i], texts[2 * i]), (scores[2 * i + 1], texts[2 * i + 1])
