@@ -68,6 +68,20 @@ def sample(model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int], 
     return Samples([list(p) for p in prompts], [r for r, _ in cut], [e for _, e in cut])
 
 
+def sample_in_batches(model: nn.Module, prompts: list[list[int]], stop_ids: Sequence[int],
+                      max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
+                      batch_size: int = 64) -> Samples:
+    """Return :func:`sample`'s :class:`Samples` for many prompts, ``batch_size`` at a time (batch
+    ``a`` seeded with ``seed + a``, so the result does not depend on what else is sampled)."""
+    out = Samples([], [], [])
+    for a in range(0, len(prompts), batch_size):
+        part = sample(model, prompts[a:a + batch_size], stop_ids, max_new_tokens, temperature, seed + a)
+        out.prompts += part.prompts
+        out.responses += part.responses
+        out.ended += part.ended
+    return out
+
+
 def response_text(tokenizer: Any, prompt: Sequence[int], response: Sequence[int],
                   stop_ids: Sequence[int]) -> str:
     """Return the text ``response`` adds to ``prompt`` (its stop token left out): the decoded whole
