@@ -10,15 +10,21 @@ the shapes matter for speed, and both sides see the same ones.
 
 - DPO: one optimizer step on ``--dpo-batch`` pairs (prompt ``--prompt-len`` tokens at most, each
   response ``--response-len``), sigmoid loss, beta 0.1, reference log-probs precomputed once before
-  training on both sides (TRL's ``precompute_ref_log_probs``; lmlab always precomputes), AdamW, fp32.
+  training on both sides (TRL's ``precompute_ref_log_probs``; lmlab always precomputes), AdamW.
 - PPO: one iteration = rollouts of ``--ppo-batch`` prompts (``--response-len`` new tokens at
   temperature 1, stop at end-of-text), the reference, value and reward passes, then ``--ppo-epochs``
   optimizer steps on the whole batch (one minibatch). The reward model and the value model are
   random scalar heads on the same backbone (TRL: ``AutoModelForSequenceClassification`` of the
   folder; lmlab: a ``lmlab reward train`` run folder holding the same backbone), fixed KL coefficient
-  0.05, fp32.
+  0.05. TRL 1.12.0 is the last release with a PPO trainer (``trl.experimental.ppo``).
 - Rollouts: ``--ppo-batch`` left-padded prompts, ``--response-len`` new tokens sampled at temperature
-  1 (no early stop, so both make the same number of tokens); tokens/s of new tokens.
+  1 (no early stop, so both make the same number of tokens); tokens/s of new tokens, fp32.
+
+Training runs at each ``--precision`` on both sides: fp32, and bf16 where the CPU has it (lmlab's
+``--precision bf16``: autocast; TRL's ``bf16=True``, its default: autocast through its Accelerator;
+TRL's PPO trainer builds its own Accelerator, which ignores the flag, so the benchmark sets the
+``ACCELERATE_MIXED_PRECISION`` variable that Accelerator reads; both trainers' precision is checked).
+TRL's PPO loop calls ``gc.collect()`` twice per iteration; the time it spends there is reported.
 
 Each training mode runs its own real training loop (TRL's ``Trainer.train``; lmlab's ``dpo``/``rlhf``
 through the one Trainer) for ``--steps`` steps per round, the modes taking turns round after round
@@ -26,10 +32,12 @@ through the one Trainer) for ``--steps`` steps per round, the modes taking turns
 between the ends of consecutive steps (TRL: ``on_step_end`` callbacks; lmlab: the ``time`` of each
 record of metrics.jsonl, logged every step), so loading, tokenising and the reference precompute are
 not counted; the first step of every run (warm-up) and the last (lmlab's Trainer validates after it)
-are not timed, on both sides alike. Speeds are from the median step
-over all rounds, with the min-max of the per-round ratios (benchmarks/timing.py's ``summarise``).
+are not timed, on both sides alike. Each run starts after a ``gc.collect()``. Speeds are from the
+median step over all rounds, with the min-max of the per-round ratios (benchmarks/timing.py's
+``summarise``).
 
-    python benchmarks/bench_align.py [--rounds 3] [--steps 8] [--threads 0] [--json] [--out FILE]
+    python benchmarks/bench_align.py [--rounds 3] [--steps 8] [--precision fp32 --precision bf16]
+                                     [--only dpo|ppo|rollout] [--threads 0] [--json] [--out FILE]
 
 The defaults give the README's table; ``--quick`` shrinks everything for a smoke run.
 """
@@ -39,6 +47,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import sys
 import tempfile
@@ -175,6 +184,7 @@ def trl_dpo(task: Task, args: argparse.Namespace, steps: int, precision: str) ->
         trainer = DPOTrainer(model=model, ref_model=ref, args=config,
                              train_dataset=Dataset.from_list(task.pairs),
                              processing_class=_hf_tokenizer(task), callbacks=[clock.callback])
+        assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")
         trainer.train()
     return clock.step_seconds()
 
@@ -233,10 +243,21 @@ def trl_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) ->
                            num_ppo_epochs=args.ppo_epochs, response_length=args.response_len,
                            temperature=1.0, stop_token="eos", kl_coef=0.05, num_sample_generations=0,
                            local_rollout_forward_batch_size=args.ppo_batch)
-        trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref,
-                             reward_model=heads[0], value_model=heads[1], train_dataset=queries,
-                             eval_dataset=queries.select(range(args.ppo_batch)),
-                             callbacks=[clock.callback])
+        # TRL's PPO trainer makes its own Accelerator, which ignores the bf16 flag; the environment
+        # variable it reads gives it the bf16 autocast asked for (its prepared model's forwards).
+        mixed = os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+        if precision == "bf16":
+            os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
+        try:
+            trainer = PPOTrainer(args=config, processing_class=tok, model=policy, ref_model=ref,
+                                 reward_model=heads[0], value_model=heads[1], train_dataset=queries,
+                                 eval_dataset=queries.select(range(args.ppo_batch)),
+                                 callbacks=[clock.callback])
+        finally:
+            os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+            if mixed is not None:
+                os.environ["ACCELERATE_MIXED_PRECISION"] = mixed
+        assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")
         with GC:
             trainer.train()
     return clock.step_seconds()
