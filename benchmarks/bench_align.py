@@ -13,10 +13,11 @@ the shapes matter for speed, and both sides see the same ones.
   training on both sides (TRL's ``precompute_ref_log_probs``; lmlab always precomputes), AdamW.
 - PPO: one iteration = rollouts of ``--ppo-batch`` prompts (``--response-len`` new tokens at
   temperature 1, stop at end-of-text), the reference, value and reward passes, then ``--ppo-epochs``
-  optimizer steps on the whole batch (one minibatch). The reward model and the value model are
-  random scalar heads on the same backbone (TRL: ``AutoModelForSequenceClassification`` of the
-  folder; lmlab: a ``lmlab reward train`` run folder holding the same backbone), fixed KL coefficient
-  0.05. TRL 1.12.0 is the last release with a PPO trainer (``trl.experimental.ppo``).
+  passes over the batch, one optimizer step per minibatch of ``--ppo-minibatch`` rollouts. The reward
+  model and the value model are random scalar heads on the same backbone (TRL:
+  ``AutoModelForSequenceClassification`` of the folder; lmlab: a ``lmlab reward train`` run folder
+  holding the same backbone), fixed KL coefficient 0.05. TRL 1.12.0 is the last release with a PPO
+  trainer (``trl.experimental.ppo``).
 - Rollouts: ``--ppo-batch`` left-padded prompts, ``--response-len`` new tokens sampled at temperature
   1 (no early stop, so both make the same number of tokens); tokens/s of new tokens, fp32.
 
@@ -39,7 +40,8 @@ median step over all rounds, with the min-max of the per-round ratios (benchmark
     python benchmarks/bench_align.py [--rounds 3] [--steps 8] [--precision fp32 --precision bf16]
                                      [--only dpo|ppo|rollout] [--threads 0] [--json] [--out FILE]
 
-The defaults give the README's table; ``--quick`` shrinks everything for a smoke run.
+The defaults give the README's table: the shape of the lab's sentiment-task policy with the default
+batches of ``lmlab dpo`` and ``lmlab rlhf``; ``--quick`` shrinks everything for a smoke run.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ COMMON = ("good bad great awful film movie plot actor story scene music boring f
 SYLLABLES = "ba ko ri mu te la sen dor vi qua pel tra mon zu fi gar nel os un ex".split()
 
 
-def vocabulary(seed: int) -> list[str]:
-    """The task's words: common review words, often, and made-up words from syllables, so that a BPE
-    tokenizer of the asked size fills up with merges (as real text would)."""
+def vocabulary(seed: int, n: int = 4000) -> list[str]:
+    """The task's words: common review words, often, and about ``n`` made-up words from syllables, so
+    that a BPE tokenizer of about ``n`` tokens fills up with merges (as real text would)."""
     rng = random.Random(seed)
-    made = {"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(4000)}
+    made = {"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(n)}
     return COMMON * 20 + sorted(made)
 
 
@@ -104,7 +106,7 @@ def make_task(root: Path, args: argparse.Namespace) -> Task:
     from lmlab.models.registry import build_model, get_preset, save_model
 
     rng = random.Random(args.seed)
-    words = vocabulary(args.seed)
+    words = vocabulary(args.seed, args.vocab)
     corpus = [_text(rng, words, rng.randint(5, 60)) for _ in range(4000)]
     tok = train_tokenizer("bpe", iter(corpus), vocab_size=args.vocab, min_frequency=1)
     torch.manual_seed(args.seed)
@@ -239,7 +241,9 @@ def trl_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) ->
     with tempfile.TemporaryDirectory() as tmp:
         common = _trl_common(tmp, args, args.ppo_batch, steps, precision)
         common.pop("max_steps")
-        config = PPOConfig(**common, total_episodes=steps * args.ppo_batch, num_mini_batches=1,
+        # the whole rollout batch per device, cut into minibatches: one optimizer step per minibatch
+        config = PPOConfig(**common, total_episodes=steps * args.ppo_batch,
+                           num_mini_batches=args.ppo_batch // args.ppo_minibatch,
                            num_ppo_epochs=args.ppo_epochs, response_length=args.response_len,
                            temperature=1.0, stop_token="eos", kl_coef=0.05, num_sample_generations=0,
                            local_rollout_forward_batch_size=args.ppo_batch)
@@ -308,7 +312,7 @@ def ours_ppo(task: Task, args: argparse.Namespace, steps: int, precision: str) -
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ppo"
         cfg = RLHFConfig(algo="ppo", policy=task.hf, reward=str(rm), prompts=str(task.prompts_file), out=out,
-                         rollouts=steps, batch_size=args.ppo_batch, minibatch_size=args.ppo_batch,
+                         rollouts=steps, batch_size=args.ppo_batch, minibatch_size=args.ppo_minibatch,
                          ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_len, temperature=1.0,
                          beta=0.05, value_init="reward", log_interval=1, precision=precision, device="cpu",
                          progress=False, seed=args.seed)
@@ -360,16 +364,19 @@ def versions() -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--d-model", type=int, default=256)
+    # The default shape is the lab's sentiment-task policy (runs/lm-movies: LLaMA d=128, 4 layers, 4 heads,
+    # GQA 2, vocabulary ~8k) with lmlab dpo's and lmlab rlhf's default batches.
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=16, help="prompt tokens at most")
-    ap.add_argument("--response-len", type=int, default=48, help="response tokens (DPO) / new tokens (PPO)")
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=8, help="prompt tokens at most")
+    ap.add_argument("--response-len", type=int, default=24, help="response tokens (DPO) / new tokens (PPO)")
     ap.add_argument("--dpo-batch", type=int, default=8, help="preference pairs per DPO step")
     ap.add_argument("--ppo-batch", type=int, default=16, help="rollouts per PPO iteration")
-    ap.add_argument("--ppo-epochs", type=int, default=4, help="optimizer steps per PPO iteration")
+    ap.add_argument("--ppo-minibatch", type=int, default=4, help="rollouts per PPO optimizer step")
+    ap.add_argument("--ppo-epochs", type=int, default=2, help="passes over each rollout batch")
     ap.add_argument("--steps", type=int, default=8,
                     help="training steps (PPO: iterations) per mode per round; the first and last are "
                          "not timed")
@@ -389,7 +396,10 @@ def main() -> None:
     if args.quick:
         args.d_model, args.layers, args.heads, args.kv_heads, args.vocab = 64, 2, 4, 4, 512
         args.response_len, args.prompt_len, args.steps, args.rounds = 12, 8, 4, 1
-        args.dpo_batch, args.ppo_batch, args.ppo_epochs, args.rollout_repeats = 4, 4, 2, 2
+        args.dpo_batch, args.ppo_batch, args.ppo_minibatch, args.ppo_epochs = 4, 4, 2, 2
+        args.rollout_repeats = 2
+    if args.ppo_batch % args.ppo_minibatch:
+        ap.error("--ppo-minibatch must divide --ppo-batch")
     if args.steps < 4:
         ap.error("--steps must be at least 4 (the first and last steps are not timed)")
     if args.threads:
@@ -409,7 +419,7 @@ def run(args: argparse.Namespace, parts: list[str]) -> int:
         task = make_task(Path(tmp), args)
         args.vocab = task.vocab  # the tokenizer's size (a small corpus may give fewer merges than asked)
         shape = ("vocab", "d_model", "layers", "heads", "kv_heads", "prompt_len", "response_len", "dpo_batch",
-                 "ppo_batch", "ppo_epochs", "steps", "rounds", "precision")
+                 "ppo_batch", "ppo_minibatch", "ppo_epochs", "steps", "rounds", "precision")
         result: dict = {"versions": versions(), "threads": torch.get_num_threads(),
                         "shape": {k: getattr(args, k) for k in shape}}
         runners = {"trl-dpo": trl_dpo, "ours-dpo": ours_dpo, "trl-ppo": trl_ppo, "ours-ppo": ours_ppo}
@@ -451,7 +461,7 @@ def table(r: dict) -> str:
         rows.append(f"| {name} | {a:,.2f} | {b:,.2f} | **{q['median']:.2f}x** "
                     f"({q['min']:.2f}-{q['max']:.2f}) |")
 
-    sp, e = r.get("steps_per_s", {}), sh["ppo_epochs"]
+    sp, e = r.get("steps_per_s", {}), sh["ppo_epochs"] * sh["ppo_batch"] // sh["ppo_minibatch"]
     for key, q in r.get("ratios", {}).items():
         kind, p = key.split("-")
         a, b = sp[f"trl-{key}"], sp[f"ours-{key}"]
