@@ -74,7 +74,10 @@ def logits_of(model: nn.Module, joined: Joined, temperature: float = 1.0) -> tor
 def gather_logprobs(logits: torch.Tensor, joined: Joined) -> torch.Tensor:
     """Return ``(B, T - 1)`` log-probabilities of each target token under ``logits (B, T - 1, V)``
     (in fp32), 0 where ``response_mask`` is False."""
-    logp = -F.cross_entropy(logits.float().transpose(1, 2), joined.targets, reduction="none")
+    b, t, v = logits.shape
+    # flat (B*T, V) rows: over a transposed (B, V, T) view the same loss is 5-10x slower on CPU
+    logp = -F.cross_entropy(logits.float().reshape(b * t, v), joined.targets.reshape(b * t),
+                            reduction="none").view(b, t)
     return torch.where(joined.response_mask, logp, torch.zeros_like(logp))
 
 
