@@ -150,7 +150,8 @@ def test_reward_training_resumes_exactly(word_base, reviews, tmp_path):
     from safetensors.torch import load_file
 
     common = ["reward", "train", "--ckpt", str(word_base), "--data", "sentiment-movies", "--max-steps", "6",
-              "--batch-size", "4", "--max-pairs", "40", "--margin-loss", "--deterministic", *FAST]
+              "--batch-size", "4", "--max-pairs", "40", "--eval-max", "8", "--eval-interval", "2",
+              "--margin-loss", "--deterministic", *FAST]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
