@@ -182,3 +182,9 @@ def test_load_scorer_refuses_what_is_no_reward_model(tiny_base):
         load_scorer(str(tiny_base))
     with pytest.raises(LmlabError, match="not a reward-model run folder nor one of arithmetic"):
         load_scorer("no-such-reward")
+
+
+def test_load_scorer_is_the_one_entry_for_verifiable_rewards_too():
+    scorer = load_scorer("arithmetic")
+    assert scorer.name == "arithmetic"
+    assert scorer.score_pairs(["2+3=", "4*2="], [" 5 it is", "9"]).tolist() == [1.0, 0.0]
