@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpora": ("lmlab.data.commands:corpora", "list the built-in corpora and how to use your own"),
     "data prepare": ("lmlab.data.commands:prepare", "tokenize a corpus into train.bin/val.bin + tokenizer.json"),
     "data info": ("lmlab.data.commands:info", "show the meta and a decoded sample of prepared data"),
+    "data instructions": ("lmlab.data.commands:instructions", "write an instruction set made from real data (sentiment, Shakespeare, arithmetic) as conversations for lmlab sft"),
     "tokenizer train": ("lmlab.data.commands:tokenizer_train", "train a tokenizer on a corpus and save tokenizer.json"),
     "tokenizer encode": ("lmlab.data.commands:tokenizer_encode", "encode text to token ids with a tokenizer.json"),
     "tokenizer decode": ("lmlab.data.commands:tokenizer_decode", "decode token ids to text with a tokenizer.json"),
