@@ -183,9 +183,11 @@ def sft_loss(model: Any, batch: dict[str, Any]) -> Any:
     return model(batch["input_ids"], targets=batch["labels"])
 
 
-def sft(cfg: SFTConfig) -> SFTResult:
+def sft(cfg: SFTConfig, saved_config: Any = None) -> SFTResult:
     """Fine-tune ``cfg.ckpt`` on the conversations in ``cfg.data``; return the result (see the module
-    docstring). Bad input raises LmlabError naming the file and line."""
+    docstring). ``saved_config`` is the config written as OUT/config.yaml when a command that runs
+    SFT as one of its stages calls this (default: ``cfg``). Bad input raises LmlabError naming the
+    file and line."""
     import torch
 
     from lmlab.adapt.examples import ExampleBatches
@@ -249,7 +251,8 @@ def sft(cfg: SFTConfig) -> SFTResult:
                       evaluator=evaluator if vx else None, model_config=model.config.to_dict(),
                       write_weights=lambda m, p: save_model(m, p))
     out.mkdir(parents=True, exist_ok=True)
-    save_config(dataclasses.replace(cfg, resume=False, overwrite=False, stop_at_step=None,
+    saved = cfg if saved_config is None else saved_config
+    save_config(dataclasses.replace(saved, resume=False, overwrite=False, stop_at_step=None,
                                     precision=precision), out / "config.yaml")
     write_bytes(out / "tokenizer.json", tokenizer.hf.to_str().encode("utf-8"))
     t0 = time.perf_counter()
