@@ -59,7 +59,7 @@ class Response:
 
 def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[str | list[dict]], k: int,
                      template: str, temperature: float, max_new_tokens: int, seed: int,
-                     batch: int = 64) -> list[list[Response]]:
+                     batch: int = 64, show_progress: bool = True) -> list[list[Response]]:
     """Return ``k`` sampled responses for each prompt (with the KV-cache decoder; chunk ``c`` of
     ``batch`` rows uses seed ``seed + c``, so results depend only on the seed and ``batch``).
     Raises LmlabError for a temperature <= 0 or a prompt that leaves no room in the context."""
@@ -75,7 +75,7 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[str | list[di
     encoded = [encode_prompt(tokenizer, p, template) for p in prompts]
     rows = [(i, encoded[i]) for i in range(len(prompts)) for _ in range(k)]
     out: list[list[Response]] = [[] for _ in prompts]
-    bar = progress(total=len(rows), desc="sampling", unit="response")
+    bar = progress(total=len(rows), desc="sampling", unit="response", disable=None if show_progress else True)
     for c, start in enumerate(range(0, len(rows), batch)):
         chunk = rows[start:start + batch]
         stops = sorted({s for _, p in chunk for s in p.stop_ids})
@@ -165,20 +165,6 @@ class BestOfNResult:
     results: list[dict[str, float]] = field(default_factory=list)
 
 
-def load_policy(path: Path, device: Any) -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)`` of the decoder run ``path`` on ``device``, in eval mode (dropout
-    off). Raises LmlabError for another kind of model or a run without a tokenizer."""
-    from lmlab.loader import load
-
-    model, tokenizer = load(path, device=device)
-    if tokenizer is None:
-        raise LmlabError(f"{path} has no tokenizer.json; the policy needs its tokenizer")
-    if type(model).__name__ != "Decoder":
-        raise LmlabError(f"the policy must be a decoder (GPT-2, LLaMA, ...); {path} holds a "
-                         f"{type(model).__name__}")
-    return model.eval(), tokenizer
-
-
 def _load_scorer(spec: str, device: Any) -> Any:
     from lmlab.align.reward import load_scorer
 
@@ -221,12 +207,13 @@ def run_best_of_n(cfg: BestOfNConfig, model: Any, tokenizer: Any, scorer: Any) -
 
 def best_of_n(cfg: BestOfNConfig) -> BestOfNResult:
     """Run ``lmlab best-of-n``: load the policy and the reward model, then :func:`run_best_of_n`."""
+    from lmlab.align.sft import load_decoder
     from lmlab.device import resolve_device
 
     if cfg.policy is None or cfg.reward is None or cfg.sampling.prompts is None or cfg.out is None:
         raise LmlabError("best-of-n needs --policy RUN, --reward RM, --prompts SPEC and --out DIR")
     device = resolve_device(cfg.device)
-    model, tokenizer = load_policy(cfg.policy, device)
+    model, tokenizer = load_decoder(cfg.policy, device)
     scorer = _load_scorer(cfg.reward, device)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
@@ -306,7 +293,7 @@ def run_rejection_sampling(cfg: RejectionConfig, model: Any, tokenizer: Any, sco
     else:
         prompts = read_prompts(s.prompts, s.split, s.limit)
         samples = sample_responses(model, tokenizer, prompts, cfg.k, s.template, s.temperature,
-                                   s.max_new_tokens, cfg.seed, s.sample_batch)
+                                   s.max_new_tokens, cfg.seed, s.sample_batch, cfg.progress)
         score_all(scorer, prompts, samples, s.template)
         records = best_records(prompts, samples)
         all_scores = [r.score for rs in samples for r in rs]
@@ -324,11 +311,12 @@ def run_rejection_sampling(cfg: RejectionConfig, model: Any, tokenizer: Any, sco
 def rejection_sampling(cfg: RejectionConfig) -> RejectionResult:
     """Run ``lmlab rejection-sampling``: load the policy and the reward model, then
     :func:`run_rejection_sampling`."""
+    from lmlab.align.sft import load_decoder
     from lmlab.device import resolve_device
 
     if cfg.policy is None or cfg.reward is None or cfg.sampling.prompts is None or cfg.out is None:
         raise LmlabError("rejection-sampling needs --policy RUN, --reward RM, --prompts SPEC and --out RUN2")
     device = resolve_device(cfg.device)
-    model, tokenizer = load_policy(cfg.policy, device)
+    model, tokenizer = load_decoder(cfg.policy, device)
     scorer = _load_scorer(cfg.reward, device)
     return run_rejection_sampling(cfg, model, tokenizer, scorer)

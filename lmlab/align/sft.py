@@ -183,6 +183,19 @@ def sft_loss(model: Any, batch: dict[str, Any]) -> Any:
     return model(batch["input_ids"], targets=batch["labels"])
 
 
+def load_decoder(path: Path, device: Any = "cpu", what: str = "the policy") -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` of the run ``path`` on ``device``; raise LmlabError naming
+    ``what`` needs it unless the model is a decoder with a tokenizer."""
+    from lmlab.loader import load
+
+    model, tokenizer = load(path, device=device)
+    if tokenizer is None:
+        raise LmlabError(f"{path} has no tokenizer.json; {what} needs the model's tokenizer")
+    if type(model).__name__ != "Decoder":
+        raise LmlabError(f"{what} needs a decoder (GPT-2, LLaMA, ...); {path} holds a {type(model).__name__}")
+    return model, tokenizer
+
+
 def sft(cfg: SFTConfig, saved_config: Any = None) -> SFTResult:
     """Fine-tune ``cfg.ckpt`` on the conversations in ``cfg.data``; return the result (see the module
     docstring). ``saved_config`` is the config written as OUT/config.yaml when a command that runs
@@ -193,7 +206,6 @@ def sft(cfg: SFTConfig, saved_config: Any = None) -> SFTResult:
     from lmlab.adapt.examples import ExampleBatches
     from lmlab.device import autocast, resolve_device, resolve_precision
     from lmlab.fileio import write_bytes
-    from lmlab.loader import load
     from lmlab.models.registry import save_model
     from lmlab.train import checkpoint as ckpt
     from lmlab.train.loop import Trainer, TrainSettings
@@ -205,12 +217,7 @@ def sft(cfg: SFTConfig, saved_config: Any = None) -> SFTResult:
         raise LmlabError(f"{out} has no checkpoint to resume; drop --resume to start a new run there")
     if not cfg.resume and ckpt.latest_step(out) is not None and not cfg.overwrite:
         raise LmlabError(f"{out} already holds a run; pass --resume, --overwrite or another --out")
-    model, tokenizer = load(cfg.ckpt)
-    if tokenizer is None:
-        raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; SFT needs the model's tokenizer")
-    if type(model).__name__ != "Decoder":
-        raise LmlabError(f"SFT trains decoders (GPT-2, LLaMA, ...); {cfg.ckpt} holds a "
-                         f"{type(model).__name__}")
+    model, tokenizer = load_decoder(cfg.ckpt, what="SFT")
     max_len = min(cfg.max_len, model.config.block_size)
     conversations = read_conversations(Path(cfg.data))
     val = [c for c in conversations if _held_out(c)]
