@@ -223,6 +223,8 @@ class InstructionsConfig:
                                                   "of .txt plays")
     max_add: int = arg(99, "additions use operands 0..this")
     max_factor: int = arg(12, "multiplications use factors 0..this")
+    max_words: int = arg(60, "leave out snippets and speeches longer than this many words (a small model's "
+                             "context must hold the question)")
     json: bool = arg(False, "print the counts as JSON")
 
 
@@ -241,7 +243,7 @@ def instructions(cfg: InstructionsConfig) -> None:
     if cfg.out is None:
         raise LmlabError("give the output folder: lmlab data instructions --out DIR")
     data = build_instructions(cfg.tasks, cfg.per_task, cfg.seed, cfg.sentiment, cfg.shakespeare,
-                              cfg.max_add, cfg.max_factor)
+                              cfg.max_add, cfg.max_factor, cfg.max_words)
     meta = {"tasks": cfg.tasks, "seed": cfg.seed, "sentiment": cfg.sentiment, "shakespeare": cfg.shakespeare}
     write_instructions(cfg.out, data, meta)
     save_config(cfg, cfg.out / "config.yaml")

@@ -39,7 +39,7 @@ from lmlab.errors import LmlabError
 TASKS = ("sentiment", "speaker", "play", "arithmetic")
 SPLITS = ("train", "validation", "test")
 SPEECH_LINES = 4  # a speech question quotes at most this many lines of the speech
-SPEECH_WORDS = (6, 60)  # and only speeches with this many words (fewer: not identifiable)
+MIN_SPEECH_WORDS = 6  # a shorter speech is not identifiable
 MIN_SPEECHES = 3  # a name heads at least this many speeches to count as a speaker
 MIN_PLAY_SPEECHES = 20  # a work with fewer speeches is a poem, not a play
 
@@ -218,7 +218,7 @@ def shakespeare_items(folder: Path, rng: random.Random) -> list[Item]:
         names = expand_names(header, {s.speaker for s in speeches})
         for s in speeches:
             quote = "\n".join(s.lines[:SPEECH_LINES])
-            if not SPEECH_WORDS[0] <= len(quote.split()) <= SPEECH_WORDS[1]:
+            if len(quote.split()) < MIN_SPEECH_WORDS:
                 continue
             split = hashed_split("shakespeare-speech:" + " ".join(quote.lower().split()))
             if rng.random() < 0.5:
@@ -271,16 +271,18 @@ def arithmetic_items(n: int, max_add: int, max_factor: int, rng: random.Random) 
 
 
 def build_instructions(tasks: list[str], per_task: int, seed: int = 0, sentiment: str = "sentiment-movies",
-                       shakespeare: str = "shakespeare", max_add: int = 99,
-                       max_factor: int = 12) -> InstructionSet:
+                       shakespeare: str = "shakespeare", max_add: int = 99, max_factor: int = 12,
+                       max_words: int = 60) -> InstructionSet:
     """Return the instruction set: up to ``per_task`` items of each task in ``tasks`` (drawn with
-    ``seed``), each split shuffled, with no held-out item whose source text is in train (see the
+    ``seed``) among those whose source text has at most ``max_words`` words (so they fit a small
+    context), each split shuffled, with no held-out item whose source text is in train (see the
     module docstring). Raises LmlabError for an unknown task or a source that cannot be read."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise LmlabError(f"--tasks {','.join(tasks) or '(none)'}: each must be one of {', '.join(TASKS)}")
-    if per_task < 1:
-        raise LmlabError(f"--per-task must be at least 1 (got {per_task})")
+    if per_task < 1 or max_words < MIN_SPEECH_WORDS:
+        raise LmlabError(f"--per-task must be at least 1 and --max-words at least {MIN_SPEECH_WORDS} (got "
+                         f"{per_task}, {max_words})")
     rng = random.Random(seed)
     pool: list[Item] = []
     if "sentiment" in tasks:
@@ -291,7 +293,7 @@ def build_instructions(tasks: list[str], per_task: int, seed: int = 0, sentiment
         pool += arithmetic_items(per_task, max_add, max_factor, rng)
     chosen: list[Item] = []
     for task in tasks:
-        of_task = [i for i in pool if i.task == task]
+        of_task = [i for i in pool if i.task == task and len(i.source.split()) <= max_words]
         chosen += rng.sample(of_task, min(per_task, len(of_task)))
     seen = {_norm(i.source) for i in chosen if i.split == "train"}
     kept = [i for i in chosen if i.split == "train" or _norm(i.source) not in seen]

@@ -134,8 +134,16 @@ def test_cli_writes_fixed_splits_without_held_out_sources_in_train(plays, tmp_pa
     (["--tasks", "poetry"], "each must be one of sentiment, speaker, play, arithmetic"),
     (["--shakespeare", "/nonexistent/plays"], "is not a folder"),
     (["--per-task", "0"], "--per-task must be at least 1"),
+    (["--max-words", "2"], "--max-words at least 6"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, flags, message):
     assert main(["data", "instructions", "--out", str(tmp_path / "x"), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_long_sources_are_left_out(plays):
+    data = build_instructions(["sentiment", "speaker"], 500, shakespeare=str(plays), max_words=8)
+    records = [r for rs in data.splits.values() for r in rs]
+    assert records and all(len(r["messages"][0]["content"].split("\n\n", 1)[1].split()) <= 8 for r in records)
+    assert {r["task"] for r in records} == {"sentiment"}  # every fake speech is longer than 8 words
