@@ -111,6 +111,10 @@ def score_all(scorer: Any, prompts: Sequence[str | list[dict]], samples: list[li
     values = [float(s) for s in scores]
     if len(values) != len(flat):
         raise LmlabError(f"the reward model returned {len(values)} scores for {len(flat)} responses")
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise LmlabError(f"the reward model scored response {bad} ({flat[bad][1].text[:40]!r}) "
+                         f"{values[bad]}; check the reward model (lmlab reward score) before selecting by it")
     for (_, r), s in zip(flat, values):
         r.score = s
 

@@ -25,6 +25,7 @@ from lmlab.align.best_of_n import (
     run_best_of_n,
     run_rejection_sampling,
     sample_responses,
+    score_all,
 )
 from lmlab.data.tokenizers import train_tokenizer
 from lmlab.errors import LmlabError
@@ -164,3 +165,15 @@ def test_rejection_sampling_fine_tunes_toward_the_reward(policy, tmp_path):
     assert after > 1.5 * before, (before, after)  # measured: 0.059 -> 0.121
     assert (tmp_path / "rs" / "config.yaml").read_text().startswith("max_steps")  # the command's own config
     assert "k: 8" in (tmp_path / "rs" / "config.yaml").read_text()
+
+
+def test_a_nan_score_is_refused():
+    class NaNScorer:
+        name = "nan"
+
+        def score_pairs(self, prompts, responses):
+            return torch.tensor([0.0, float("nan")])
+
+    samples = [[Response([1], "a", True), Response([2], "b", True)]]
+    with pytest.raises(LmlabError, match=r"scored response 1 \('b'\) nan"):
+        score_all(NaNScorer(), ["p"], samples, "plain")
