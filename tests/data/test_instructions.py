@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,16 @@ def test_long_sources_are_left_out(plays):
     records = [r for rs in data.splits.values() for r in rs]
     assert records and all(len(r["messages"][0]["content"].split("\n\n", 1)[1].split()) <= 8 for r in records)
     assert {r["task"] for r in records} == {"sentiment"}  # every fake speech is longer than 8 words
+
+
+@pytest.mark.slow
+def test_the_real_plays_give_speakers_and_titles(shakespeare):
+    from lmlab.data.corpora import shakespeare_dir
+
+    data = build_instructions(["speaker", "play"], 100000, shakespeare=str(shakespeare_dir()))
+    records = [r for rs in data.splits.values() for r in rs]
+    titles = {r["answer"] for r in records if r["task"] == "play"}
+    speakers = Counter(r["answer"] for r in records if r["task"] == "speaker")
+    assert len(titles) == 37 and {"Hamlet", "King Lear", "The Tempest"} <= titles  # the poems are no plays
+    assert speakers["Hamlet"] > 100 and speakers["Ham"] == 0  # Hamlet's "Ham." expanded from the persons
+    assert len(records) > 20000 and data.counts["test"]["speaker"] > 1000
