@@ -90,22 +90,22 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[str | list[di
     return out
 
 
-def prompt_text(prompt: str | list[dict], template: str) -> str:
-    """Return the text a reward model reads before a response: a plain prompt as is; a chat prompt
-    rendered with the chat template up to the assistant's generation prompt."""
-    from lmlab.data.chat import render_chat
+def scoring_prompt(prompt: str | list[dict], template: str) -> str:
+    """Return the text a scorer reads before a response: a plain prompt as is; a chat prompt (a
+    message list, or a text under the chat template, which was a user turn) rendered with the chat
+    template up to the assistant's generation prompt (:func:`lmlab.align.preferences.prompt_text`)."""
+    from lmlab.align.preferences import prompt_text
 
-    if isinstance(prompt, list) or template == "chat":
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        return render_chat(messages, add_generation_prompt=True)
-    return prompt
+    if isinstance(prompt, str) and template == "chat":
+        prompt = [{"role": "user", "content": prompt}]
+    return prompt_text(prompt)
 
 
 def score_all(scorer: Any, prompts: Sequence[str | list[dict]], samples: list[list[Response]],
               template: str) -> None:
     """Set the ``score`` of every response in ``samples`` (one list per prompt) with ``scorer``'s
     ``score_pairs(prompt texts, response texts)``."""
-    texts = [prompt_text(p, template) for p in prompts]
+    texts = [scoring_prompt(p, template) for p in prompts]
     flat = [(texts[i], r) for i, rs in enumerate(samples) for r in rs]
     scores = scorer.score_pairs([p for p, _ in flat], [r.text for _, r in flat])
     values = [float(s) for s in scores]

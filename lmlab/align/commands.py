@@ -1,4 +1,5 @@
-"""CLI face of alignment: ``lmlab sft``, ``chat``, ``best-of-n``, ``rejection-sampling``."""
+"""CLI face of alignment: ``lmlab sft``, ``reward``, ``dpo``, ``align pairs|frontier``, ``chat``,
+``best-of-n``, ``rejection-sampling`` and the rest."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import json
 
 from lmlab.align.best_of_n import BestOfNConfig, RejectionConfig
 from lmlab.align.chat import ChatConfig
+from lmlab.align.dpo import DPOConfig
+from lmlab.align.frontier import FrontierConfig, frontier
+from lmlab.align.policy_pairs import PolicyPairsConfig, policy_pairs
+from lmlab.align.reward import RewardConfig, ScoreConfig
 from lmlab.align.sft import SFTConfig
 from lmlab.align.sft import sft as run_sft
 
@@ -36,6 +41,125 @@ def sft(cfg: SFTConfig) -> int:
     print(f"trained step {r.step} ({r.elapsed_s:.1f}s) on {r.train_conversations} conversations{rows}; "
           f"first loss {r.first_loss}, validation loss {r.val_loss} ({r.val_conversations} held out); "
           f"saved {r.out}")
+    return 130 if r.interrupted else 0
+
+
+def align_pairs(cfg: PolicyPairsConfig) -> int:
+    """Sample two responses per prompt from --policy, score prompt + response with the --reward
+    model, and write the higher-scored one as 'chosen': prompt/chosen/rejected JSONL (with the
+    score gap as 'margin'), the data of on-policy DPO (the DPO paper's sentiment experiment). E.g.:
+
+      lmlab align pairs --policy runs/sft --reward runs/rm --prompts reviews:sentiment-movies \\
+          --n-prompts 2000 --out pairs/policy.jsonl
+    """
+    r = policy_pairs(cfg)
+    if cfg.json:
+        print(json.dumps(dataclasses.asdict(r)))
+        return 0
+    print(f"wrote {r.pairs} pairs from {r.prompts} prompts ({r.dropped_ties} ties dropped) to {r.out}; "
+          f"mean reward chosen {r.chosen_score:.3f}, rejected {r.rejected_score:.3f}, gap {r.mean_gap:.3f}")
+    return 0
+
+
+def align_frontier(cfg: FrontierConfig) -> int:
+    """The reward-vs-KL frontier: sample each --policies NAME=RUN on held-out prompts, score the
+    responses with --reward, estimate KL(policy || --ref) from the samples' log-probs, and add
+    best-of-n from the reference (analytic KL log n - (n-1)/n). Writes OUT/frontier.json,
+    frontier.png (the DPO paper's figure 2) and samples.md. E.g.:
+
+      lmlab align frontier --ref runs/sft --reward runs/rm --policies ppo=runs/ppo,dpo=runs/dpo \\
+          --best-of 1,4,16 --out runs/frontier
+    """
+    rows = frontier(cfg)
+    if cfg.json:
+        print(json.dumps({"rows": [dataclasses.asdict(r) for r in rows]}))
+        return 0
+    print(f"{'policy':<18} {'reward':>14} {'KL (nats)':>16} {'length':>7}")
+    for r in rows:
+        print(f"{r.name:<18} {r.score:>8.3f} ± {r.score_se:.3f} {r.kl:>8.3f} {r.kl_kind:>8} {r.length:>7.1f}")
+    print(f"wrote {cfg.out}/frontier.json, frontier.png, samples.md")
+    return 0
+def reward_train(cfg: RewardConfig) -> int:
+    """Train a reward model: a scalar head (init std 1/sqrt(d+1), bias 0, no dropout) on the last real
+    token of a decoder, with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected [- margin]) on
+    preference pairs, through the one Trainer (exact --resume).
+
+    --data is a JSONL of {"prompt": str|messages, "chosen": str, "rejected": str[, "margin": float]}
+    (split 80/10/10 by a hash of each line), or labelled data with ratings (sentiment-movies, ...):
+    human pairs of two texts of one split whose mean ratings differ by more than --margin, the more
+    positive one chosen. The model reads prompt text + response (+ end-of-text). Validation: pairwise
+    accuracy on the validation pairs (val_accuracy in metrics.jsonl); at the end the test pairs are
+    scored too. Writes OUT/config.yaml, model.safetensors, tokenizer.json, metrics.jsonl,
+    results.json, state/. E.g.:
+
+      lmlab reward train --ckpt runs/llama --data sentiment-movies --out runs/rm --epochs 1 --lr 1e-4
+    """
+    from lmlab.align.reward import train_reward
+
+    r = train_reward(cfg)
+    if cfg.json:
+        print(json.dumps(dataclasses.asdict(r)))
+        return 130 if r.interrupted else 0
+    fig = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "none"  # noqa: E731
+    print(f"trained step {r.step} ({r.elapsed_s:.1f}s) on {r.pairs['train']} pairs; "
+          f"first loss {r.first_loss}")
+    print(f"validation ({r.pairs['validation']} pairs): {fig(r.val)}")
+    print(f"test ({r.pairs['test']} pairs): {fig(r.test)}")
+    print(f"saved {r.out}")
+    return 130 if r.interrupted else 0
+
+
+def reward_score(cfg: ScoreConfig) -> int:
+    """Score texts with a reward model: one score per text (.txt one a line, or .jsonl with 'text' or
+    'prompt' + 'response'), or with --pairs the pairwise accuracy on preference pairs (a JSONL of
+    prompt/chosen/rejected, every line; or rated data's --split). --out writes a JSON line per item.
+    E.g.:
+
+      lmlab reward score --ckpt runs/rm --data samples.jsonl --out scores.jsonl
+      lmlab reward score --ckpt runs/rm --data sentiment-movies --pairs --split test --json
+    """
+    from lmlab.align.reward import score_file
+
+    r = score_file(cfg)
+    if cfg.json:
+        print(json.dumps(r))
+        return 0
+    line = f"{r['n']} {'pairs' if cfg.pairs else 'texts'}: mean score {r['mean']:.4f} (std {r['std']:.4f}, " \
+           f"min {r['min']:.4f}, max {r['max']:.4f})"
+    if cfg.pairs:
+        line += f"; accuracy {r['accuracy']:.4f}, mean reward gap {r['reward_gap']:.4f}"
+    print(line + (f"; wrote {r['out']}" if r["out"] else ""))
+    return 0
+
+
+def dpo(cfg: DPOConfig) -> int:
+    """Direct preference optimisation of a policy on preference pairs against a frozen reference (the
+    starting model), through the one Trainer: --loss sigmoid (DPO), ipo (squared loss), with
+    --label-smoothing (conservative DPO) and --length-normalize (mean instead of summed token
+    log-probabilities). The reference's log-probabilities are computed once before training and kept
+    in OUT/reference_logps.safetensors. Logged every step and on the validation pairs: the implicit
+    rewards beta*(log pi - log ref) of the chosen and rejected responses, their margin and the
+    accuracy (chosen reward higher). At step 0 the sigmoid loss is ln 2.
+
+    --data as for 'lmlab reward train' (a JSONL of prompt/chosen/rejected, or rated data's human
+    pairs); --template plain lays a pair out as end-of-text + prompt + response + end-of-text, chat as
+    a user turn and the assistant's response closed by <|im_end|>. --method lora trains LoRA adapters
+    (--r, --alpha, --targets) and merges them into OUT/model.safetensors at the end. E.g.:
+
+      lmlab dpo --ckpt runs/sft --data pairs.jsonl --out runs/dpo --beta 0.1 --lr 5e-6 --epochs 1
+    """
+    from lmlab.align.dpo import dpo as run_dpo
+
+    r = run_dpo(cfg)
+    if cfg.json:
+        print(json.dumps(dataclasses.asdict(r)))
+        return 130 if r.interrupted else 0
+    fig = lambda d: ", ".join(f"{k} {v:.4f}" for k, v in d.items()) or "none"  # noqa: E731
+    print(f"trained step {r.step} ({r.elapsed_s:.1f}s) on {r.pairs['train']} pairs")
+    print(f"first step: {fig(r.first)}")
+    print(f"last step: {fig(r.last)}")
+    print(f"validation ({r.pairs['validation']} pairs): {fig(r.val)}")
+    print(f"saved {r.out}")
     return 130 if r.interrupted else 0
 
 

@@ -114,3 +114,23 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     if not shift_mean:
         out = out + mean
     return torch.where(mask, out, torch.zeros_like(values))
+
+
+def no_dropout(model: nn.Module) -> int:
+    """Turn every dropout of ``model`` off for good (``nn.Dropout`` modules' ``p`` and the attention
+    modules' ``dropout`` rate set to 0), whatever its train/eval mode; return how many were on.
+
+    RLHF and DPO compare log-probabilities of the same tokens from forwards taken at different
+    times (rollout and update, policy and reference): a dropout mask would make them differ
+    (PPO's ratio would not start at 1), and unlike ``eval()`` this survives the trainer putting
+    the model in training mode.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):
+            changed += module.dropout > 0
+            module.dropout = 0.0
+    return changed

@@ -58,7 +58,8 @@ class ClassifierConfig(DictConfig):
     the hidden layer). ``head_norm``: ``batchnorm`` puts batch normalisation before each of the
     head's linear layers, as ULMFiT's classifier (Howard & Ruder sec. 3.3; an LSTM's pooled
     features vary little between sentences and a plain head barely learns from them), or
-    ``none``.
+    ``none``. ``head_std``: the standard deviation of the head's initial weights (GPT's 0.02; a
+    reward model's scalar head uses 1/sqrt(d_model + 1), as Stiennon et al. 2020 and TRL).
     """
 
     backbone_arch: str = "decoder"
@@ -69,6 +70,7 @@ class ClassifierConfig(DictConfig):
     head_hidden: int = 0
     dropout: float = 0.1
     head_norm: str = "none"
+    head_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.backbone_arch not in BACKBONES:
@@ -90,6 +92,8 @@ class ClassifierConfig(DictConfig):
                              "use pooling cls or auto")
         if self.head_norm not in HEAD_NORMS:
             raise LmlabError(f"head_norm {self.head_norm!r} is not one of {', '.join(HEAD_NORMS)}")
+        if not self.head_std > 0:
+            raise LmlabError(f"head_std must be positive (got {self.head_std})")
         if self.head_hidden < 0 or not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"head_hidden must be >= 0 and dropout in [0, 1) (got {self.head_hidden}, "
                              f"{self.dropout})")
@@ -142,10 +146,10 @@ class SequenceClassifier(nn.Module):
         return bc.d_model
 
     def reset_head(self) -> None:
-        """Initialise the head: weights N(0, 0.02), biases 0."""
+        """Initialise the head: weights N(0, ``config.head_std``), biases 0."""
         for m in self.head.modules():
             if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.02)
+                nn.init.normal_(m.weight, 0.0, self.config.head_std)
                 nn.init.zeros_(m.bias)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,7 +190,7 @@ class SequenceClassifier(nn.Module):
 
 def classifier_for(backbone: nn.Module, task: str = "classify", labels: list[str] | None = None,
                    pooling: str = "auto", head_hidden: int = 0, dropout: float = 0.1,
-                   head_norm: str = "none") -> SequenceClassifier:
+                   head_norm: str = "none", head_std: float = 0.02) -> SequenceClassifier:
     """Return a :class:`SequenceClassifier` on ``backbone`` (kept as it is) with a new head.
 
     Raises LmlabError for a model family that has no head, naming those that have one.
@@ -194,5 +198,6 @@ def classifier_for(backbone: nn.Module, task: str = "classify", labels: list[str
     arch = backbone_arch(backbone)
     config = ClassifierConfig(backbone_arch=arch, backbone=backbone.config.to_dict(), task=task,
                               labels=list(labels or ["negative", "positive"]), pooling=pooling,
-                              head_hidden=head_hidden, dropout=dropout, head_norm=head_norm)
+                              head_hidden=head_hidden, dropout=dropout, head_norm=head_norm,
+                              head_std=head_std)
     return SequenceClassifier(config, backbone)

@@ -145,8 +145,9 @@ class Trainer:
             raise LmlabError("--gradual-unfreeze runs in one process; drop it or launch without torchrun")
         settings.optim.check()
         if settings.optim.warmup_fraction and settings.max_steps is None:
-            raise LmlabError("--warmup-fraction needs --max-steps; with --max-tokens or --time-budget "
-                             "give --warmup-steps")
+            raise LmlabError(f"--warmup-fraction {settings.optim.warmup_fraction} needs --max-steps (or "
+                             "--epochs); with --max-tokens or --time-budget give --warmup-fraction 0 "
+                             "--warmup-steps N")
         self._stop_requested = False
 
     # ---------------------------------------------------------------- schedule

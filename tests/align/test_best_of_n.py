@@ -26,7 +26,11 @@ from lmlab.align.best_of_n import (
     run_rejection_sampling,
     sample_responses,
     score_all,
+    scoring_prompt,
 )
+from lmlab.align.reward import load_scorer
+from lmlab.cli import main
+from lmlab.data.chat import render_chat
 from lmlab.data.tokenizers import train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
@@ -177,3 +181,57 @@ def test_a_nan_score_is_refused():
     samples = [[Response([1], "a", True), Response([2], "b", True)]]
     with pytest.raises(LmlabError, match=r"scored response 1 \('b'\) nan"):
         score_all(NaNScorer(), ["p"], samples, "plain")
+
+
+def test_scoring_prompts_follow_the_layout():
+    assert scoring_prompt("the film", "plain") == "the film"
+    user = [{"role": "user", "content": "the film"}]
+    assert scoring_prompt("the film", "chat") == scoring_prompt(user, "plain") == render_chat(user, True)
+
+
+FAST = ["--precision", "fp32", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny_base, archive, tmp_path_factory) -> Path:
+    """A reward model trained briefly (lmlab reward train) on human pairs of the fake movie reviews."""
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMLAB_SENTIMENT_ARCHIVE", str(archive))
+        assert main(["reward", "train", "--ckpt", str(tiny_base), "--data", "sentiment-movies", "--out",
+                     str(out), "--max-steps", "10", "--batch-size", "8", "--lr", "3e-3", *FAST]) == 0
+    return out
+
+
+@pytest.mark.usefixtures("sentiment_env")
+def test_cli_best_of_n_with_a_reward_model(tiny_base, reward_run, tmp_path, capsys):
+    out = tmp_path / "bon"
+    assert main(["best-of-n", "--policy", str(tiny_base), "--reward", str(reward_run), "--prompts",
+                 "reviews:sentiment-movies", "--split", "test", "--limit", "6", "--n", "1,2,8",
+                 "--max-new-tokens", "10", "--out", str(out), "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["prompts"] == 6 and r["samples_per_prompt"] == 8 and [x["n"] for x in r["results"]] == [1, 2, 8]
+    scores = [x["score"] for x in r["results"]]
+    assert scores[0] <= scores[1] <= scores[2] and scores[0] < scores[2]
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    scorer = load_scorer(str(reward_run))  # the scores are the reward model's on prompt + response
+    again = scorer.score_pairs([row["prompt"] for row in rows], [row["responses"][0] for row in rows])
+    assert again.tolist() == pytest.approx([row["scores"][0] for row in rows], abs=1e-5)
+    assert "reward: " in (out / "config.yaml").read_text()
+
+
+@pytest.mark.usefixtures("sentiment_env")
+def test_cli_rejection_sampling_with_a_reward_model(tiny_base, reward_run, tmp_path, capsys):
+    out = tmp_path / "rs"
+    args = ["rejection-sampling", "--policy", str(tiny_base), "--reward", str(reward_run), "--prompts",
+            "reviews:sentiment-movies", "--limit", "12", "--k", "4", "--max-new-tokens", "8", "--out",
+            str(out), "--max-steps", "3", "--batch-size", "4", *FAST, "--json"]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["prompts"] == 12 and r["best_score"] >= r["mean_score"] and r["sft"]["step"] == 3
+    kept = [json.loads(x) for x in (out / "best.jsonl").read_text().splitlines()]
+    assert len(kept) == 12 and all(set(k) == {"prompt", "completion", "score", "ended"} for k in kept)
+    model, tok = lmlab.load(str(out))  # an SFT run folder: the fine-tuned policy
+    assert type(model).__name__ == "Decoder" and tok is not None
+    assert main(args) == 2  # a second run into the same folder is refused
+    assert "already holds a run" in capsys.readouterr().err

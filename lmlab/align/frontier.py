@@ -1,0 +1,210 @@
+"""The reward-versus-KL frontier: how much reward each aligned policy buys for how far it moved
+from the reference (the DPO paper's figure 2; Gao et al. 2022 for best-of-n).
+
+For each policy, responses are sampled (temperature 1, the policy's own distribution) for
+held-out prompts and scored by the reward model; the KL is the Monte-Carlo estimate
+``E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)]`` summed over the response's tokens. Best-of-n
+from the reference is scored the same way, with its analytic KL ``log n - (n - 1) / n``
+(Stiennon et al. 2020; an upper bound that is tight for continuous rewards). Writes
+``frontier.json`` (one row per policy or n), ``frontier.png`` and ``samples.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.config import arg, save_config
+from lmlab.errors import LmlabError
+
+
+@dataclass
+class FrontierConfig:
+    """Options of ``lmlab align frontier``."""
+
+    ref: Path | None = arg(None, "the reference policy (the SFT model every other policy started from)")
+    reward: str | None = arg(None, "the reward model run that scores responses")
+    policies: list[str] = arg([], "aligned policies as NAME=RUN, comma-separated (e.g. ppo-b0.05=runs/ppo)")
+    best_of: list[int] = arg([1, 4, 16], "best-of-n from the reference: the values of n, comma-separated")
+    prompts: str = arg("reviews:sentiment-movies", "prompts: a .jsonl/.txt file or reviews:CORPUS")
+    split: str = arg("validation", "the prompts' split (for reviews:CORPUS)")
+    n_prompts: int = arg(128, "held-out prompts to sample for")
+    samples_per_prompt: int = arg(2, "responses sampled per prompt and policy")
+    template: str = arg("plain", "prompt layout: plain (continue text) or chat")
+    max_new_tokens: int = arg(24, "tokens per response at most")
+    batch_size: int = arg(64, "prompts per sampling batch")
+    seed: int = arg(0, "seed of the sampling")
+    device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    out: Path | None = arg(None, "folder for frontier.json, frontier.png, samples.md and config.yaml")
+    json: bool = arg(False, "print the rows as one JSON object")
+
+
+@dataclass
+class FrontierRow:
+    """One point of the frontier: mean reward (and its standard error) and KL to the reference."""
+
+    name: str
+    method: str
+    score: float
+    score_se: float
+    kl: float
+    kl_kind: str  # "sampled" (Monte-Carlo) or "analytic" (best-of-n)
+    length: float
+    samples: int
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+def best_of_n_kl(n: int) -> float:
+    """Return the analytic KL of best-of-n sampling, ``log n - (n - 1) / n`` (nats)."""
+    if n < 1:
+        raise LmlabError(f"best-of-n needs n >= 1 (got {n})")
+    return math.log(n) - (n - 1) / n
+
+
+def sample_responses(model: Any, prompt_ids: list[list[int]], stop_ids: list[int], max_new_tokens: int,
+                     temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[list[int]]:
+    """Return one sampled response per prompt (ids after the prompt, the stop token kept when the
+    response ended) from ``model``, ``batch_size`` prompts at a time, seeded per batch."""
+    from lmlab.generate.decode import decode
+
+    out: list[list[int]] = []
+    for a in range(0, len(prompt_ids), batch_size):
+        out += decode(model, prompt_ids[a:a + batch_size], max_new_tokens, temperature=temperature,
+                      eos_id=stop_ids, seed=seed + a)
+    return out
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
+    return mean, math.sqrt(var / n)
+
+
+def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
+    """Measure every policy of ``cfg`` and best-of-n from the reference; write the files; return the rows."""
+    import torch
+
+    from lmlab.align.prompts import encode_prompt, read_prompts
+    from lmlab.align.reward import load_scorer
+    from lmlab.align.sequences import join, sequence_logprobs
+    from lmlab.device import resolve_device
+    from lmlab.fileio import write_json
+    from lmlab.loader import load
+
+    if cfg.ref is None or cfg.reward is None or cfg.out is None:
+        raise LmlabError("align frontier needs --ref SFT_RUN, --reward RM_RUN and --out DIR")
+    named = []
+    for item in cfg.policies:
+        name, eq, run = item.partition("=")
+        if not eq or not name or not run:
+            raise LmlabError(f"--policies entry {item!r} is not NAME=RUN (e.g. ppo=runs/ppo)")
+        named.append((name, run))
+    device = resolve_device(cfg.device)
+    ref, tok = load(cfg.ref, device=device)
+    ref.eval()
+    scorer = load_scorer(cfg.reward, device=device)
+    prompts = read_prompts(cfg.prompts, cfg.split, cfg.n_prompts)
+    encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
+    stops = encoded[0].stop_ids
+    texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    k = cfg.samples_per_prompt
+
+    def draw(model: Any, copies: int, seed: int) -> tuple[list[int], list[list[int]]]:
+        rows = [i for i in range(len(encoded)) for _ in range(copies)]
+        ids = [encoded[i].ids for i in rows]
+        return rows, sample_responses(model, ids, stops, cfg.max_new_tokens, 1.0, seed, cfg.batch_size)
+
+    def scored(rows: list[int], responses: list[list[int]]) -> list[float]:
+        full = [texts[i] + _text(tok, r, stops) for i, r in zip(rows, responses)]
+        return scorer.score(full).tolist()
+
+    def logprobs(model: Any, rows: list[int], responses: list[list[int]]) -> list[float]:
+        out: list[float] = []
+        for a in range(0, len(rows), cfg.batch_size):
+            j = join([encoded[i].ids for i in rows[a:a + cfg.batch_size]], responses[a:a + cfg.batch_size],
+                     pad, device)
+            with torch.no_grad():
+                out += sequence_logprobs(model, j).tolist()
+        return out
+
+    def examples(rows: list[int], responses: list[list[int]], scores: list[float]) -> list[dict[str, str]]:
+        return [{"prompt": texts[i], "response": _text(tok, r, stops), "score": f"{s:.3f}"}
+                for i, r, s in list(zip(rows, responses, scores))[:6 * k:k]]
+
+    result: list[FrontierRow] = []
+    rows, ref_resp = draw(ref, max(max(cfg.best_of, default=1), k), cfg.seed)
+    ref_scores = scored(rows, ref_resp)
+    per = max(max(cfg.best_of, default=1), k)
+    for n in cfg.best_of:
+        picks = [i * per + max(range(n), key=lambda j, i=i: ref_scores[i * per + j])
+                 for i in range(len(encoded))]
+        best = [ref_scores[p] for p in picks]
+        mean, se = _mean_se(best)
+        result.append(FrontierRow(f"best-of-{n}", "best-of-n", mean, se, best_of_n_kl(n), "analytic",
+                                  sum(len(ref_resp[p]) for p in picks) / len(picks), len(best),
+                                  examples([rows[p] for p in picks], [ref_resp[p] for p in picks],
+                                           [ref_scores[p] for p in picks])))
+    for name, run in named:
+        policy, ptok = load(run, device=device)
+        if ptok is not None and ptok.hf.to_str() != tok.hf.to_str():
+            raise LmlabError(f"{run}'s tokenizer differs from the reference's; a KL to the reference needs "
+                             "the same tokenizer")
+        policy.eval()
+        prow, presp = draw(policy, k, cfg.seed + 1)
+        scores = scored(prow, presp)
+        kl = [a - b for a, b in zip(logprobs(policy, prow, presp), logprobs(ref, prow, presp))]
+        mean, se = _mean_se(scores)
+        result.append(FrontierRow(name, name.split("-")[0], mean, se, sum(kl) / len(kl), "sampled",
+                                  sum(len(r) for r in presp) / len(presp), len(scores),
+                                  examples(prow, presp, scores)))
+        del policy
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "frontier.json", {"rows": [asdict(r) for r in result]})
+    plot_frontier(result, out / "frontier.png")
+    _write_samples(result, out / "samples.md")
+    return result
+
+
+def _text(tok: Any, response: list[int], stops: list[int]) -> str:
+    return tok.decode([t for t in response if t not in stops])
+
+
+def plot_frontier(rows: list[FrontierRow], path: Path) -> Path:
+    """Draw reward against KL, one marker style per method (best-of-n joined by a line); return the path."""
+    from lmlab.plotting import figure, save_png
+
+    fig, (ax,) = figure(width=6.5, height=4.5)
+    methods: dict[str, list[FrontierRow]] = {}
+    for r in rows:
+        methods.setdefault(r.method, []).append(r)
+    markers = "os^Dvx*P"
+    for i, (method, pts) in enumerate(methods.items()):
+        pts = sorted(pts, key=lambda r: r.kl)
+        style = "-" if method == "best-of-n" else ""
+        ax.errorbar([r.kl for r in pts], [r.score for r in pts], yerr=[r.score_se for r in pts],
+                    fmt=style + markers[i % len(markers)], capsize=2, label=method)
+        for r in pts:
+            ax.annotate(r.name, (r.kl, r.score), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("KL(policy || reference), nats per response")
+    ax.set_ylabel("mean reward (reward model)")
+    ax.set_title("reward vs KL on held-out prompts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def _write_samples(rows: list[FrontierRow], path: Path) -> None:
+    from lmlab.fileio import write_text
+
+    lines = ["# Samples per policy (held-out prompts)", ""]
+    for r in rows:
+        lines += [f"## {r.name} (reward {r.score:.3f}, KL {r.kl:.2f} {r.kl_kind})", ""]
+        lines += [f"- *{e['prompt']}* → {e['response'].strip()} ({e['score']})" for e in r.examples]
+        lines.append("")
+    write_text(path, "\n".join(lines))

@@ -1,0 +1,37 @@
+"""Fixtures shared by the alignment tests: a tiny random base model with a char tokenizer."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+# Every printable ASCII character: any test text (chat turns, reviews, numbers) is one id per char.
+ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n"
+
+
+def make_tiny_base(folder: Path, d_model: int = 48, n_layer: int = 2, block_size: int = 128,
+                   seed: int = 0) -> Path:
+    """Write a random tiny LLaMA (``model.safetensors``) and a char tokenizer that has the chat
+    tokens (``tokenizer.json``) into ``folder``; return it."""
+    from lmlab.data.tokenizers import train_tokenizer
+    from lmlab.models.registry import build_model, get_preset, save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer("char", iter([ALPHABET]))
+    torch.manual_seed(seed)
+    model = build_model(get_preset("llama-tiny", vocab_size=tok.vocab_size, d_model=d_model, n_layer=n_layer,
+                                   block_size=block_size))
+    save_model(model, folder / "model.safetensors")
+    tok.save(folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A run folder with a random tiny LLaMA (d 48, 2 layers, context 128) and a char tokenizer
+    (printable ASCII plus <|endoftext|>, <|pad|>, <|im_start|>, <|im_end|>). Read-only: copy it or
+    write runs elsewhere."""
+    return make_tiny_base(tmp_path_factory.mktemp("tiny-base"))
