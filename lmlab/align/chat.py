@@ -5,8 +5,8 @@ Each user line becomes a user turn; the model's reply is sampled with the KV-cac
 assistant's generation prompt and ends at ``<|im_end|>`` (or the end-of-text token). Commands:
 ``/reset`` clears the conversation (the system message stays), ``/system TEXT`` sets the system
 message and clears the conversation, ``/quit`` (or end of input) ends the chat. When the
-conversation leaves less than ``max_new_tokens`` of the context for the reply, its oldest turns are
-dropped (the last user turn alone may leave less: the reply is then shorter).
+conversation leaves less than ``max_new_tokens`` (or half the context, if less) for the reply, its
+oldest turns are dropped (the last user turn alone may leave less: the reply is then shorter).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class ChatSession:
 
     def _prompt(self) -> tuple[list[int], int]:
         """Return the prompt ids of the conversation and the room for the reply, dropping the oldest
-        turns while they leave less than ``max_new_tokens``; raise LmlabError (and forget the turn)
+        turns while they leave less than ``max_new_tokens`` or half the context, whichever is less;
+        raise LmlabError (and forget the turn)
         when the last user turn alone leaves no room."""
         from lmlab.data.chat import encode_chat
 
@@ -75,10 +76,11 @@ class ChatSession:
             self.messages = self.messages[:-1]
             raise LmlabError(f"the message is {len(alone)} tokens with the template, more than the model's "
                              f"context of {block}; send a shorter one")
+        want = min(self.cfg.max_new_tokens, block // 2)
         while True:
             ids = encode_chat(self.tokenizer, head + self.messages, add_generation_prompt=True).ids
             room = min(self.cfg.max_new_tokens, block - len(ids))
-            if room >= self.cfg.max_new_tokens or len(self.messages) <= 1:
+            if room >= want or len(self.messages) <= 1:
                 return ids, room
             self.messages = self.messages[2:]  # the oldest user turn and its reply
 

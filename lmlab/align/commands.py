@@ -168,8 +168,8 @@ def chat(cfg: ChatConfig) -> int:
     is a user turn under the chat template; the reply streams as it is sampled and ends at
     <|im_end|>. Commands: /reset (clear the conversation), /system TEXT (set the system message),
     /quit (or Ctrl-D). Ctrl-C stops a reply. When the conversation leaves less than
-    --max-new-tokens of the context, its oldest turns are dropped. Reads stdin, so it can be
-    scripted: printf 'hi\\n/quit\\n' | lmlab chat --ckpt RUN. E.g.:
+    --max-new-tokens (or half the context) for the reply, its oldest turns are dropped. Reads
+    stdin, so it can be scripted: printf 'hi\\n/quit\\n' | lmlab chat --ckpt RUN. E.g.:
 
       lmlab chat --ckpt runs/llama-sft --temperature 0.7 --system "You answer briefly."
     """

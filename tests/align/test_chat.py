@@ -72,6 +72,12 @@ def test_the_oldest_turns_are_dropped_to_fit_the_context(chat_run):
     with pytest.raises(LmlabError, match="more than the model's context of 96"):
         session.reply("x" * 200)
     assert session.messages[-1]["role"] == "assistant"  # the refused turn is not kept
+    # a --max-new-tokens beyond the context keeps the turns that leave half of it for the reply
+    session = ChatSession(model, tok, ChatConfig(temperature=0, max_new_tokens=1000))
+    session.reply("red")
+    session.reply("dog")
+    prompt = encode_chat(tok, session.messages[:-1], add_generation_prompt=True).ids
+    assert len(session.messages) == 4 and len(prompt) <= 48
 
 
 def test_cli_chat_by_piping_stdin(chat_run, cli):
