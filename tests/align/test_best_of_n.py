@@ -36,6 +36,7 @@ from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
 from lmlab.train.options import OptimOptions
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 PROMPTS = ["the cat", "a dog", "red sun", "blue moon", "green tree", "the end"]
 
 

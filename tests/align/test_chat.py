@@ -21,6 +21,7 @@ from lmlab.generate.decode import decode
 from lmlab.models.registry import build_model, get_preset, save_model
 from lmlab.train.options import OptimOptions
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 WORDS = ["red", "blue", "cat", "dog", "sun", "hi", "hello", "be brief"]
 
 
@@ -84,7 +85,7 @@ def test_cli_chat_by_piping_stdin(chat_run, cli):
     model, tok = lmlab.load(str(chat_run))
     script = "red cat\n/system be brief\nhi\n\n/bogus\n/reset\nhi\n/quit\nnever answered\n"
     r = cli("chat", "--ckpt", chat_run, "--temperature", "0", "--max-new-tokens", "8", "--device", "cpu",
-            input=script)
+            input=script, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 6 and lines[:2] == ["assistant: ok", "(system message set; conversation cleared)"]

@@ -18,6 +18,7 @@ from lmlab.data.tokenizers import train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
 
