@@ -62,7 +62,8 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[str | list[di
                      batch: int = 64, show_progress: bool = True) -> list[list[Response]]:
     """Return ``k`` sampled responses for each prompt (with the KV-cache decoder; chunk ``c`` of
     ``batch`` rows uses seed ``seed + c``, so results depend only on the seed and ``batch``).
-    Raises LmlabError for a temperature <= 0 or a prompt that leaves no room in the context."""
+    Raises LmlabError for a temperature <= 0 or a prompt that leaves less than ``max_new_tokens`` of
+    the context."""
     from lmlab.align.prompts import encode_prompt
     from lmlab.console import progress
     from lmlab.generate.decode import decode
@@ -73,6 +74,12 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[str | list[di
     if k < 1 or batch < 1:
         raise LmlabError(f"the number of samples ({k}) and --sample-batch ({batch}) must be at least 1")
     encoded = [encode_prompt(tokenizer, p, template) for p in prompts]
+    block = model.config.block_size
+    long = next((i for i, e in enumerate(encoded) if len(e.ids) + max_new_tokens > block), None)
+    if long is not None:
+        raise LmlabError(f"prompt {long} is {len(encoded[long].ids)} tokens; with --max-new-tokens "
+                         f"{max_new_tokens} it exceeds the policy's context of {block}; shorten it or lower "
+                         "--max-new-tokens")
     rows = [(i, encoded[i]) for i in range(len(prompts)) for _ in range(k)]
     out: list[list[Response]] = [[] for _ in prompts]
     bar = progress(total=len(rows), desc="sampling", unit="response", disable=None if show_progress else True)

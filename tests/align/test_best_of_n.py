@@ -114,6 +114,9 @@ def test_sampling_gives_k_responses_per_prompt_reproducibly(policy):
     assert len(chat[0]) == 2
     with pytest.raises(LmlabError, match="must be > 0"):
         sample_responses(model, tok, PROMPTS, 2, "plain", 0.0, 4, seed=0)
+    too_long = "prompt 1 is 62 tokens; with --max-new-tokens 8 it exceeds the policy's context of 64"
+    with pytest.raises(LmlabError, match=too_long):
+        sample_responses(model, tok, ["the cat", "a" * 61], 2, "plain", 1.0, 8, seed=0)
 
 
 def test_best_of_n_raises_the_score_and_writes_its_files(policy, tmp_path):
