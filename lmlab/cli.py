@@ -63,6 +63,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward train": ("lmlab.align.commands:reward_train", "train a reward model (scalar head, Bradley-Terry loss) on preference pairs or human ratings"),
     "reward score": ("lmlab.align.commands:reward_score", "score texts with a reward model, or its pairwise accuracy on preference pairs"),
     "dpo": ("lmlab.align.commands:dpo", "direct preference optimisation (DPO, IPO, conservative, length-normalised) of a policy on preference pairs"),
+    "rlhf": ("lmlab.align.commands:rlhf", "RLHF: PPO (value model, KL-penalised reward, GAE) or GRPO (group-relative, verifiable rewards) on a policy"),
     "finetune": ("lmlab.adapt.commands:finetune", "fine-tune a pretrained model: classifier/regressor (head, full, lora, houlsby, pfeiffer, prefix, prompt) or the LM on a corpus's text"),
     "predict": ("lmlab.adapt.commands:predict", "label (or score) the texts of a file with a fine-tuned classifier; metrics when labelled"),
     "scaling plan": ("lmlab.scaling.commands:plan", "compute-optimal model size and tokens for a budget (Chinchilla, Kaplan)"),

@@ -1,5 +1,5 @@
-"""CLI face of alignment: ``lmlab sft``, ``reward``, ``dpo``, ``align pairs|frontier``, ``chat``,
-``best-of-n``, ``rejection-sampling`` and the rest."""
+"""CLI face of alignment: ``lmlab sft``, ``reward``, ``dpo``, ``rlhf``, ``align pairs|frontier``,
+``chat``, ``best-of-n``, ``rejection-sampling`` and the rest."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from lmlab.align.dpo import DPOConfig
 from lmlab.align.frontier import FrontierConfig, frontier
 from lmlab.align.policy_pairs import PolicyPairsConfig, policy_pairs
 from lmlab.align.reward import RewardConfig, ScoreConfig
+from lmlab.align.rlhf import RLHFConfig
+from lmlab.align.rlhf import rlhf as run_rlhf
 from lmlab.align.sft import SFTConfig
 from lmlab.align.sft import sft as run_sft
 
@@ -160,6 +162,36 @@ def dpo(cfg: DPOConfig) -> int:
     print(f"last step: {fig(r.last)}")
     print(f"validation ({r.pairs['validation']} pairs): {fig(r.val)}")
     print(f"saved {r.out}")
+    return 130 if r.interrupted else 0
+
+
+def rlhf(cfg: RLHFConfig) -> int:
+    """RLHF on a policy: PPO (a value model, rewards = the reward model's score on the last response
+    token less beta times the KL to the frozen starting policy, GAE, clipped policy and value losses)
+    or GRPO (--algo grpo: several samples per prompt, advantages relative to the group, no value
+    model, the KL as a loss term), through the one trainer.
+
+    --reward is a reward-model run (lmlab reward train) or the verifiable reward 'arithmetic' (1 when
+    the response's first number answers the prompt's sum; prompts from --prompts arithmetic:N).
+    --prompts is a .jsonl/.txt file, reviews:CORPUS (the sentiment task: review prefixes) or
+    arithmetic:N. Each rollout samples --batch-size responses at --temperature (no top-k/top-p: the
+    training forward must score the distribution that sampled), then trains --ppo-epochs passes of
+    --minibatch-size. Fixed KL coefficient --beta, or Ziegler's adaptive controller with --target-kl.
+    metrics.jsonl logs score, kl, beta, entropy, clipfrac, approx_kl, value_loss, response_length.
+    --method lora trains LoRA adapters on the policy (the value model in full) and merges them at the
+    end. Writes OUT/model.safetensors (the policy), value.safetensors, tokenizer.json, config.yaml,
+    metrics.jsonl, state/ (exact --resume; with --method lora the last two in OUT/train). E.g.:
+
+      lmlab rlhf --algo ppo --policy runs/sft --reward runs/rm --prompts reviews:sentiment-movies \\
+          --out runs/ppo --beta 0.05 --rollouts 50 --lr 1e-5
+      lmlab rlhf --algo grpo --policy runs/sft --reward arithmetic --prompts arithmetic:500 --out runs/grpo
+    """
+    r = run_rlhf(cfg)
+    if cfg.json:
+        print(json.dumps(dataclasses.asdict(r)))
+        return 130 if r.interrupted else 0
+    print(f"{r.algo}: step {r.step}, {r.rollouts} rollouts ({r.elapsed_s:.1f}s); mean score "
+          f"{r.first_score} -> {r.last_score}, KL {r.last_kl} (beta {r.beta}); saved {r.out}")
     return 130 if r.interrupted else 0
 
 

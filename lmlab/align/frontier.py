@@ -63,19 +63,6 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
-def sample_responses(model: Any, prompt_ids: list[list[int]], stop_ids: list[int], max_new_tokens: int,
-                     temperature: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[list[int]]:
-    """Return one sampled response per prompt (ids after the prompt, the stop token kept when the
-    response ended) from ``model``, ``batch_size`` prompts at a time, seeded per batch."""
-    from lmlab.generate.decode import decode
-
-    out: list[list[int]] = []
-    for a in range(0, len(prompt_ids), batch_size):
-        out += decode(model, prompt_ids[a:a + batch_size], max_new_tokens, temperature=temperature,
-                      eos_id=stop_ids, seed=seed + a)
-    return out
-
-
 def _mean_se(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
@@ -87,8 +74,10 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     """Measure every policy of ``cfg`` and best-of-n from the reference; write the files; return the rows."""
     import torch
 
+    from lmlab.align.preferences import prompt_text
     from lmlab.align.prompts import encode_prompt, read_prompts
     from lmlab.align.reward import load_scorer
+    from lmlab.align.rollout import pad_id_for, response_text, sample_in_batches
     from lmlab.align.sequences import join, sequence_logprobs
     from lmlab.device import resolve_device
     from lmlab.fileio import write_json
@@ -109,18 +98,22 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     prompts = read_prompts(cfg.prompts, cfg.split, cfg.n_prompts)
     encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
     stops = encoded[0].stop_ids
-    texts = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    texts = [prompt_text(p) for p in prompts]
+    pad = pad_id_for(tok, stops)
     k = cfg.samples_per_prompt
 
     def draw(model: Any, copies: int, seed: int) -> tuple[list[int], list[list[int]]]:
         rows = [i for i in range(len(encoded)) for _ in range(copies)]
         ids = [encoded[i].ids for i in rows]
-        return rows, sample_responses(model, ids, stops, cfg.max_new_tokens, 1.0, seed, cfg.batch_size)
+        drawn = sample_in_batches(model, ids, stops, cfg.max_new_tokens, 1.0, seed, cfg.batch_size)
+        return rows, drawn.responses
+
+    def text(row: int, response: list[int]) -> str:
+        return response_text(tok, encoded[row].ids, response, stops)
 
     def scored(rows: list[int], responses: list[list[int]]) -> list[float]:
-        full = [texts[i] + _text(tok, r, stops) for i, r in zip(rows, responses)]
-        return scorer.score(full).tolist()
+        answers = [text(i, r) for i, r in zip(rows, responses)]
+        return scorer.score_pairs([prompts[i] for i in rows], answers).tolist()
 
     def logprobs(model: Any, rows: list[int], responses: list[list[int]]) -> list[float]:
         out: list[float] = []
@@ -132,7 +125,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
         return out
 
     def examples(rows: list[int], responses: list[list[int]], scores: list[float]) -> list[dict[str, str]]:
-        return [{"prompt": texts[i], "response": _text(tok, r, stops), "score": f"{s:.3f}"}
+        return [{"prompt": texts[i], "response": text(i, r), "score": f"{s:.3f}"}
                 for i, r, s in list(zip(rows, responses, scores))[:6 * k:k]]
 
     result: list[FrontierRow] = []
@@ -169,10 +162,6 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     plot_frontier(result, out / "frontier.png")
     _write_samples(result, out / "samples.md")
     return result
-
-
-def _text(tok: Any, response: list[int], stops: list[int]) -> str:
-    return tok.decode([t for t in response if t not in stops])
 
 
 def plot_frontier(rows: list[FrontierRow], path: Path) -> Path:

@@ -54,9 +54,9 @@ class PolicyPairsResult:
 def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     """Sample two responses per prompt, label them with the reward model, write the pairs; return
     the counts and mean scores."""
-    from lmlab.align.frontier import sample_responses
     from lmlab.align.prompts import encode_prompt, read_prompts
     from lmlab.align.reward import load_scorer
+    from lmlab.align.rollout import response_text, sample_in_batches
     from lmlab.device import resolve_device
     from lmlab.fileio import write_text
     from lmlab.loader import load
@@ -74,10 +74,10 @@ def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
     stops = encoded[0].stop_ids
     ids = [e.ids for e in encoded for _ in range(2)]
-    responses = sample_responses(model, ids, stops, cfg.max_new_tokens, 1.0, cfg.seed, cfg.batch_size)
-    texts = [tok.decode([t for t in r if t not in stops]) for r in responses]
-    heads = [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    scores = scorer.score([heads[i // 2] + t for i, t in enumerate(texts)]).tolist()
+    drawn = sample_in_batches(model, ids, stops, cfg.max_new_tokens, 1.0, cfg.seed, cfg.batch_size)
+    responses = drawn.responses
+    texts = [response_text(tok, p, r, stops) for p, r in zip(ids, responses)]
+    scores = scorer.score_pairs([prompts[i // 2] for i in range(len(texts))], texts).tolist()
     lines, gaps, chosen, rejected, ties = [], [], [], [], 0
     for i, prompt in enumerate(prompts):
         (sa, ta), (sb, tb) = (scores[2 * i], texts[2 * i]), (scores[2 * i + 1], texts[2 * i + 1])
