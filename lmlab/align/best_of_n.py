@@ -60,38 +60,29 @@ class Response:
 def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[str | list[dict]], k: int,
                      template: str, temperature: float, max_new_tokens: int, seed: int,
                      batch: int = 64, show_progress: bool = True) -> list[list[Response]]:
-    """Return ``k`` sampled responses for each prompt (with the KV-cache decoder; chunk ``c`` of
-    ``batch`` rows uses seed ``seed + c``, so results depend only on the seed and ``batch``).
-    Raises LmlabError for a temperature <= 0 or a prompt that leaves less than ``max_new_tokens`` of
-    the context."""
+    """Return ``k`` sampled responses for each prompt, drawn with :func:`lmlab.align.rollout.sample`
+    (the KV-cache decoder at ``temperature`` alone) ``batch`` rows at a time, the rows from offset
+    ``a`` seeded with ``seed + a`` (as :func:`~lmlab.align.rollout.sample_in_batches`), with a
+    progress bar. Raises LmlabError for a temperature <= 0 or a prompt that leaves less than
+    ``max_new_tokens`` of the context."""
     from lmlab.align.prompts import encode_prompt
+    from lmlab.align.rollout import check_lengths, response_text, sample
     from lmlab.console import progress
-    from lmlab.generate.decode import decode
 
-    if not temperature > 0:
-        raise LmlabError(f"--temperature {temperature} must be > 0: best-of-n needs samples, not the greedy "
-                         "response")
     if k < 1 or batch < 1:
         raise LmlabError(f"the number of samples ({k}) and --sample-batch ({batch}) must be at least 1")
     encoded = [encode_prompt(tokenizer, p, template) for p in prompts]
-    block = model.config.block_size
-    long = next((i for i, e in enumerate(encoded) if len(e.ids) + max_new_tokens > block), None)
-    if long is not None:
-        raise LmlabError(f"prompt {long} is {len(encoded[long].ids)} tokens; with --max-new-tokens "
-                         f"{max_new_tokens} it exceeds the policy's context of {block}; shorten it or lower "
-                         "--max-new-tokens")
-    rows = [(i, encoded[i]) for i in range(len(prompts)) for _ in range(k)]
+    check_lengths([e.ids for e in encoded], max_new_tokens, model.config.block_size)  # named per prompt
+    stops = sorted({s for e in encoded for s in e.stop_ids})
+    rows = [i for i in range(len(prompts)) for _ in range(k)]
     out: list[list[Response]] = [[] for _ in prompts]
     bar = progress(total=len(rows), desc="sampling", unit="response", disable=None if show_progress else True)
-    for c, start in enumerate(range(0, len(rows), batch)):
-        chunk = rows[start:start + batch]
-        stops = sorted({s for _, p in chunk for s in p.stop_ids})
-        new = decode(model, [p.ids for _, p in chunk], max_new_tokens, temperature=temperature,
-                     eos_id=stops, seed=seed + c)
-        for (i, p), ids in zip(chunk, new):
-            ended = bool(ids) and ids[-1] in p.stop_ids
+    for a in range(0, len(rows), batch):
+        chunk = rows[a:a + batch]
+        drawn = sample(model, [encoded[i].ids for i in chunk], stops, max_new_tokens, temperature, seed + a)
+        for i, ids, ended in zip(chunk, drawn.responses, drawn.ended):
             body = ids[:-1] if ended else ids
-            out[i].append(Response(body, tokenizer.decode(body), ended))
+            out[i].append(Response(body, response_text(tokenizer, encoded[i].ids, body, stops), ended))
         bar.update(len(chunk))
     bar.close()
     return out

@@ -153,24 +153,25 @@ def test_best_records_keep_the_layout_of_the_prompt():
 def test_rejection_sampling_fine_tunes_toward_the_reward(policy, tmp_path):
     model, tok = lmlab.load(str(policy))
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS * 4) + "\n")
+    prompts.write_text("\n".join(PROMPTS * 8) + "\n")
     scorer = CountScorer()
-    cfg = RejectionConfig(policy=policy, reward="count", out=tmp_path / "rs", k=8, seed=0, max_steps=40,
+    cfg = RejectionConfig(policy=policy, reward="count", out=tmp_path / "rs", k=8, seed=0, max_steps=30,
                           batch_size=8, max_len=64, precision="fp32", device="cpu", progress=False,
-                          optim=OptimOptions(lr=1e-2, min_lr=1e-3, warmup_steps=0, weight_decay=0.0),
+                          optim=OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=0, weight_decay=0.0),
                           sampling=SampleOptions(prompts=str(prompts), max_new_tokens=12, sample_batch=64))
     r = run_rejection_sampling(cfg, model, tok, scorer)
-    assert r.prompts == 4 * len(PROMPTS) and r.best_score > r.mean_score and r.sft["step"] == 40
+    assert r.prompts == 8 * len(PROMPTS) and r.best_score > r.mean_score and r.sft["step"] == 30
     kept = [json.loads(x) for x in (tmp_path / "rs" / "best.jsonl").read_text().splitlines()]
-    assert len(kept) == 4 * len(PROMPTS) and {"prompt", "completion", "score", "ended"} <= set(kept[0])
+    assert len(kept) == 8 * len(PROMPTS) and {"prompt", "completion", "score", "ended"} <= set(kept[0])
     tuned, _ = lmlab.load(str(tmp_path / "rs"))
 
     def mean_score(m: torch.nn.Module) -> float:
-        samples = sample_responses(m, tok, PROMPTS, 16, "plain", 1.0, 12, seed=123)
+        samples = sample_responses(m, tok, PROMPTS, 32, "plain", 1.0, 12, seed=123)
         return float(scorer.score_pairs([], [x.text for rs in samples for x in rs]).mean())
 
     before, after = mean_score(model), mean_score(tuned)
-    assert after > 1.5 * before, (before, after)  # measured: 0.059 -> 0.121
+    # measured 0.059 -> 0.114 (seeds 1, 2 of the sampling: 0.139, 0.118)
+    assert after > 1.5 * before, (before, after)
     assert (tmp_path / "rs" / "config.yaml").read_text().startswith("max_steps")  # the command's own config
     assert "k: 8" in (tmp_path / "rs" / "config.yaml").read_text()
 
