@@ -103,7 +103,8 @@ class DPOConfig(LoopOptions):
     batch_size: int = arg(8, "pairs per micro-batch (two sequences each)")
     max_len: int = arg(256, "tokens of prompt + response; a longer pair is refused (say which)")
     margin: float = arg(1.0, "rated data: pair two texts when their mean ratings differ by more than this")
-    max_pairs: int | None = arg(None, "use at most this many training pairs (validation: all)")
+    max_pairs: int | None = arg(None, "use at most this many training pairs")
+    eval_max: int = arg(0, "validation pairs scored per evaluation (the first N; 0: all)")
     optim: OptimOptions = arg(OptimOptions(lr=5e-6, min_lr=5e-7, warmup_fraction=0.1, warmup_steps=0,
                                            weight_decay=0.0, beta2=0.999), "AdamW and its schedule")
     precision: Precision = arg("auto", "auto = bf16 autocast where the hardware has it, else fp32")
@@ -249,8 +250,10 @@ def dpo(cfg: DPOConfig) -> DPOResult:
                          f"{type(model).__name__}")
     no_dropout(model)
     max_len = min(cfg.max_len, int(model.config.block_size))
-    raw = {s: load_pairs(cfg.data, s, cfg.margin, cfg.seed, cfg.max_pairs if s == "train" else None)
-           for s in ("train", "validation")}
+    if cfg.eval_max < 0:
+        raise LmlabError(f"--eval-max must be >= 0 (0: every validation pair), got {cfg.eval_max}")
+    caps = {"train": cfg.max_pairs, "validation": cfg.eval_max or None}
+    raw = {s: load_pairs(cfg.data, s, cfg.margin, cfg.seed, cap) for s, cap in caps.items()}
     splits = {s: encode_pairs(tokenizer, p, cfg.template, max_len) for s, p in raw.items()}
     device = resolve_device(cfg.device)
     precision = resolve_precision(device, cfg.precision)

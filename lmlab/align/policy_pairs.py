@@ -4,7 +4,8 @@ reward) and of reward-model ensembles.
 
 For each prompt two responses are sampled at temperature 1; the reward model scores
 ``prompt + response``; the higher-scored one is ``chosen``. Pairs whose scores differ by less
-than ``min_gap`` are dropped (a tie teaches nothing). Writes ``prompt``/``chosen``/``rejected``
+than ``min_gap`` are dropped (a tie teaches nothing), and so are pairs with an empty response
+(the policy ended at once: there is no text to prefer). Writes ``prompt``/``chosen``/``rejected``
 JSONL with the score gap as ``margin``.
 """
 
@@ -45,7 +46,7 @@ class PolicyPairsResult:
     out: str
     prompts: int
     pairs: int
-    dropped_ties: int
+    dropped_ties: int  # ties and pairs with an empty response
     mean_gap: float
     chosen_score: float
     rejected_score: float
@@ -81,8 +82,8 @@ def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     lines, gaps, chosen, rejected, ties = [], [], [], [], 0
     for i, prompt in enumerate(prompts):
         (sa, ta), (sb, tb) = (scores[2 * i], texts[2 * i]), (scores[2 * i + 1], texts[2 * i + 1])
-        if abs(sa - sb) < cfg.min_gap or ta == tb or sa == sb:
-            ties += 1
+        if abs(sa - sb) < cfg.min_gap or ta == tb or sa == sb or not ta.strip() or not tb.strip():
+            ties += 1  # a tie, or an empty response (a pair needs two texts to compare)
             continue
         (sc, tc), (sr, tr) = ((sa, ta), (sb, tb)) if sa > sb else ((sb, tb), (sa, ta))
         pair = {"prompt": prompt, "chosen": tc, "rejected": tr, "margin": round(sc - sr, 4)}

@@ -72,7 +72,8 @@ class RewardConfig(LoopOptions):
     batch_size: int = arg(16, "pairs per micro-batch (two texts each)")
     max_len: int = arg(256, "tokens per text (cut to the model's context); a longer text keeps its end")
     margin: float = arg(1.0, "rated data: pair two texts when their mean ratings differ by more than this")
-    max_pairs: int | None = arg(None, "use at most this many training pairs (validation and test: all)")
+    max_pairs: int | None = arg(None, "use at most this many training pairs")
+    eval_max: int = arg(0, "validation pairs scored per evaluation (the first N; 0: all); test: all")
     margin_loss: bool = arg(False, "subtract each pair's margin inside the loss, -log sigmoid(r_c - r_r - m) "
                                    "(Llama 2); rated data's margin is the rating difference")
     optim: OptimOptions = arg(OptimOptions(lr=1e-4, min_lr=1e-5, warmup_fraction=0.05, warmup_steps=0,
@@ -229,8 +230,10 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
         raise LmlabError("reward train needs --ckpt BASE, --data PAIRS.jsonl|CORPUS and --out RM")
     _check_out(cfg)
     out = Path(cfg.out)
-    splits = {s: load_pairs(cfg.data, s, cfg.margin, cfg.seed, cfg.max_pairs if s == "train" else None)
-              for s in ("train", "validation", "test")}
+    if cfg.eval_max < 0:
+        raise LmlabError(f"--eval-max must be >= 0 (0: every validation pair), got {cfg.eval_max}")
+    caps = {"train": cfg.max_pairs, "validation": cfg.eval_max or None, "test": None}
+    splits = {s: load_pairs(cfg.data, s, cfg.margin, cfg.seed, cap) for s, cap in caps.items()}
     backbone, tokenizer = load(cfg.ckpt)
     if tokenizer is None:
         raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; a reward model needs its base's tokenizer")

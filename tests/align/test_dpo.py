@@ -144,10 +144,11 @@ def test_dpo_with_lora_writes_a_merged_policy(tiny_base, pairs, tmp_path, capsys
     out = tmp_path / "lora"
     assert main(["dpo", "--ckpt", str(tiny_base), "--data", str(pairs), "--out", str(out), "--method", "lora",
                  "--r", "4", "--beta", "0.5", "--max-steps", "8", "--batch-size", "8", "--lr", "1e-2",
-                 "--log-interval", "1", *FAST,
+                 "--log-interval", "1", "--eval-max", "10", *FAST,
                  "--json"]) == 0
     r = _json(capsys)
     assert r["first"]["loss"] == pytest.approx(math.log(2), abs=1e-5) and r["last"]["margins"] > 0
+    assert r["pairs"]["validation"] == 10 and r["val"]["accuracy"] > 0.5
     policy = lmlab.load(str(out))[0]
     base = lmlab.load(str(tiny_base))[0]
     assert type(policy).__name__ == "Decoder" and (out / "train" / "metrics.jsonl").is_file()

@@ -150,7 +150,8 @@ def test_reward_training_resumes_exactly(word_base, reviews, tmp_path):
     from safetensors.torch import load_file
 
     common = ["reward", "train", "--ckpt", str(word_base), "--data", "sentiment-movies", "--max-steps", "6",
-              "--batch-size", "4", "--max-pairs", "40", "--margin-loss", "--deterministic", *FAST]
+              "--batch-size", "4", "--max-pairs", "40", "--eval-max", "8", "--eval-interval", "2",
+              "--margin-loss", "--deterministic", *FAST]
     assert main([*common, "--out", str(tmp_path / "a")]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
@@ -181,3 +182,9 @@ def test_load_scorer_refuses_what_is_no_reward_model(tiny_base):
         load_scorer(str(tiny_base))
     with pytest.raises(LmlabError, match="not a reward-model run folder nor one of arithmetic"):
         load_scorer("no-such-reward")
+
+
+def test_load_scorer_is_the_one_entry_for_verifiable_rewards_too():
+    scorer = load_scorer("arithmetic")
+    assert scorer.name == "arithmetic"
+    assert scorer.score_pairs(["2+3=", "4*2="], [" 5 it is", "9"]).tolist() == [1.0, 0.0]
