@@ -56,13 +56,6 @@ class FrontierRow:
     examples: list[dict[str, str]] = field(default_factory=list)
 
 
-def best_of_n_kl(n: int) -> float:
-    """Return the analytic KL of best-of-n sampling, ``log n - (n - 1) / n`` (nats)."""
-    if n < 1:
-        raise LmlabError(f"best-of-n needs n >= 1 (got {n})")
-    return math.log(n) - (n - 1) / n
-
-
 def _mean_se(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
@@ -74,6 +67,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     """Measure every policy of ``cfg`` and best-of-n from the reference; write the files; return the rows."""
     import torch
 
+    from lmlab.align.best_of_n import best_of_n_kl, expected_best, scoring_prompt
     from lmlab.align.preferences import prompt_text
     from lmlab.align.prompts import encode_prompt, read_prompts
     from lmlab.align.reward import load_scorer
@@ -99,6 +93,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
     stops = encoded[0].stop_ids
     texts = [prompt_text(p) for p in prompts]
+    heads = [scoring_prompt(p, cfg.template) for p in prompts]
     pad = pad_id_for(tok, stops)
     k = cfg.samples_per_prompt
 
@@ -113,7 +108,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
 
     def scored(rows: list[int], responses: list[list[int]]) -> list[float]:
         answers = [text(i, r) for i, r in zip(rows, responses)]
-        return scorer.score_pairs([prompts[i] for i in rows], answers).tolist()
+        return scorer.score_pairs([heads[i] for i in rows], answers).tolist()
 
     def logprobs(model: Any, rows: list[int], responses: list[list[int]]) -> list[float]:
         out: list[float] = []
@@ -133,9 +128,10 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     ref_scores = scored(rows, ref_resp)
     per = max(max(cfg.best_of, default=1), k)
     for n in cfg.best_of:
+        # the unbiased mean of the best of n over all n-subsets of each prompt's samples
+        best = [expected_best(ref_scores[i * per:(i + 1) * per], n) for i in range(len(encoded))]
         picks = [i * per + max(range(n), key=lambda j, i=i: ref_scores[i * per + j])
-                 for i in range(len(encoded))]
-        best = [ref_scores[p] for p in picks]
+                 for i in range(len(encoded))]  # the examples: the best of the first n
         mean, se = _mean_se(best)
         result.append(FrontierRow(f"best-of-{n}", "best-of-n", mean, se, best_of_n_kl(n), "analytic",
                                   sum(len(ref_resp[p]) for p in picks) / len(picks), len(best),

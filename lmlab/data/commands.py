@@ -209,3 +209,47 @@ def tokenizer_decode(cfg: DecodeConfig) -> None:
     if bad:
         raise LmlabError(f"id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})")
     sys.stdout.write(tok.decode(ids) + "\n")
+
+
+@dataclass
+class InstructionsConfig:
+    out: Path | None = arg(None, "output folder: train.jsonl, validation.jsonl, test.jsonl, meta.json, "
+                                        "config.yaml")
+    tasks: list[str] = arg(["sentiment", "speaker", "play", "arithmetic"], "which tasks to ask")
+    per_task: int = arg(3000, "at most this many questions per task (before the split)")
+    seed: int = arg(0, "seed of which questions are drawn, their wording and their order")
+    sentiment: str = arg("sentiment-movies", "the labelled corpus the sentiment questions are about")
+    shakespeare: str = arg("shakespeare", "the plays: 'shakespeare' (the built-in corpus) or a folder "
+                                                  "of .txt plays")
+    max_add: int = arg(99, "additions use operands 0..this")
+    max_factor: int = arg(12, "multiplications use factors 0..this")
+    max_words: int = arg(60, "leave out snippets and speeches longer than this many words (a small model's "
+                             "context must hold the question)")
+    json: bool = arg(False, "print the counts as JSON")
+
+
+def instructions(cfg: InstructionsConfig) -> None:
+    """Write an instruction set made by code from real data, as conversations ({"messages": [user,
+    assistant], "task", "answer"} per line) for 'lmlab sft': sentiment questions over review snippets
+    (answered from the human ratings), speaker and play questions over Shakespeare's plays, and
+    arithmetic. Splits train/validation/test; no held-out question is about a text in train. E.g.:
+
+      lmlab data instructions --out runs/data/instructions --per-task 2000
+      lmlab sft --ckpt runs/llama --data runs/data/instructions/train.jsonl --out runs/llama-sft
+    """
+    from lmlab.config import save_config
+    from lmlab.data.instructions import build_instructions, write_instructions
+
+    if cfg.out is None:
+        raise LmlabError("give the output folder: lmlab data instructions --out DIR")
+    data = build_instructions(cfg.tasks, cfg.per_task, cfg.seed, cfg.sentiment, cfg.shakespeare,
+                              cfg.max_add, cfg.max_factor, cfg.max_words)
+    meta = {"tasks": cfg.tasks, "seed": cfg.seed, "sentiment": cfg.sentiment, "shakespeare": cfg.shakespeare}
+    write_instructions(cfg.out, data, meta)
+    save_config(cfg, cfg.out / "config.yaml")
+    if cfg.json:
+        print(json.dumps({"out": str(cfg.out), "counts": data.counts, "dropped_leaks": data.dropped_leaks}))
+        return
+    print(f"wrote {cfg.out}:")
+    for split, counts in data.counts.items():
+        print(f"  {split:<11}{sum(counts.values()):>7,}  " + ", ".join(f"{t} {n}" for t, n in counts.items()))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lmlab
-from lmlab.align.frontier import best_of_n_kl
+from lmlab.align.best_of_n import best_of_n_kl
 from lmlab.align.reward import load_scorer
 from lmlab.cli import main
 from lmlab.errors import LmlabError

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 import lmlab
-from lmlab.align.sft import encode_for_sft, read_conversations
+from lmlab.align.sft import IGNORE, encode_for_sft, pack, read_conversations, sft_loss
 from lmlab.cli import main
 from lmlab.data.chat import IM_END, encode_chat
 from lmlab.data.tokenizers import train_tokenizer
+from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
 
@@ -108,3 +110,57 @@ def test_sft_resumes_exactly(base, tmp_path):
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_plain_template_learns_the_completion_and_end_of_text(base, tmp_path):
+    data = tmp_path / "c.jsonl"
+    data.write_text(json.dumps({"prompt": "say the last: red dog", "completion": " dog"}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "red"}]}) + "\n")
+    tok = lmlab.load(str(base))[1]
+    x, y = encode_for_sft(tok, data, read_conversations(data), 128, template="plain")
+    assert x[0] == [tok.eot_id] + tok.encode("say the last: red dog") + tok.encode(" dog")
+    assert [t for t in y[0] if t != IGNORE] == tok.encode(" dog") + [tok.eot_id]
+    # a messages record stays a chat whatever the template (as in prompts.py)
+    chat_x, chat_y = encode_for_sft(tok, data, read_conversations(data)[1:], 128, template="chat")
+    assert (x[1], y[1]) == (chat_x[0], chat_y[0])
+    assert tok.decode([t for t in y[1] if t != IGNORE]) == "red" + IM_END
+
+
+def test_packing_keeps_every_target_and_fits_max_len(base, tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _conversations(30)))
+    tok = lmlab.load(str(base))[1]
+    x, y = encode_for_sft(tok, data, read_conversations(data), 128)
+    px, py = pack(x, y, 100)
+    assert len(px) < len(x) and all(len(r) <= 100 for r in px)
+    assert sum(px, []) == sum(x, []) and sum(py, []) == sum(y, [])  # the same pairs, in order
+    assert all(len(a) == len(b) for a, b in zip(px, py))
+    assert pack(x, y, 1) == (x, y)  # an example is never split, even when it exceeds the row
+
+
+def test_a_batch_without_targets_is_refused(base):
+    model = lmlab.load(str(base))[0]
+    batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "labels": torch.full((2, 5), IGNORE)}
+    with pytest.raises(LmlabError, match="a batch has no target token"):
+        sft_loss(model, batch)
+    batch["labels"][1, 3] = 4
+    assert torch.isfinite(sft_loss(model, batch))
+
+
+def test_packed_plain_sft_trains(base, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    rows = _conversations(200)
+    pairs = [{"prompt": r["messages"][0]["content"], "completion": " " + r["messages"][1]["content"]}
+             for r in rows]
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    out = tmp_path / "sft"
+    assert main(["sft", "--ckpt", str(base), "--data", str(data), "--out", str(out), "--template", "plain",
+                 "--pack", "--max-len", "96", "--max-steps", "30", "--batch-size", "4", "--lr", "3e-3",
+                 "--precision", "fp32", "--device", "cpu", "--no-progress", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["train_rows"] < r["train_conversations"] / 2 and r["val_loss"] < 0.7 * r["first_loss"]
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["template"] == "plain" and cfg["pack"] is True
