@@ -35,3 +35,18 @@ def tiny_base(tmp_path_factory) -> Path:
     (printable ASCII plus <|endoftext|>, <|pad|>, <|im_start|>, <|im_end|>). Read-only: copy it or
     write runs elsewhere."""
     return make_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+def assert_resume_is_exact(args: list[str], tmp_path: Path) -> None:
+    """Run the ``lmlab`` command ``args`` (without ``--out``) straight through, and again stopped
+    at step 3 then resumed; assert both runs end with the same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from lmlab.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,6 +20,7 @@ from lmlab.align.preferences import load_pairs, read_pairs
 from lmlab.align.sequences import sequence_logprobs
 from lmlab.cli import main
 from lmlab.errors import LmlabError
+from tests.align.conftest import assert_resume_is_exact
 
 FAST = ["--precision", "fp32", "--device", "cpu", "--no-progress", "--warmup-steps", "0",
         "--warmup-fraction", "0"]
@@ -157,16 +158,10 @@ def test_dpo_with_lora_writes_a_merged_policy(tiny_base, pairs, tmp_path, capsys
 
 
 def test_dpo_resumes_exactly(tiny_base, pairs, tmp_path):
-    from safetensors.torch import load_file
 
     common = ["dpo", "--ckpt", str(tiny_base), "--data", str(pairs), "--max-steps", "6", "--batch-size", "4",
               "--max-pairs", "40", "--label-smoothing", "0.1", "--deterministic", *FAST]
-    assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
-    a = load_file(str(tmp_path / "a" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(common, tmp_path)
 
 
 def test_chat_pairs_end_with_the_turns_end(tiny_base, tmp_path):

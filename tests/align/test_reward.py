@@ -18,6 +18,7 @@ from lmlab.align.reward import RewardModelScorer, bradley_terry_loss, load_score
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.models.heads import classifier_for
+from tests.align.conftest import assert_resume_is_exact
 from tests.labelled_fixtures import FILLER, NEGATIVE, POSITIVE, fake_sentiment_archive
 
 FAST = ["--precision", "fp32", "--device", "cpu", "--no-progress"]
@@ -147,17 +148,10 @@ def test_scores_of_a_file_and_of_the_scorer_agree(trained_rm, tmp_path, capsys):
 
 
 def test_reward_training_resumes_exactly(word_base, reviews, tmp_path):
-    from safetensors.torch import load_file
-
     common = ["reward", "train", "--ckpt", str(word_base), "--data", "sentiment-movies", "--max-steps", "6",
               "--batch-size", "4", "--max-pairs", "40", "--eval-max", "8", "--eval-interval", "2",
               "--margin-loss", "--deterministic", *FAST]
-    assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
-    a = load_file(str(tmp_path / "a" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(common, tmp_path)
 
 
 @pytest.mark.parametrize("args, message", [

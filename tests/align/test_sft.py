@@ -17,6 +17,7 @@ from lmlab.data.chat import IM_END, encode_chat
 from lmlab.data.tokenizers import train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
+from tests.align.conftest import assert_resume_is_exact
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
@@ -98,18 +99,11 @@ def test_bad_conversations_are_one_line(base, tmp_path, capsys, line, message):
 
 
 def test_sft_resumes_exactly(base, tmp_path):
-    from safetensors.torch import load_file
-
     data = tmp_path / "chats.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _conversations(60)))
     common = ["sft", "--ckpt", str(base), "--data", str(data), "--max-steps", "6", "--batch-size", "4",
               "--precision", "fp32", "--device", "cpu", "--no-progress", "--deterministic"]
-    assert main([*common, "--out", str(tmp_path / "a")]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--stop-at-step", "3"]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--resume"]) == 0
-    a = load_file(str(tmp_path / "a" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(common, tmp_path)
 
 
 def test_plain_template_learns_the_completion_and_end_of_text(base, tmp_path):
