@@ -12,6 +12,7 @@ from the reference is scored the same way, with its analytic KL ``log n - (n - 1
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
         scores = scored(prow, presp)
         kl = [a - b for a, b in zip(logprobs(policy, prow, presp), logprobs(ref, prow, presp))]
         mean, se = _mean_se(scores)
-        result.append(FrontierRow(name, name.split("-")[0], mean, se, sum(kl) / len(kl), "sampled",
+        result.append(FrontierRow(name, _method(name), mean, se, sum(kl) / len(kl), "sampled",
                                   sum(len(r) for r in presp) / len(presp), len(scores),
                                   examples(prow, presp, scores)))
         del policy
@@ -158,6 +159,12 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     plot_frontier(result, out / "frontier.png")
     _write_samples(result, out / "samples.md")
     return result
+
+
+def _method(name: str) -> str:
+    """The method a policy's name starts with (``ppo-b0.05`` -> ``ppo``, ``rs2`` -> ``rs``)."""
+    m = re.match(r"[A-Za-z]+", name)
+    return m.group(0) if m else name
 
 
 def plot_frontier(rows: list[FrontierRow], path: Path) -> Path:
@@ -176,7 +183,8 @@ def plot_frontier(rows: list[FrontierRow], path: Path) -> Path:
                     fmt=style + markers[i % len(markers)], capsize=2, label=method)
         for r in pts:
             ax.annotate(r.name, (r.kl, r.score), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("KL(policy || reference), nats per response")
+    ax.set_xscale("symlog", linthresh=1.0)  # linear up to 1 nat, logarithmic beyond
+    ax.set_xlabel("KL(policy || reference), nats per response (linear to 1, log beyond)")
     ax.set_ylabel("mean reward (reward model)")
     ax.set_title("reward vs KL on held-out prompts")
     ax.grid(alpha=0.3)
