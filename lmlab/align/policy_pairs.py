@@ -55,6 +55,7 @@ class PolicyPairsResult:
 def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     """Sample two responses per prompt, label them with the reward model, write the pairs; return
     the counts and mean scores."""
+    from lmlab.align.best_of_n import scoring_prompt
     from lmlab.align.prompts import encode_prompt, read_prompts
     from lmlab.align.reward import load_scorer
     from lmlab.align.rollout import response_text, sample_in_batches
@@ -78,7 +79,8 @@ def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     drawn = sample_in_batches(model, ids, stops, cfg.max_new_tokens, 1.0, cfg.seed, cfg.batch_size)
     responses = drawn.responses
     texts = [response_text(tok, p, r, stops) for p, r in zip(ids, responses)]
-    scores = scorer.score_pairs([prompts[i // 2] for i in range(len(texts))], texts).tolist()
+    heads = [scoring_prompt(p, cfg.template) for p in prompts]  # as the frontier and best-of-n score
+    scores = scorer.score_pairs([heads[i // 2] for i in range(len(texts))], texts).tolist()
     lines, gaps, chosen, rejected, ties = [], [], [], [], 0
     for i, prompt in enumerate(prompts):
         (sa, ta), (sb, tb) = (scores[2 * i], texts[2 * i]), (scores[2 * i + 1], texts[2 * i + 1])
