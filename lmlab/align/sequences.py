@@ -82,8 +82,17 @@ def gather_logprobs(logits: torch.Tensor, joined: Joined) -> torch.Tensor:
 
 
 def token_logprobs(model: nn.Module, joined: Joined, temperature: float = 1.0) -> torch.Tensor:
-    """Return ``(B, T - 1)`` log-probabilities of the response tokens under ``model`` (0 elsewhere)."""
-    return gather_logprobs(logits_of(model, joined, temperature), joined)
+    """Return ``(B, T - 1)`` log-probabilities of the response tokens under ``model`` (0 elsewhere).
+
+    A model with ``target_logprobs`` (lmlab's decoders) runs its output layer on the response
+    positions only, fused with the softmax; any other gives full logits to :func:`gather_logprobs`.
+    """
+    fast = getattr(model, "target_logprobs", None)
+    if fast is None:
+        return gather_logprobs(logits_of(model, joined, temperature), joined)
+    if temperature <= 0:
+        raise LmlabError(f"temperature={temperature} must be > 0 to score sampled tokens")
+    return fast(joined.input_ids[:, :-1], joined.targets, joined.response_mask, temperature)
 
 
 def sequence_logprobs(model: nn.Module, joined: Joined, temperature: float = 1.0,

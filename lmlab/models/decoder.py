@@ -23,7 +23,7 @@ from lmlab.nn.attention import Attention, KVCache, causal_mask
 from lmlab.nn.block import BlockSpec, TransformerBlock, derive_head_dim
 from lmlab.nn.infini import InfiniAttention, InfiniState, run_segments
 from lmlab.nn.linear import Linear
-from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, token_cross_entropy
+from lmlab.nn.losses import LogitsWorkspace, linear_cross_entropy, linear_token_logprobs, token_cross_entropy
 from lmlab.nn.mla import DECODE_PATHS, MLACache, MultiHeadLatentAttention
 from lmlab.nn.mlp import swiglu_hidden
 from lmlab.nn.norms import LayerNorm, RMSNorm, build_norm
@@ -330,6 +330,31 @@ class Decoder(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self._head(x, targets)
+
+    def target_logprobs(self, idx: torch.Tensor, targets: torch.Tensor, select: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+        """Return ``(B, T)`` fp32 log-probabilities of ``targets[b, t]`` as the token after
+        ``idx[b, :t + 1]`` under ``logits / temperature``, where ``select (B, T)`` is True, 0 elsewhere.
+
+        Only the selected positions go through the output layer and the softmax (a response's
+        tokens, not its prompt or the padding), fused in fp32 as the training loss is. ``idx`` is
+        right-padded (padding after every real token needs no mask in a causal model).
+        """
+        rows = self.hidden_states(idx)[select]
+        if temperature != 1.0:
+            rows = rows / temperature  # (h / T) W^T = (h W^T) / T
+        picked = targets[select]
+        head = self.lm_head
+        plain = type(head) is Linear and head.bias is None and not head._forward_hooks \
+            and not head._forward_pre_hooks  # a LoRA on the output layer works through a hook
+        fused = (plain and rows.dtype == torch.float32
+                 and head.weight.dtype == torch.float32 and not torch.is_autocast_enabled(idx.device.type))
+        if fused:
+            logp = linear_token_logprobs(rows, head.weight, picked, self._logits_workspace)
+        else:  # autocast, another dtype, or an output layer adapted by a tuning method
+            logp = -token_cross_entropy(head(rows), picked, reduction="none")
+        out = torch.zeros(select.shape, dtype=torch.float32, device=idx.device)
+        return out.masked_scatter(select, logp.float())
 
     def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -173,6 +173,17 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     return rows.sum() / (flat_targets != IGNORE_INDEX).sum().clamp_min(1)
 
 
+def linear_token_logprobs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          workspace: LogitsWorkspace | None = None) -> torch.Tensor:
+    """Return ``(N,)`` log-probabilities ``log softmax(h @ weight^T)[targets]`` of rows ``h (N, d)``,
+    fused as :func:`linear_cross_entropy` (fp32 only; no separate logits tensor or log-softmax)."""
+    if h.dtype != torch.float32 or weight.dtype != torch.float32:
+        raise ValueError("linear_token_logprobs is the fp32 path; use token_cross_entropy for other dtypes")
+    want_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    return -LinearCrossEntropy.apply(h, weight, targets, workspace or LogitsWorkspace(), want_grad,
+                                     uses_onednn(h, weight))
+
+
 def _chunk_rows(vocab: int) -> int:
     # about 4 MB of fp32 logits per chunk: large enough for efficient kernels, small enough for cache
     return max(16, (1 << 20) // max(vocab, 1))

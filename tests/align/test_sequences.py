@@ -65,3 +65,31 @@ def test_bad_input_is_one_clear_error():
         join([[1]], [[2], [3]], pad_id=0)
     with pytest.raises(LmlabError, match="prompt is empty"):
         join([[]], [[2]], pad_id=0)
+
+
+def test_fused_response_logprobs_equal_full_logits_in_value_and_gradient():
+    from lmlab.align.sequences import gather_logprobs, logits_of
+    from lmlab.tuning.api import apply_tuning
+    from lmlab.tuning.options import TuningOptions
+
+    model = _model().train()
+    j = join([[1, 2, 3], [9]], [[4, 5], [6, 7, 8, 10]], pad_id=0)
+    for temperature in (1.0, 0.7):
+        fast = token_logprobs(model, j, temperature)
+        fast.sum().backward()
+        g_fast = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        full = gather_logprobs(logits_of(model, j, temperature), j)
+        full.sum().backward()
+        assert torch.allclose(fast, full, atol=1e-5)
+        for n, p in model.named_parameters():
+            assert torch.allclose(g_fast[n], p.grad, atol=1e-5), n
+        model.zero_grad()
+    # a LoRA on the output layer (a forward hook) is seen by the fast path too
+    apply_tuning(model, TuningOptions(method="lora", targets=["lm_head"], r=2))
+    for m in model.modules():
+        if hasattr(m, "B"):
+            for b in m.B.values():
+                torch.nn.init.normal_(b, 0.0, 0.5)  # a non-zero update, or the check passes trivially
+    full = gather_logprobs(logits_of(model, j), j)
+    assert torch.allclose(token_logprobs(model, j), full, atol=1e-5)
