@@ -1,0 +1,1 @@
+"""Serving: an OpenAI-compatible server (FastAPI + uvicorn) with a continuous-batching engine."""
