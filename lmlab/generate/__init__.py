@@ -10,9 +10,9 @@ own their caches (:mod:`lmlab.nn.attention`), this package owns the loop;
 from lmlab.generate.beam import Beam, beam_search
 from lmlab.generate.decode import decode, generate_ids
 from lmlab.generate.sampling import process_logits, select_next
-from lmlab.generate.text import Completion, IncrementalDecoder, generate_text
+from lmlab.generate.text import Completion, IncrementalDecoder, StopStrings, generate_text, prompt_ids
 
 generate = generate_ids
 
 __all__ = ["Beam", "beam_search", "decode", "generate", "generate_ids", "generate_text", "process_logits",
-           "select_next", "Completion", "IncrementalDecoder"]
+           "select_next", "Completion", "IncrementalDecoder", "StopStrings", "prompt_ids"]

@@ -45,6 +45,51 @@ class IncrementalDecoder:
         return piece
 
 
+class StopStrings:
+    """The text of one generated row as its tokens arrive: decoded incrementally
+    (:class:`IncrementalDecoder`), cut before the first of ``stops``, and holding back text that may
+    be the start of a stop string until the next tokens decide."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str] = ()):
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops = [s for s in stops if s]
+        self.text = ""  # released so far
+        self.pending = ""  # decoded but held back: it may begin a stop string
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add ``token``; return the newly released text and whether a stop string ended the row."""
+        tail = self.pending + self.decoder.push(token)
+        text = self.text + tail
+        cuts = [c for c in (text.find(s, max(0, len(self.text) - len(s))) for s in self.stops) if c >= 0]
+        if cuts:
+            piece = text[len(self.text):min(cuts)]
+            self.text, self.pending = self.text + piece, ""
+            return piece, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        hold = min(hold, len(tail))
+        piece = tail[: len(tail) - hold]
+        self.text, self.pending = self.text + piece, tail[len(tail) - hold:]
+        return piece, False
+
+    def flush(self) -> str:
+        """Release the text held back (the row ended without a stop string); return it."""
+        piece = self.pending + self.decoder.flush()
+        self.text, self.pending = self.text + piece, ""
+        return piece
+
+
+def prompt_ids(tokenizer: Any, text: str, eos: set[int] | Sequence[int]) -> list[int]:
+    """Return the ids a decoder reads for prompt ``text``: the tokenizer.json's own post-processing
+    applies (Llama 3's adds <|begin_of_text|>; lmlab's tokenizers add nothing); an empty prompt starts
+    from the lowest end-of-text id (LmlabError without one)."""
+    ids = tokenizer.hf.encode(text).ids if hasattr(tokenizer, "hf") else list(tokenizer.encode(text))
+    if not ids:
+        if not eos:
+            raise LmlabError("an empty prompt needs an end-of-text token to start from; give some text")
+        ids = [min(eos)]
+    return list(ids)
+
+
 @dataclass
 class Completion:
     """One row of :func:`generate_text`: the new text, its token ids and why it ended."""
@@ -86,18 +131,9 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
                                  "give a non-empty prompt")
             encoded.append(encode_sequence(tokenizer, t, model.config.eos_token_id))
             continue
-        # the tokenizer.json's own post-processing applies (Llama 3's adds <|begin_of_text|>;
-        # lmlab's tokenizers add nothing)
-        ids = tokenizer.hf.encode(t).ids if hasattr(tokenizer, "hf") else list(tokenizer.encode(t))
-        if not ids:
-            if not eos:
-                raise LmlabError("an empty prompt needs an end-of-text token to start from; give some text")
-            ids = [min(eos)]
-        encoded.append(ids)
-    decoders = [IncrementalDecoder(tokenizer) for _ in texts]
+        encoded.append(prompt_ids(tokenizer, t, eos))
+    texts_so_far = [StopStrings(tokenizer, stop or ()) for _ in texts]
     results = [Completion(text="") for _ in texts]
-    pending = [""] * len(texts)  # decoded text held back because it may start a stop string
-    stops = [s for s in (stop or []) if s]
 
     def emit(row: int, piece: str) -> None:
         if piece:
@@ -111,18 +147,11 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
         if token in eos:
             res.finish_reason = "eos"
             return True
-        tail = pending[row] + decoders[row].push(token)
-        text = res.text + tail
-        cuts = [c for c in (text.find(s, max(0, len(res.text) - len(s))) for s in stops) if c >= 0]
-        if cuts:
-            emit(row, text[len(res.text):min(cuts)])
-            pending[row], res.finish_reason = "", "stop"
-            return True
-        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        hold = min(hold, len(tail))
-        emit(row, tail[: len(tail) - hold])
-        pending[row] = tail[len(tail) - hold:]
-        return False
+        piece, stopped = texts_so_far[row].push(token)
+        emit(row, piece)
+        if stopped:
+            res.finish_reason = "stop"
+        return stopped
 
     if num_beams > 1:
         # beam search is deterministic: the sampling settings in kwargs do not apply
@@ -136,6 +165,6 @@ def generate_text(model: nn.Module, tokenizer: Any, prompts: str | Sequence[str]
     else:
         decode(model, encoded, max_new_tokens, eos_id=eos_id, on_token=on_token, **kwargs)
     for row in range(len(texts)):
-        if results[row].finish_reason == "length":
-            emit(row, pending[row] + decoders[row].flush())
+        if results[row].finish_reason != "stop":  # text held back for a stop string that never came
+            emit(row, texts_so_far[row].flush())
     return results
