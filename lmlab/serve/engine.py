@@ -1,0 +1,468 @@
+"""Continuous batching for a Transformer decoder (Orca, vLLM): one scheduler thread that, between
+decode steps, admits waiting requests (prefill) and drops the finished and the cancelled ones.
+
+Every running request owns one slot (a batch row) of one cache the model allocates itself
+(``model.new_kv_cache(max_batch, block_size)``), with its own length: its keys sit at positions
+``0..length-1`` exactly as in a solo run, a decode step writes each row's new key at that row's own
+length (:class:`SlotCache`), and a padding mask hides the columns past it. A newcomer is prefilled
+alone, as :func:`lmlab.generate.decode` prefills it, and its keys are copied into a free slot; a
+finished request's slot is refilled by moving the last running row into it, so the running rows are
+always slots ``0..n-1`` and a step reads plain views, with no gather. Each row's logits equal its
+solo run's, so greedy output does not depend on what else runs. Tokens are chosen with
+:func:`lmlab.generate.process_logits` / :func:`lmlab.generate.select_next`, a seeded request with
+its own ``torch.Generator``; text and stop strings with :class:`lmlab.generate.StopStrings`.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.generate.sampling import check_settings, process_logits, select_next
+from lmlab.generate.steps import context_limit, family
+from lmlab.generate.text import StopStrings
+from lmlab.nn.attention import KVCache
+from lmlab.nn.linear import use_gemv_layout
+from lmlab.nn.mla import MLACache
+
+log = logging.getLogger("lmlab.serve")
+
+
+class QueueFull(LmlabError):
+    """The engine's waiting queue is full: the client should retry later (HTTP 429)."""
+
+
+@dataclass
+class SamplingParams:
+    """How one request decodes: ``temperature`` 0 is greedy; ``stop`` strings end the text before
+    them, ``stop_ids`` (besides the engine's end-of-text ids) end it after the token; ``logprobs``:
+    report each new token's log-probability and the ``logprobs`` most likely ones (None: none);
+    ``prompt_logprobs``: the same for every prompt token after the first (echo; None: none)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    stop_ids: Sequence[int] = ()
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """A token, its log-probability under the model (log-softmax of the raw logits) and the most
+    likely tokens at its position as ``(id, logprob)``, best first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class Event:
+    """What the engine reports about a request, in order: ``prompt`` (the prompt's logprobs, once,
+    first entry None), then ``token`` (one new token: its text piece, possibly empty, and logprob),
+    then one ``done`` (``finish_reason`` "stop", "length" or "cancelled") or ``error``."""
+
+    kind: str
+    text: str = ""
+    token: int | None = None
+    logprob: TokenLogprob | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    finish_reason: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class Request:
+    """A submitted request; ``cancel()`` frees its slot at the next step (or drops it from the queue)."""
+
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    sink: Callable[[Event], None]
+    cancelled: bool = False
+    finished: bool = False
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this request; it reports ``done`` with finish_reason "cancelled"."""
+        self.cancelled = True
+
+
+@dataclass
+class Output:
+    """A request's events gathered: the text, new token ids, their logprobs, the prompt's logprobs
+    and why it ended (``error`` set when the engine failed on it)."""
+
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+    def add(self, event: Event) -> bool:
+        """Take in ``event``; return True when it was the last one."""
+        if event.kind == "prompt":
+            self.prompt_logprobs = event.prompt_logprobs
+        elif event.kind == "token":
+            self.text += event.text
+            self.tokens.append(event.token)
+            if event.logprob is not None:
+                self.logprobs.append(event.logprob)
+        elif event.kind == "done":
+            self.finish_reason = event.finish_reason
+            return True
+        else:
+            self.error = event.message
+            return True
+        return False
+
+
+class SlotCache:
+    """The engine's batch cache: one slot (row) per running request of a cache made by the model
+    (:class:`~lmlab.nn.attention.KVCache` or :class:`~lmlab.nn.mla.MLACache`), each row with its own
+    length. Given to the model as its ``kv_cache`` for a step of rows ``0..n-1`` (after
+    :meth:`prepare`): each row writes its new position at its own length and the step reads views of
+    the first ``span`` positions, the longest row's; :attr:`mask` hides every row's columns past its
+    own length."""
+
+    def __init__(self, store: KVCache | MLACache):
+        if isinstance(store, KVCache):
+            self.tensors, self.seq_dim = (store.k, store.v), 3  # (layer, B, H, L, D)
+        elif isinstance(store, MLACache):
+            self.tensors, self.seq_dim = (store.latent,), 2  # (layer, B, L, C)
+        else:
+            raise LmlabError(f"the server batches models with a KVCache or an MLACache, not a "
+                             f"{type(store).__name__}")
+        self.store = store
+        self.lengths = [0] * self.tensors[0].shape[1]
+        self.n = self.span = 0
+        self.rows = self.positions = self.mask = None
+
+    @property
+    def max_len(self) -> int:
+        """Positions each slot holds."""
+        return self.store.max_len
+
+    @property
+    def length(self) -> int:
+        """The decoder's ``start``: the key positions of a step are ``0..span-1``."""
+        return self.span - 1
+
+    @length.setter
+    def length(self, value: int) -> None:  # the decoder advances it; slots advance in advance()
+        pass
+
+    def prepare(self, n: int) -> None:
+        """Set up a decode step of slots ``0..n-1`` (position ids, mask, the span to read)."""
+        device = self.tensors[0].device
+        self.n = n
+        self.positions = torch.tensor(self.lengths[:n], device=device)
+        self.span = int(max(self.lengths[:n])) + 1
+        self.rows = torch.arange(n, device=device)
+        self.mask = torch.arange(self.span, device=device)[None, :] <= self.positions[:, None]
+
+    def update(self, layer: int, *new: torch.Tensor) -> Any:
+        """Write each row's new position (``new``: the cache's tensors for one position a row) at its
+        own length; return views of the first ``span`` positions of rows ``0..n-1``."""
+        sd = self.seq_dim - 1
+        out = []
+        for t, x in zip(self.tensors, new):
+            view = t[layer]
+            view.movedim(sd, 1)[self.rows, self.positions] = x.movedim(sd, 1)[:, 0]
+            out.append(view.narrow(0, 0, self.n).narrow(sd, 0, self.span))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def advance(self) -> None:
+        """Count the position each running row just wrote."""
+        for i in range(self.n):
+            self.lengths[i] += 1
+
+    def load(self, slot: int, cache: KVCache | MLACache, length: int) -> None:
+        """Copy the first ``length`` positions of a one-row ``cache`` (a prefill) into ``slot``."""
+        src = (cache.k, cache.v) if isinstance(cache, KVCache) else (cache.latent,)
+        for t, s in zip(self.tensors, src):
+            t[:, slot].narrow(self.seq_dim - 1, 0, length).copy_(s[:, 0].narrow(self.seq_dim - 1, 0, length))
+        self.lengths[slot] = length
+
+    def move(self, src: int, dst: int) -> None:
+        """Move slot ``src``'s positions into slot ``dst`` (a finished request's)."""
+        n = self.lengths[src]
+        for t in self.tensors:
+            t[:, dst].narrow(self.seq_dim - 1, 0, n).copy_(t[:, src].narrow(self.seq_dim - 1, 0, n))
+        self.lengths[dst] = n
+
+
+@dataclass
+class _Running:
+    """A request in the batch: the token it chose last (fed at the next step) and its text so far."""
+
+    req: Request
+    text: StopStrings
+    ends: set[int]
+    generator: torch.Generator | None
+    last: int = 0
+    produced: int = 0
+
+
+class Engine:
+    """Serve ``model`` (a Transformer :class:`~lmlab.models.decoder.Decoder`) to many requests at once.
+
+    ``eos_ids`` end every request (the tokenizer's end-of-text); ``max_batch`` requests run together,
+    ``max_queue`` more may wait (then :meth:`submit` raises :class:`QueueFull`);
+    ``prefill_tokens``: prompt tokens prefilled between two decode steps (at least one request), so
+    newcomers do not stall the running ones for long. :meth:`start` runs the scheduler thread.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, eos_ids: Sequence[int] = (), max_batch: int = 32,
+                 max_queue: int = 64, prefill_tokens: int = 512):
+        if family(model) != "decoder" or getattr(model.config, "attn", "mha") == "infini":
+            raise LmlabError(f"the server runs Transformer decoders (GPT-2, LLaMA, MQA/GQA, MLA); this model "
+                             f"is a {type(model).__name__}"
+                             + (" with Infini-attention" if family(model) == "decoder" else ""))
+        if max_batch < 1 or max_queue < 0:
+            raise LmlabError(f"max_batch={max_batch} must be >= 1 and max_queue={max_queue} >= 0")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        use_gemv_layout(model)  # as lmlab.generate.decode lays out an inference model
+        self.block_size = context_limit(model)
+        self.vocab_size = model.config.vocab_size
+        self.eos_ids = {int(e) for e in eos_ids}
+        self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
+        self.device = next(model.parameters()).device
+        self.slots = SlotCache(model.new_kv_cache(max_batch, self.block_size))
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: list[_Running] = []
+        self._cv = threading.Condition()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ public
+    def start(self) -> Engine:
+        """Start the scheduler thread; return self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lmlab-serve-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the scheduler thread (requests still running or waiting are cancelled)."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the scheduler thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def load(self) -> dict[str, int]:
+        """Return the number of running and waiting requests."""
+        with self._cv:
+            return {"running": len(self._running), "waiting": len(self._waiting)}
+
+    def check(self, prompt: Sequence[int], params: SamplingParams) -> list[int]:
+        """Return ``prompt`` as a list of ints after checking it and ``params`` (LmlabError naming the
+        problem: empty prompt, ids outside the vocabulary, prompt + max_tokens beyond the context,
+        bad sampling settings)."""
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise LmlabError("the prompt is empty; give at least one token")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise LmlabError(f"token id {bad[0]} is outside the model's vocabulary "
+                             f"(0..{self.vocab_size - 1})")
+        check_settings(params.max_tokens, params.temperature, params.top_k, params.top_p, 1.0)
+        if len(ids) + params.max_tokens > self.block_size:
+            raise LmlabError(f"the prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"model's context of {self.block_size} tokens; shorten the prompt or lower "
+                             "max_tokens")
+        return ids
+
+    def submit(self, items: Sequence[tuple[Sequence[int], SamplingParams, Callable[[Event], None]]]
+               ) -> list[Request]:
+        """Queue ``(prompt ids, params, sink)`` items all together (or none: LmlabError for bad input,
+        :class:`QueueFull` when they do not fit the queue); return their :class:`Request` handles.
+        ``sink(event)`` is called from the engine thread with each :class:`Event`."""
+        reqs = [Request(0, self.check(p, params), params, sink) for p, params, sink in items]
+        with self._cv:
+            if not self.alive:
+                raise LmlabError("the engine is not running")
+            if len(self._waiting) + len(reqs) > self.max_queue + max(0, self.max_batch - len(self._running)):
+                raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests); "
+                                "retry later")
+            for r in reqs:
+                r.id = next(self._ids)
+                self._waiting.append(r)
+            self._cv.notify_all()
+        return reqs
+
+    def generate(self, prompt: Sequence[int], params: SamplingParams, timeout: float | None = None) -> Output:
+        """Run one request to its end and return its :class:`Output` (blocks the caller)."""
+        out, done = Output(), threading.Event()
+
+        def sink(event: Event) -> None:
+            if out.add(event):
+                done.set()
+
+        self.submit([(prompt, params, sink)])
+        if not done.wait(timeout):
+            raise TimeoutError("the request did not finish in time")
+        return out
+
+    # ------------------------------------------------------------------ the scheduler
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._stopping and not self._waiting and not self._running:
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    newcomers, budget = [], self.prefill_tokens
+                    while self._waiting and len(self._running) + len(newcomers) < self.max_batch and \
+                            (not newcomers or budget >= len(self._waiting[0].prompt)):
+                        budget -= len(self._waiting[0].prompt)
+                        newcomers.append(self._waiting.popleft())
+                for req in newcomers:
+                    self._admit(req)
+                self._drop_cancelled()
+                if self._running:
+                    self._step()
+            for r in self._running:
+                self._finish(r.req, "cancelled")
+            for req in self._waiting:
+                self._finish(req, "cancelled")
+
+    def _emit(self, req: Request, event: Event) -> None:
+        try:
+            req.sink(event)
+        except Exception:  # a broken sink must not stop the engine
+            log.exception("request %d: the event sink failed", req.id)
+            req.cancelled = True
+
+    def _finish(self, req: Request, reason: str) -> None:
+        if not req.finished:
+            req.finished = True
+            self._emit(req, Event("done", finish_reason=reason))
+
+    def _fail(self, req: Request, message: str) -> None:
+        if not req.finished:
+            req.finished = True
+            self._emit(req, Event("error", message=message))
+
+    def _admit(self, req: Request) -> None:
+        """Prefill ``req`` alone, report its prompt logprobs, choose its first token and give it a slot."""
+        if req.cancelled:
+            self._finish(req, "cancelled")
+            return
+        p = req.params
+        try:
+            ids = torch.tensor([req.prompt], device=self.device)
+            cache = self.model.new_kv_cache(1, len(req.prompt))
+            logits = self.model(ids, kv_cache=cache, last_only=p.prompt_logprobs is None)
+            if p.prompt_logprobs is not None:
+                lp = logits[0, :-1].float().log_softmax(-1)
+                entries = [None] + [_logprob(lp[i], t, p.prompt_logprobs)
+                                    for i, t in enumerate(req.prompt[1:])]
+                self._emit(req, Event("prompt", prompt_logprobs=entries))
+            if p.max_tokens == 0:
+                self._finish(req, "length")
+                return
+            generator = None
+            if p.seed is not None and p.temperature > 0:
+                generator = torch.Generator(device=self.device).manual_seed(p.seed)
+            ends = self.eos_ids | {int(t) for t in p.stop_ids}
+            run = _Running(req, StopStrings(self.tokenizer, p.stop), ends, generator)
+            if self._choose([run], logits[:, -1]):
+                return
+            slot = len(self._running)
+            self.slots.load(slot, cache, len(req.prompt))
+            self._running.append(run)
+        except Exception as e:
+            log.exception("request %d failed in prefill", req.id)
+            self._fail(req, f"the model failed on this request ({type(e).__name__})")
+
+    def _drop_cancelled(self) -> None:
+        for i in reversed(range(len(self._running))):
+            if self._running[i].req.cancelled:
+                self._finish(self._running[i].req, "cancelled")
+                self._remove(i)
+
+    def _remove(self, i: int) -> None:
+        """Free slot ``i``: the last running row moves into it."""
+        last = len(self._running) - 1
+        if i != last:
+            self.slots.move(last, i)
+            self._running[i] = self._running[last]
+        self._running.pop()
+
+    def _step(self) -> None:
+        """One decode step of every running request; finished ones leave the batch."""
+        n = len(self._running)
+        try:
+            self.slots.prepare(n)
+            tokens = torch.tensor([r.last for r in self._running], device=self.device)
+            logits = self.model(tokens[:, None], kv_cache=self.slots, positions=self.slots.positions[:, None],
+                                attention_mask=self.slots.mask)[:, -1]
+            self.slots.advance()
+        except Exception as e:
+            log.exception("a decode step failed")
+            for r in self._running:
+                self._fail(r.req, f"the model failed on this request ({type(e).__name__})")
+            self._running.clear()
+            return
+        ended = self._choose(self._running, logits)
+        for i in sorted(ended, reverse=True):
+            self._remove(i)
+
+    def _choose(self, rows: list[_Running], logits: torch.Tensor) -> list[int]:
+        """Choose each row's next token from ``logits (len(rows), V)``, report it; return the indices
+        of the rows that ended."""
+        greedy = select_next(logits, 0).tolist() if any(r.req.params.temperature == 0 for r in rows) else None
+        ended = []
+        for i, r in enumerate(rows):
+            p = r.req.params
+            if p.temperature == 0:
+                token = greedy[i]
+            else:
+                row = process_logits(logits[i:i + 1].float(), None, p.temperature, p.top_k, p.top_p)
+                token = int(select_next(row, p.temperature, r.generator)[0])
+            entry = _logprob(logits[i].float().log_softmax(-1), token, p.logprobs) if p.logprobs is not None \
+                else None
+            r.last, r.produced = token, r.produced + 1
+            if token in r.ends:
+                piece, reason = r.text.flush(), "stop"
+            else:
+                piece, stopped = r.text.push(token)
+                reason = "stop" if stopped else None
+                if reason is None and r.produced >= p.max_tokens:
+                    piece, reason = piece + r.text.flush(), "length"
+            self._emit(r.req, Event("token", text=piece, token=token, logprob=entry))
+            if reason is not None or r.req.cancelled:
+                self._finish(r.req, reason or "cancelled")
+                ended.append(i)
+        return ended
+
+
+def _logprob(logp: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The :class:`TokenLogprob` of ``token`` under log-probabilities ``logp (V,)`` with the ``top``
+    most likely tokens."""
+    best = torch.topk(logp, top) if top > 0 else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return TokenLogprob(int(token), float(logp[token]), pairs)
