@@ -55,6 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("lmlab.embed.commands:embed", "contextual word embeddings (ELMo) or sentence embeddings (BERT/RoBERTa, MiniLM)"),
     "lineage": ("lmlab.lineage.commands:lineage", "train n-gram, NPLM, LSTM, GPT-2 and LLaMA on one corpus and budget; compare"),
     "sft": ("lmlab.align.commands:sft", "supervised fine-tuning of a decoder on conversations (chat template, assistant-only loss)"),
+    "serve": ("lmlab.serve.commands:serve", "serve a decoder over an OpenAI-compatible HTTP API (completions, chat, streaming, logprobs) with continuous batching"),
     "chat": ("lmlab.align.commands:chat", "chat with a fine-tuned model in the terminal (chat template, streaming, /reset, /system, /quit)"),
     "best-of-n": ("lmlab.align.commands:best_of_n", "sample n responses, keep the reward model's best: mean score and analytic KL per n"),
     "rejection-sampling": ("lmlab.align.commands:rejection_sampling", "rejection-sampling fine-tuning: keep the best of k samples per prompt by a reward model, SFT on them"),

@@ -1,0 +1,347 @@
+"""The OpenAI-compatible HTTP API over an :class:`~lmlab.serve.engine.Engine` (FastAPI).
+
+Routes: ``GET /health`` (public), ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (streaming as Server-Sent Events ending with ``data: [DONE]``).
+With an API key every ``/v1`` route wants ``Authorization: Bearer KEY``. Every error reaches the
+client as OpenAI's error JSON (400 bad request, 401 key, 404 unknown model or route, 429 queue
+full, 500 the model failed), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from lmlab.data.chat import IM_END, encode_chat
+from lmlab.errors import LmlabError
+from lmlab.generate.text import prompt_ids
+from lmlab.serve.engine import Engine, Event, Output, QueueFull, SamplingParams
+from lmlab.serve.protocol import (
+    MAX_STOP,
+    ChatRequest,
+    CompletionRequest,
+    _Common,
+    chat_logprobs,
+    completion_logprobs,
+    error_body,
+)
+
+log = logging.getLogger("lmlab.serve")
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
+
+
+class ApiError(Exception):
+    """An error the client gets as OpenAI's JSON with HTTP ``status``."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+@dataclass
+class Served:
+    """What the server serves: the running engine, its tokenizer, the model's name and the API key
+    (None: no key needed)."""
+
+    engine: Engine
+    tokenizer: Any
+    name: str
+    api_key: str | None = None
+    created: int = 0
+
+
+def create_app(served: Served) -> FastAPI:
+    """Return the FastAPI app serving ``served`` (its engine must be started)."""
+    app = FastAPI(title="lmlab", docs_url=None, redoc_url=None, openapi_url=None)
+    engine, tok = served.engine, served.tokenizer
+    created = served.created or int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(e.message, _TYPES.get(e.status, "server_error"), e.param, e.code),
+                            status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or None
+        message = f"{param}: {err['msg']}" if param else f"the request body is invalid: {err['msg']}"
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException) -> JSONResponse:
+        route = e.status_code in (404, 405)
+        message = f"no route {request.method} {request.url.path}" if route else str(e.detail)
+        return JSONResponse(error_body(message, _TYPES.get(e.status_code, "server_error")),
+                            status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse(error_body(f"internal server error ({type(e).__name__})", "server_error"),
+                            status_code=500)
+
+    def auth(authorization: str | None = Header(None)) -> None:
+        if served.api_key is None:
+            return
+        scheme, _, key = (authorization or "").partition(" ")
+        right = hmac.compare_digest(key.strip().encode(), served.api_key.encode())
+        if scheme.lower() != "bearer" or not right:
+            raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+
+    def piece(token: int) -> str:
+        return tok.decode([token])
+
+    def check(body: _Common) -> None:
+        if body.model != served.name:
+            raise ApiError(404, f"the model {body.model!r} does not exist; this server serves "
+                                f"{served.name!r}", "model", "model_not_found")
+        bad = body.unsupported()
+        if bad:
+            raise ApiError(400, f"{bad} is not supported by this server; leave it unset", bad)
+        if len(body.stops()) > MAX_STOP:
+            raise ApiError(400, f"stop has {len(body.stops())} strings; give at most {MAX_STOP}", "stop")
+
+    def params(body: _Common, max_tokens: int, logprobs: int | None, echo_logprobs: int | None,
+               stop_ids: list[int], choice: int) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
+                              top_p=None if body.top_p >= 1.0 else body.top_p,
+                              top_k=body.top_k if body.top_k and body.top_k > 0 else None,
+                              seed=None if body.seed is None else body.seed + choice, stop=body.stops(),
+                              stop_ids=stop_ids + list(body.stop_token_ids or []), logprobs=logprobs,
+                              prompt_logprobs=echo_logprobs)
+
+    def submit(items: list[tuple[list[int], SamplingParams]]
+               ) -> tuple[asyncio.Queue, list[Any]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def sink_for(i: int) -> Callable[[Event], None]:
+            return lambda ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev))
+
+        try:
+            reqs = engine.submit([(ids, p, sink_for(i)) for i, (ids, p) in enumerate(items)])
+        except QueueFull as e:
+            raise ApiError(429, str(e), code="queue_full") from None
+        except LmlabError as e:
+            raise ApiError(400, str(e), "prompt") from None
+        return queue, reqs
+
+    async def events(queue: asyncio.Queue, reqs: list[Any],
+                     request: Request) -> AsyncIterator[tuple[int, Event]]:
+        """Yield ``(choice, event)`` until every request ended; a client that went away cancels them."""
+        left = len(reqs)
+        try:
+            while left:
+                try:
+                    i, ev = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if ev.kind in ("done", "error"):
+                    left -= 1
+                yield i, ev
+        finally:
+            for r in reqs:
+                r.cancel()  # no-op for the finished ones; frees the slots of the rest
+
+    def sse(obj: Any) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    async def gather(queue: asyncio.Queue, reqs: list[Any], request: Request) -> list[Output]:
+        outs = [Output() for _ in reqs]
+        async for i, ev in events(queue, reqs, request):
+            outs[i].add(ev)
+        failed = [o.error for o in outs if o.error]
+        if failed:
+            raise ApiError(500, failed[0])
+        return outs
+
+    @app.get("/health")
+    async def health() -> Any:
+        if not engine.alive:
+            return JSONResponse(error_body("the engine is not running", "server_error"), status_code=503)
+        return {"status": "ok", **engine.load()}
+
+    @app.get("/v1/models", dependencies=[Depends(auth)])
+    async def models() -> Any:
+        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
+                                            "owned_by": "lmlab", "max_model_len": engine.block_size}]}
+
+    @app.post("/v1/completions", dependencies=[Depends(auth)])
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        check(body)
+        eos = engine.eos_ids
+        raw = body.prompt
+        if isinstance(raw, str):
+            raw = [raw]
+        if not raw:
+            raise ApiError(400, "prompt is empty; give a string, a list of strings or token ids", "prompt")
+        if isinstance(raw[0], int):
+            raw = [raw]
+        try:
+            prompts = [prompt_ids(tok, p, eos) if isinstance(p, str) else list(p) for p in raw]
+        except LmlabError as e:
+            raise ApiError(400, str(e), "prompt") from None
+        texts = [p if isinstance(p, str) else tok.decode(ids) for p, ids in zip(raw, prompts)]
+        n, max_tokens = body.n, 16 if body.max_tokens is None else body.max_tokens
+        echo_lp = body.logprobs if body.echo and body.logprobs is not None else None
+        items = [(ids, params(body, max_tokens, body.logprobs, echo_lp, [], j))
+                 for ids in prompts for j in range(n)]
+        queue, reqs = submit(items)
+        rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def echo_part(k: int, out: Output) -> tuple[str, list]:
+            if not body.echo:
+                return "", []
+            entries = list(zip(prompts[k], out.prompt_logprobs or [None] * len(prompts[k])))
+            return texts[k], entries
+
+        def choice_logprobs(k: int, out: Output, entries: list) -> dict[str, Any] | None:
+            if body.logprobs is None:
+                return None
+            gen = [(e.token, e) for e in out.logprobs]
+            return completion_logprobs(entries + gen, piece, 0)
+
+        if not body.stream:
+            outs = await gather(queue, reqs, request)
+            choices = []
+            for idx, out in enumerate(outs):
+                k = idx // n
+                head, entries = echo_part(k, out)
+                choices.append({"index": idx, "text": head + out.text,
+                                "logprobs": choice_logprobs(k, out, entries),
+                                "finish_reason": out.finish_reason})
+            return {"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                    "choices": choices,
+                    "usage": usage(sum(len(p) for p in prompts), sum(len(o.tokens) for o in outs))}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def stream() -> AsyncIterator[str]:
+            made = 0
+            offsets = [0] * len(reqs)
+
+            def chunk(idx: int, text: str, lp: dict | None, reason: str | None) -> str:
+                return sse({"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                            "choices": [{"index": idx, "text": text, "logprobs": lp,
+                                         "finish_reason": reason}]})
+
+            async for idx, ev in events(queue, reqs, request):
+                k = idx // n
+                if ev.kind == "prompt":
+                    entries = list(zip(prompts[k], ev.prompt_logprobs))
+                    lp = completion_logprobs(entries, piece, 0)
+                    offsets[idx] = sum(len(t) for t in lp["tokens"])
+                    yield chunk(idx, texts[k], lp, None)
+                elif ev.kind == "token":
+                    made += 1
+                    lp = None
+                    if ev.logprob is not None:
+                        lp = completion_logprobs([(ev.token, ev.logprob)], piece, offsets[idx])
+                        offsets[idx] += len(lp["tokens"][0])
+                    if ev.text or lp is not None:
+                        yield chunk(idx, ev.text, lp, None)
+                elif ev.kind == "done":
+                    yield chunk(idx, "", None, ev.finish_reason)
+                else:
+                    yield sse(error_body(ev.message or "the model failed", "server_error"))
+            if include_usage:
+                yield sse({"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                           "choices": [], "usage": usage(sum(len(p) for p in prompts), made)})
+            yield "data: [DONE]\n\n"
+
+        if body.echo and body.logprobs is None:
+            # the prompt text still comes first: send it before the engine's events
+            async def with_echo() -> AsyncIterator[str]:
+                for idx in range(len(reqs)):
+                    yield sse({"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                               "choices": [{"index": idx, "text": texts[idx // n], "logprobs": None,
+                                            "finish_reason": None}]})
+                async for s in stream():
+                    yield s
+            return StreamingResponse(with_echo(), media_type="text/event-stream")
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        check(body)
+        messages = []
+        for i, m in enumerate(body.messages):
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):  # content parts: the text ones, joined
+                content = "".join(p.get("text", "") for p in content
+                                  if isinstance(p, dict) and p.get("type") == "text")
+            messages.append({"role": m.get("role") if isinstance(m, dict) else None, "content": content})
+            if not isinstance(content, str):
+                raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts",
+                               f"messages.{i}.content")
+        try:
+            ids = encode_chat(tok, messages, add_generation_prompt=True).ids
+        except LmlabError as e:
+            raise ApiError(400, str(e), "messages") from None
+        room = engine.block_size - len(ids)
+        asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        max_tokens = asked if asked is not None else max(room, 0)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        end = tok.token_to_id(IM_END)
+        items = [(ids, params(body, max_tokens, logprobs, None, [end], j)) for j in range(body.n)]
+        queue, reqs = submit(items)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        if not body.stream:
+            outs = await gather(queue, reqs, request)
+            choices = [{"index": j, "message": {"role": "assistant", "content": out.text},
+                        "logprobs": chat_logprobs(out.logprobs, piece) if logprobs is not None else None,
+                        "finish_reason": out.finish_reason} for j, out in enumerate(outs)]
+            return {"id": rid, "object": "chat.completion", "created": now, "model": served.name,
+                    "choices": choices, "usage": usage(len(ids), sum(len(o.tokens) for o in outs))}
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(j: int, delta: dict[str, Any], lp: dict | None, reason: str | None) -> str:
+            return sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": served.name,
+                        "choices": [{"index": j, "delta": delta, "logprobs": lp, "finish_reason": reason}]})
+
+        async def stream() -> AsyncIterator[str]:
+            made = 0
+            for j in range(body.n):
+                yield chunk(j, {"role": "assistant", "content": ""}, None, None)
+            async for j, ev in events(queue, reqs, request):
+                if ev.kind == "token":
+                    made += 1
+                    lp = chat_logprobs([ev.logprob], piece) if ev.logprob is not None else None
+                    if ev.text or lp is not None:
+                        yield chunk(j, {"content": ev.text}, lp, None)
+                elif ev.kind == "done":
+                    yield chunk(j, {}, None, ev.finish_reason)
+                elif ev.kind == "error":
+                    yield sse(error_body(ev.message or "the model failed", "server_error"))
+            if include_usage:
+                yield sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": served.name,
+                           "choices": [], "usage": usage(len(ids), made)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
+
