@@ -1,8 +1,10 @@
 """The OpenAI-compatible HTTP API over an :class:`~lmlab.serve.engine.Engine` (FastAPI).
 
 Routes: ``GET /health`` (public), ``GET /v1/models``, ``POST /v1/completions``,
-``POST /v1/chat/completions`` (streaming as Server-Sent Events ending with ``data: [DONE]``).
-With an API key every ``/v1`` route wants ``Authorization: Bearer KEY``. Every error reaches the
+``POST /v1/chat/completions`` (streaming as Server-Sent Events ending with ``data: [DONE]``),
+``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (vLLM's) and ``GET /metrics``
+(Prometheus text). With an API key every route but ``/health`` wants
+``Authorization: Bearer KEY``. Every error reaches the
 client as OpenAI's error JSON (400 bad request, 401 key, 404 unknown model or route, 429 queue
 full, 500 the model failed), never as a traceback.
 """
@@ -21,10 +23,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from lmlab.data.chat import IM_END, encode_chat
+from lmlab.data.chat import CHAT_TEMPLATE, IM_END, encode_chat
 from lmlab.errors import LmlabError
 from lmlab.generate.text import prompt_ids
 from lmlab.serve.engine import Engine, Event, Output, QueueFull, SamplingParams
@@ -32,6 +34,8 @@ from lmlab.serve.protocol import (
     MAX_STOP,
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
     _Common,
     chat_logprobs,
     completion_logprobs,
@@ -107,9 +111,7 @@ def create_app(served: Served) -> FastAPI:
         return tok.decode([token])
 
     def check(body: _Common) -> None:
-        if body.model != served.name:
-            raise ApiError(404, f"the model {body.model!r} does not exist; this server serves "
-                                f"{served.name!r}", "model", "model_not_found")
+        check_name(body.model)
         bad = body.unsupported()
         if bad:
             raise ApiError(400, f"{bad} is not supported by this server; leave it unset", bad)
@@ -186,6 +188,48 @@ def create_app(served: Served) -> FastAPI:
     async def models() -> Any:
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
                                             "owned_by": "lmlab", "max_model_len": engine.block_size}]}
+
+    @app.get("/metrics", dependencies=[Depends(auth)])
+    async def metrics() -> Any:
+        load = engine.load()
+        return PlainTextResponse(engine.metrics.render(load["running"], load["waiting"]),
+                                 media_type="text/plain; version=0.0.4")
+
+    def check_name(name: str | None) -> None:
+        if name is not None and name != served.name:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {served.name!r}",
+                           "model", "model_not_found")
+
+    @app.post("/tokenize", dependencies=[Depends(auth)])
+    async def tokenize(body: TokenizeRequest) -> Any:
+        check_name(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "give either prompt (a string) or messages (a conversation)", "prompt")
+        try:
+            if body.messages is not None:
+                ids = encode_chat(tok, body.messages, body.add_generation_prompt).ids
+            else:
+                ids = list(tok.hf.encode(body.prompt, add_special_tokens=body.add_special_tokens).ids)
+        except LmlabError as e:
+            raise ApiError(400, str(e), "messages") from None
+        return {"count": len(ids), "max_model_len": engine.block_size, "tokens": ids}
+
+    @app.post("/detokenize", dependencies=[Depends(auth)])
+    async def detokenize(body: DetokenizeRequest) -> Any:
+        check_name(body.model)
+        bad = [t for t in body.tokens if not 0 <= t < engine.vocab_size]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{engine.vocab_size - 1})",
+                           "tokens")
+        return {"prompt": tok.decode(body.tokens)}
+
+    @app.get("/tokenizer_info", dependencies=[Depends(auth)])
+    async def tokenizer_info() -> Any:
+        eos = min(engine.eos_ids) if engine.eos_ids else None
+        return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": engine.block_size,
+                "vocab_size": engine.vocab_size, "eos_token_id": eos,
+                "eos_token": tok.id_to_token(eos) if eos is not None else None,
+                "chat_template": CHAT_TEMPLATE if tok.token_to_id(IM_END) is not None else None}
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(body: CompletionRequest, request: Request) -> Any:

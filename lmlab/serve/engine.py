@@ -19,6 +19,7 @@ import collections
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from lmlab.generate.text import StopStrings
 from lmlab.nn.attention import KVCache
 from lmlab.nn.linear import use_gemv_layout
 from lmlab.nn.mla import MLACache
+from lmlab.serve.metrics import Metrics
 
 log = logging.getLogger("lmlab.serve")
 
@@ -94,6 +96,7 @@ class Request:
     sink: Callable[[Event], None]
     cancelled: bool = False
     finished: bool = False
+    submitted: float = 0.0  # perf_counter() at submission
 
     def cancel(self) -> None:
         """Ask the engine to stop this request; it reports ``done`` with finish_reason "cancelled"."""
@@ -215,6 +218,7 @@ class _Running:
     generator: torch.Generator | None
     last: int = 0
     produced: int = 0
+    last_time: float = 0.0  # perf_counter() at the last token
 
 
 class Engine:
@@ -248,6 +252,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.metrics = Metrics()
 
     # ------------------------------------------------------------------ public
     def start(self) -> Engine:
@@ -307,7 +312,7 @@ class Engine:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} waiting requests); "
                                 "retry later")
             for r in reqs:
-                r.id = next(self._ids)
+                r.id, r.submitted = next(self._ids), time.perf_counter()
                 self._waiting.append(r)
             self._cv.notify_all()
         return reqs
@@ -359,11 +364,15 @@ class Engine:
     def _finish(self, req: Request, reason: str) -> None:
         if not req.finished:
             req.finished = True
+            with self.metrics.lock:
+                self.metrics.finished[reason] += 1
             self._emit(req, Event("done", finish_reason=reason))
 
     def _fail(self, req: Request, message: str) -> None:
         if not req.finished:
             req.finished = True
+            with self.metrics.lock:
+                self.metrics.finished["error"] += 1
             self._emit(req, Event("error", message=message))
 
     def _admit(self, req: Request) -> None:
@@ -376,6 +385,8 @@ class Engine:
             ids = torch.tensor([req.prompt], device=self.device)
             cache = self.model.new_kv_cache(1, len(req.prompt))
             logits = self.model(ids, kv_cache=cache, last_only=p.prompt_logprobs is None)
+            with self.metrics.lock:
+                self.metrics.prompt_tokens += len(req.prompt)
             if p.prompt_logprobs is not None:
                 lp = logits[0, :-1].float().log_softmax(-1)
                 entries = [None] + [_logprob(lp[i], t, p.prompt_logprobs)
@@ -421,6 +432,8 @@ class Engine:
             logits = self.model(tokens[:, None], kv_cache=self.slots, positions=self.slots.positions[:, None],
                                 attention_mask=self.slots.mask)[:, -1]
             self.slots.advance()
+            with self.metrics.lock:
+                self.metrics.batch_size.observe(n)
         except Exception as e:
             log.exception("a decode step failed")
             for r in self._running:
@@ -435,6 +448,16 @@ class Engine:
         """Choose each row's next token from ``logits (len(rows), V)``, report it; return the indices
         of the rows that ended."""
         greedy = select_next(logits, 0).tolist() if any(r.req.params.temperature == 0 for r in rows) else None
+        now = time.perf_counter()
+        with self.metrics.lock:
+            m = self.metrics
+            m.generation_tokens += len(rows)
+            for r in rows:
+                if r.produced:
+                    m.inter_token.observe(now - r.last_time)
+                else:
+                    m.ttft.observe(now - r.req.submitted)
+                r.last_time = now
         ended = []
         for i, r in enumerate(rows):
             p = r.req.params

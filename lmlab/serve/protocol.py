@@ -104,3 +104,24 @@ def chat_logprobs(entries: Sequence[TokenLogprob], piece: Callable[[int], str]) 
 
     return {"content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, v) for t, v in e.top]}
                         for e in entries]}
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize``: a ``prompt`` or chat ``messages`` (with the generation prompt by default)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize``: token ids to text."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    tokens: list[int]

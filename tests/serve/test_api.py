@@ -212,3 +212,38 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server):
             break
         threading.Event().wait(0.01)
     assert server.engine.load() == {"running": 0, "waiting": 0}
+
+
+def test_tokenize_detokenize_and_tokenizer_info(server, loaded):
+    _, tok = loaded
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(server.url + "/tokenize", json={"model": NAME, "prompt": PROMPT}, headers=headers).json()
+    assert r["tokens"] == tok.encode(PROMPT) and r["count"] == len(PROMPT) and r["max_model_len"] == 128
+    messages = [{"role": "user", "content": "Hi"}]
+    r = httpx.post(server.url + "/tokenize", json={"messages": messages}, headers=headers).json()
+    assert r["tokens"] == encode_chat(tok, messages, add_generation_prompt=True).ids
+    r = httpx.post(server.url + "/detokenize", json={"tokens": tok.encode(PROMPT)}, headers=headers)
+    assert r.json() == {"prompt": PROMPT}
+    r = httpx.post(server.url + "/detokenize", json={"tokens": [10**6]}, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
+    info = httpx.get(server.url + "/tokenizer_info", headers=headers).json()
+    assert info["eos_token_id"] == tok.eot_id and info["eos_token"] == "<|endoftext|>"
+    assert "<|im_start|>" in info["chat_template"]
+
+
+def test_metrics_count_requests_tokens_and_latencies(server, client):
+    def scrape() -> dict[str, float]:
+        text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    before = scrape()
+    client.completions.create(model=NAME, prompt=PROMPT, max_tokens=6, temperature=0, n=2)
+    after = scrape()
+    grew = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+    assert grew('lmlab_requests_total{finish_reason="length"}') == 2
+    assert grew("lmlab_generation_tokens_total") == 12
+    assert grew("lmlab_prompt_tokens_total") == 2 * len(PROMPT)
+    assert grew("lmlab_time_to_first_token_seconds_count") == 2
+    assert grew("lmlab_time_per_output_token_seconds_count") == 10
+    assert after["lmlab_requests_running"] == 0 and after['lmlab_batch_size_bucket{le="+Inf"}'] >= 5
