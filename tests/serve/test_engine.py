@@ -135,3 +135,32 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses(model_tok):
             engine.submit([([10**6], long, sink)])
     finally:
         engine.stop()
+
+
+class _Bytes:
+    """A stand-in tokenizer: any id decodes to one character."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(33 + i % 90) for i in ids)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "deepseek"])
+def test_learned_positions_and_mla_caches_batch_exactly(kind):
+    from lmlab.models import build_model, get_preset
+
+    torch.manual_seed(0)
+    model = build_model(get_preset(f"{kind}-tiny", vocab_size=97, block_size=64, n_layer=2, d_model=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    model.eval()
+    prompts = random_prompts(12, 97, seed=3)
+    params = [SamplingParams(max_tokens=4 + i % 9, temperature=0.0) for i in range(12)]
+    engine = Engine(model, _Bytes(), max_batch=5).start()  # rows wait, join and leave
+    assert type(engine.slots.store).__name__ == ("MLACache" if kind == "deepseek" else "KVCache")
+    try:
+        outs = run_all(engine, prompts, params)
+    finally:
+        engine.stop()
+    assert [o.tokens for o in outs] == [decode(model, [p], q.max_tokens, temperature=0)[0]
+                                        for p, q in zip(prompts, params)]
