@@ -247,3 +247,17 @@ def test_metrics_count_requests_tokens_and_latencies(server, client):
     assert grew("lmlab_time_to_first_token_seconds_count") == 2
     assert grew("lmlab_time_per_output_token_seconds_count") == 10
     assert after["lmlab_requests_running"] == 0 and after['lmlab_batch_size_bucket{le="+Inf"}'] >= 5
+
+
+def test_streamed_echo_and_logprobs_equal_the_whole_answer(client):
+    kw = {"model": NAME, "prompt": PROMPT, "max_tokens": 5, "temperature": 0, "echo": True, "logprobs": 2}
+    whole = client.completions.create(**kw).choices[0]
+    chunks = [c.choices[0] for c in client.completions.create(**kw, stream=True) if c.choices]
+    assert "".join(c.text for c in chunks) == whole.text
+    parts = [c.logprobs for c in chunks if c.logprobs is not None]
+    assert sum((p.tokens for p in parts), []) == whole.logprobs.tokens
+    assert sum((p.token_logprobs for p in parts), []) == whole.logprobs.token_logprobs
+    assert sum((p.text_offset for p in parts), []) == whole.logprobs.text_offset
+    plain = [c.choices[0].text for c in client.completions.create(**{**kw, "logprobs": None}, stream=True)
+             if c.choices]
+    assert "".join(plain) == whole.text
