@@ -125,7 +125,7 @@ def create_app(served: Served) -> FastAPI:
                               top_k=body.top_k if body.top_k and body.top_k > 0 else None,
                               seed=None if body.seed is None else body.seed + choice, stop=body.stops(),
                               stop_ids=stop_ids + list(body.stop_token_ids or []), logprobs=logprobs,
-                              prompt_logprobs=echo_logprobs)
+                              prompt_logprobs=echo_logprobs, ignore_eos=body.ignore_eos)
 
     def submit(items: list[tuple[list[int], SamplingParams]]
                ) -> tuple[asyncio.Queue, list[Any]]:

@@ -59,6 +59,7 @@ class SamplingParams:
     stop_ids: Sequence[int] = ()
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    ignore_eos: bool = False  # run to max_tokens through the end-of-text ids (benchmarks)
 
 
 @dataclass
@@ -398,7 +399,7 @@ class Engine:
             generator = None
             if p.seed is not None and p.temperature > 0:
                 generator = torch.Generator(device=self.device).manual_seed(p.seed)
-            ends = self.eos_ids | {int(t) for t in p.stop_ids}
+            ends = (set() if p.ignore_eos else self.eos_ids) | {int(t) for t in p.stop_ids}
             run = _Running(req, StopStrings(self.tokenizer, p.stop), ends, generator)
             if self._choose([run], logits[:, -1]):
                 return

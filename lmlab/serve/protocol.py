@@ -37,6 +37,7 @@ class _Common(BaseModel):
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # vLLM's extra
+    ignore_eos: bool = False  # vLLM's extra: generate max_tokens tokens through end-of-text
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -79,6 +79,8 @@ def test_stop_strings_and_stop_ids_end_a_row(model_tok):
         try:
             assert eos.generate(prompt, SamplingParams(max_tokens=30, temperature=0)).tokens == \
                 full[:full.index(full[3]) + 1]
+            through = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+            assert eos.generate(prompt, through).tokens == full
         finally:
             eos.stop()
     finally:
