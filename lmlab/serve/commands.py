@@ -10,7 +10,8 @@ def serve(cfg: ServeConfig) -> int:
     """Serve a decoder over an OpenAI-compatible HTTP API (FastAPI + uvicorn) with continuous batching:
     GET /health, GET /v1/models, POST /v1/completions (prompt strings or token ids, n, stop, seed,
     logprobs, echo with the prompt's log-probs, stream), POST /v1/chat/completions (the ChatML
-    template, stops at <|im_end|>, stream). Requests join and leave the running batch between decode
+    template, stops at <|im_end|>, stream), POST /tokenize, POST /detokenize, GET /tokenizer_info and
+    GET /metrics (Prometheus text). Requests join and leave the running batch between decode
     steps; greedy output equals 'lmlab generate' whatever else runs. Without --api-key (or
     LMLAB_API_KEY) the server listens on loopback only. E.g.:
 
