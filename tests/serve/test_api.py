@@ -261,3 +261,32 @@ def test_streamed_echo_and_logprobs_equal_the_whole_answer(client):
     plain = [c.choices[0].text for c in client.completions.create(**{**kw, "logprobs": None}, stream=True)
              if c.choices]
     assert "".join(plain) == whole.text
+
+
+def test_a_flood_beyond_batch_and_queue_gets_exact_answers_or_429_and_the_server_goes_on(run_dir, loaded):
+    running = start(run_dir, api_key=None, max_batch=4, max_queue=8)
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        prompts = [f"line {i}:" for i in range(40)]
+        got: list = [None] * 40
+
+        def ask(i: int) -> None:
+            try:
+                got[i] = client.completions.create(model=NAME, prompt=prompts[i], max_tokens=30,
+                                                   temperature=0).choices[0].text
+            except openai.RateLimitError as e:
+                got[i] = e.status_code
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        served = [i for i, g in enumerate(got) if g != 429]
+        print(f"{40 - len(served)} of 40 refused with 429")
+        assert len(served) >= 12  # at least a batch and a queue's worth got in
+        assert all(got[i] == greedy_text(loaded, prompts[i], 30) for i in served)
+        assert client.completions.create(model=NAME, prompt="x", max_tokens=2).choices[0].text
+        assert running.engine.load() == {"running": 0, "waiting": 0}
+    finally:
+        running.stop()
