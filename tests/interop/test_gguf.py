@@ -122,3 +122,31 @@ def test_bad_input_is_one_line(llama, tmp_path, capsys):
     gpt = _run(tmp_path / "gpt", preset="gpt2-tiny")
     assert _export(gpt, tmp_path / "g.gguf") == 2
     assert "LLaMA family" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_llama_cpp_generates_our_greedy_tokens(llama, tmp_path):
+    """llama.cpp (llama-cpp-python, an optional extra that compiles llama.cpp) on our f32 export
+    continues a prompt with the same greedy tokens as lmlab; q8_0 agrees on most of them."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+
+    import lmlab
+    from lmlab.generate.decode import decode
+
+    model, tok = lmlab.load(str(llama))
+    prompt = [tok.eot_id] + tok.encode(SAMPLE)
+    ours = decode(model, [prompt], 16, temperature=0)[0]
+    agree = {}
+    for dtype in ("f32", "q8_0"):
+        assert _export(llama, tmp_path / f"m-{dtype}.gguf", dtype) == 0
+        llm = llama_cpp.Llama(model_path=str(tmp_path / f"m-{dtype}.gguf"), n_ctx=64, n_threads=2,
+                              verbose=False)
+        theirs = []
+        for t in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+            theirs.append(int(t))
+            if len(theirs) == len(ours):
+                break
+        agree[dtype] = sum(a == b for a, b in zip(ours, theirs)) / len(ours)
+        if dtype == "f32":
+            assert theirs == ours
+    assert agree["q8_0"] >= 0.5, agree
