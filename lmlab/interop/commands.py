@@ -1,4 +1,4 @@
-"""CLI commands ``lmlab import hf|peft`` and ``lmlab export hf|peft``."""
+"""CLI commands ``lmlab import hf|peft`` and ``lmlab export hf|peft|gguf``."""
 
 from __future__ import annotations
 
@@ -211,3 +211,44 @@ def import_peft(cfg: ImportPeftConfig) -> None:
         return
     print(f"imported the PEFT LoRA of {cfg.src} ({info.trainable:,} parameters, {100 * info.share:.2f}% of "
           f"{info.total:,}) onto {cfg.base} into {out}")
+
+
+@dataclass
+class ExportGgufConfig:
+    ckpt: Path | None = arg(None, "the run (or Hugging Face folder) to export: a LLaMA-family decoder with a "
+                                  "byte-level BPE tokenizer")
+    out: Path | None = arg(None, "the .gguf file to write (its config beside it as OUT.config.yaml)")
+    dtype: str = arg("f32", "tensor type: f32, f16 or q8_0 (norms stay f32; q8_0 rows that are not a "
+                            "multiple of 32 values are stored in f16)")
+    overwrite: bool = arg(False, "replace an existing --out file")
+    json: bool = arg(False, "print the result as one JSON object")
+
+
+def export_gguf(cfg: ExportGgufConfig) -> None:
+    """Write a LLaMA-family run as one GGUF file for llama.cpp (and transformers'
+    from_pretrained(DIR, gguf_file=NAME)): the weights (Q and K rows permuted to GGUF's rotary
+    pairing), the model's keys (llama.*), the byte-level BPE tokenizer (tokens, merges, special
+    ids) and the chat template. E.g.:
+
+      lmlab export gguf --ckpt runs/llama --out runs/llama.gguf --dtype q8_0
+    """
+    from lmlab.data.tokenizers import load_tokenizer
+    from lmlab.interop.gguf_file import export_gguf as write_gguf
+
+    if cfg.ckpt is None or cfg.out is None:
+        raise LmlabError("give both --ckpt RUN and --out FILE.gguf")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise LmlabError(f"{out} exists; pass --overwrite or choose another --out")
+    model = _open_model(Path(cfg.ckpt))
+    folder = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
+    if not (folder / "tokenizer.json").is_file():
+        raise LmlabError(f"{folder} has no tokenizer.json; a GGUF file carries its tokenizer")
+    tokenizer = load_tokenizer(folder)
+    write_gguf(model, tokenizer, out, cfg.dtype, name=Path(cfg.ckpt).name)
+    save_config(cfg, out.with_name(out.name + ".config.yaml"))
+    info = {"out": str(out), "dtype": cfg.dtype, "params": model.num_params(), "bytes": out.stat().st_size}
+    if cfg.json:
+        print(json.dumps(info))
+        return
+    print(f"exported {info['params']:,} params as {cfg.dtype} to {out} ({info['bytes'] / 2**20:.2f} MiB)")
