@@ -35,9 +35,11 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def one_request(client: httpx.Client, url: str, body: dict) -> tuple[float, list[float], int]:
-    """Send one streaming completion; return (time to first token, inter-token gaps, output tokens)."""
+    """Send one streaming completion; return (time to first token, inter-token gaps, output tokens:
+    the stream's usage, or without one (llama-cpp-python's server sends none) its text chunks, one
+    token each)."""
     t0 = time.perf_counter()
-    first, last, gaps, tokens = None, None, [], 0
+    first, last, gaps, tokens, chunks = None, None, [], None, 0
     with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             r.read()
@@ -49,21 +51,29 @@ def one_request(client: httpx.Client, url: str, body: dict) -> tuple[float, list
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             if chunk.get("choices") and chunk["choices"][0].get("text"):
+                chunks += 1
                 now = time.perf_counter()
                 if first is None:
                     first = now - t0
                 else:
                     gaps.append(now - last)
                 last = now
-    return (first if first is not None else time.perf_counter() - t0), gaps, tokens
+    ttft = first if first is not None else time.perf_counter() - t0
+    return ttft, gaps, chunks if tokens is None else tokens
 
 
 def run_level(base: str, model: str, key: str | None, concurrency: int, n_requests: int, prompt: str,
-              max_tokens: int) -> dict:
-    """Run ``n_requests`` at ``concurrency``; return the figures."""
+              max_tokens: int, eos_bias: int | None = None) -> dict:
+    """Run ``n_requests`` at ``concurrency``; return the figures. Every response runs to ``max_tokens``:
+    through ``ignore_eos`` (vLLM's extra, ours), or with ``eos_bias`` through a -100 logit bias on that
+    id (for servers without ``ignore_eos``, such as llama.cpp's)."""
     url = base.rstrip("/") + "/v1/completions"
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True}
+            "stream_options": {"include_usage": True}}
+    if eos_bias is None:
+        body["ignore_eos"] = True
+    else:
+        body["logit_bias"] = {str(eos_bias): -100}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     left = iter(range(n_requests))
     lock = threading.Lock()
@@ -132,10 +142,13 @@ def main() -> None:
     ap.add_argument("--model", default="bench", help="the model name the server expects")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    ap.add_argument("--requests", type=int, default=256,
+                    help="requests per concurrency level (enough that each of 32 workers sends several)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt", default="ROMEO: But soft, what light through yonder window breaks?")
     ap.add_argument("--max-batch", type=int, default=32, help="with --ckpt: the server's --max-batch")
+    ap.add_argument("--eos-bias", type=int, default=None,
+                    help="end-of-text id to ban with logit_bias -100 instead of ignore_eos (llama.cpp)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if (args.url is None) == (args.ckpt is None):
@@ -146,9 +159,9 @@ def main() -> None:
     else:
         url = args.url
     try:
-        run_level(url, args.model, args.api_key, 1, 2, args.prompt, 4)  # warm-up
+        run_level(url, args.model, args.api_key, 1, 2, args.prompt, 4, args.eos_bias)  # warm-up
         levels = [run_level(url, args.model, args.api_key, int(c), max(args.requests, int(c)), args.prompt,
-                            args.max_tokens) for c in args.concurrency.split(",")]
+                            args.max_tokens, args.eos_bias) for c in args.concurrency.split(",")]
     finally:
         if proc is not None:
             proc.terminate()
