@@ -290,3 +290,19 @@ def test_a_flood_beyond_batch_and_queue_gets_exact_answers_or_429_and_the_server
         assert running.engine.load() == {"running": 0, "waiting": 0}
     finally:
         running.stop()
+
+
+def test_an_imported_hugging_face_folder_serves_the_same_text(run_dir, loaded, tmp_path):
+    """A Hugging Face folder (here our own export of the run) is served through the same loader: the
+    greedy completion equals the run's."""
+    from lmlab.interop.hf import export_hf
+
+    model, _ = loaded
+    hf_dir = export_hf(model, tmp_path / "hf", tokenizer_dir=run_dir)
+    running = start(hf_dir, api_key=None)
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)
+        r = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=16, temperature=0)
+        assert r.choices[0].text == greedy_text(loaded, PROMPT, 16)
+    finally:
+        running.stop()
