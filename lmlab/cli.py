@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fill-mask": ("lmlab.generate.commands:fill_mask", "top-k tokens with probabilities at each [MASK] of a text (BERT/RoBERTa)"),
     "import hf": ("lmlab.interop.commands:import_hf", "convert a Hugging Face LLaMA/GPT-2/BERT/RoBERTa/T5/BART folder into a run folder"),
     "export hf": ("lmlab.interop.commands:export_hf", "write a run's model as a Hugging Face folder"),
-    "export gguf": ("lmlab.interop.commands:export_gguf", "write a LLaMA-family run as one GGUF file (f32, f16, q8_0) for llama.cpp, with its tokenizer and chat template"),
+    "export gguf": ("lmlab.interop.commands:export_gguf", "write a LLaMA-family or GPT-2 run as one GGUF file (f32, f16, q8_0) for llama.cpp, with its tokenizer and chat template"),
     "import peft": ("lmlab.interop.commands:import_peft", "convert a PEFT LoRA adapter (LLaMA/GPT-2) into an lmlab adapter run"),
     "export peft": ("lmlab.interop.commands:export_peft", "write an adapter run's LoRA as a PEFT adapter folder"),
     "seq2seq train": ("lmlab.seq2seq.commands:train", "train RNNsearch (Bahdanau) or the Transformer (--arch transformer) on a synthetic task"),

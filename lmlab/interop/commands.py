@@ -215,8 +215,8 @@ def import_peft(cfg: ImportPeftConfig) -> None:
 
 @dataclass
 class ExportGgufConfig:
-    ckpt: Path | None = arg(None, "the run (or Hugging Face folder) to export: a LLaMA-family decoder with a "
-                                  "byte-level BPE tokenizer")
+    ckpt: Path | None = arg(None, "the run (or Hugging Face folder) to export: a LLaMA-family or GPT-2 "
+                                  "decoder with a byte-level BPE tokenizer")
     out: Path | None = arg(None, "the .gguf file to write (its config beside it as OUT.config.yaml)")
     dtype: str = arg("f32", "tensor type: f32, f16 or q8_0 (norms stay f32; q8_0 rows that are not a "
                             "multiple of 32 values are stored in f16)")
@@ -225,10 +225,10 @@ class ExportGgufConfig:
 
 
 def export_gguf(cfg: ExportGgufConfig) -> None:
-    """Write a LLaMA-family run as one GGUF file for llama.cpp (and transformers'
-    from_pretrained(DIR, gguf_file=NAME)): the weights (Q and K rows permuted to GGUF's rotary
-    pairing), the model's keys (llama.*), the byte-level BPE tokenizer (tokens, merges, special
-    ids) and the chat template. E.g.:
+    """Write a LLaMA-family or GPT-2 run as one GGUF file for llama.cpp (and transformers'
+    from_pretrained(DIR, gguf_file=NAME)): the weights (a LLaMA's Q and K rows permuted to GGUF's
+    rotary pairing), the model's keys (llama.* or gpt2.*), the byte-level BPE tokenizer (tokens,
+    merges, special ids) and the chat template. E.g.:
 
       lmlab export gguf --ckpt runs/llama --out runs/llama.gguf --dtype q8_0
     """

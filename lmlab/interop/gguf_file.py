@@ -1,8 +1,8 @@
-"""GGUF export: a LLaMA-family run as one ``.gguf`` file that llama.cpp (and transformers'
+"""GGUF export: a LLaMA-family or GPT-2 run as one ``.gguf`` file that llama.cpp (and transformers'
 GGUF loader) runs, written with the ``gguf`` package.
 
-Weights go through the Hugging Face layout (:func:`lmlab.interop.hf.state_to_hf`) and are renamed
-as llama.cpp's converter does (``token_embd``, ``blk.N.attn_q`` ... ``output``). The rows of Q and
+LLaMA weights go through the Hugging Face layout (:func:`lmlab.interop.hf.state_to_hf`) and are
+renamed as llama.cpp's converter does (``token_embd``, ``blk.N.attn_q`` ... ``output``). The rows of Q and
 K are permuted as that converter permutes Hugging Face checkpoints: HF's rotary embedding rotates
 the two halves of each head, GGUF's pairs neighbouring dimensions, and transformers' loader undoes
 the permutation, so its logits equal ours. 1-D tensors (norms) stay f32 at every ``dtype``, as
@@ -47,20 +47,26 @@ def permute_rotary_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def gguf_tensors(model: Any) -> dict[str, torch.Tensor]:
-    """Return the GGUF-named fp32 tensors of a LLaMA-family ``model`` (see the module docstring).
-    Raises LmlabError for another family."""
-    from lmlab.interop.hf import hf_family, state_to_hf
+def gguf_tensors(model: Any) -> tuple[str, dict[str, torch.Tensor]]:
+    """Return ``(architecture, tensors)``: ``llama`` or ``gpt2`` and the GGUF-named fp32 tensors of
+    ``model`` (see the module docstring). Raises LmlabError for a model neither can hold."""
+    from lmlab.interop.hf import hf_family
 
     cfg = model.config
-    if hf_family(cfg) != "llama":
-        raise LmlabError("GGUF export supports the LLaMA family (rmsnorm + swiglu + rope); this model is "
-                         "GPT-2 style — export it with 'lmlab export hf' instead")
+    if hf_family(cfg) == "gpt2":
+        return "gpt2", _gpt2_tensors(model)
     if cfg.bias:
         raise LmlabError("GGUF export of a LLaMA with biases is not supported; llama.cpp's llama has none")
     if cfg.rope_scaling:
         raise LmlabError("GGUF export of a model with rope_scaling is not supported yet; export it with "
                          "'lmlab export hf'")
+    return "llama", _llama_tensors(model)
+
+
+def _llama_tensors(model: Any) -> dict[str, torch.Tensor]:
+    from lmlab.interop.hf import state_to_hf
+
+    cfg = model.config
     state = state_to_hf(model)
     out = {"token_embd.weight": state["model.embed_tokens.weight"],
            "output_norm.weight": state["model.norm.weight"]}
@@ -74,6 +80,27 @@ def gguf_tensors(model: Any) -> dict[str, torch.Tensor]:
             elif name == "attn_k.weight":
                 t = permute_rotary_rows(t, cfg.n_kv_heads)
             out[f"blk.{i}.{name}"] = t
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def _gpt2_tensors(model: Any) -> dict[str, torch.Tensor]:
+    """GPT-2 as llama.cpp's gpt2 reads it: our (out, in) weights are its rows as they are (Hugging
+    Face's Conv1D stores them transposed, which its converter undoes)."""
+    cfg = model.config
+    if cfg.gelu_approx != "tanh":
+        raise LmlabError("llama.cpp's gpt2 uses the tanh approximation of GELU; this model uses the exact "
+                         "one, so its GGUF would compute something else")
+    ours = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    out = {"token_embd.weight": ours["tok_emb.weight"], "position_embd.weight": ours["pos_emb.weight"],
+           "output_norm.weight": ours["norm_f.weight"], "output_norm.bias": ours["norm_f.bias"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = ours["lm_head.weight"]
+    names = {"norm1": "attn_norm", "attn.qkv": "attn_qkv", "attn.proj": "attn_output", "norm2": "ffn_norm",
+             "mlp.fc": "ffn_up", "mlp.proj": "ffn_down"}
+    for i in range(cfg.n_layer):
+        for ours_name, name in names.items():
+            for part in ("weight", "bias"):
+                out[f"blk.{i}.{name}.{part}"] = ours[f"blocks.{i}.{ours_name}.{part}"]
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
@@ -110,7 +137,7 @@ def export_gguf(model: Any, tokenizer: Any, out: str | os.PathLike, dtype: str =
     if dtype not in DTYPES:
         raise LmlabError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     cfg = model.config
-    tensors = gguf_tensors(model)
+    arch, tensors = gguf_tensors(model)
     tokens, types, merges, ids = _tokenizer_fields(tokenizer)
     if len(tokens) > cfg.vocab_size:
         raise LmlabError(f"the tokenizer has {len(tokens)} tokens but the model's vocabulary is "
@@ -122,20 +149,23 @@ def export_gguf(model: Any, tokenizer: Any, out: str | os.PathLike, dtype: str =
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
+        w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(name)
         w.add_context_length(cfg.block_size)
         w.add_embedding_length(cfg.d_model)
         w.add_block_count(cfg.n_layer)
         w.add_feed_forward_length(cfg.d_ff)
         w.add_head_count(cfg.n_head)
-        w.add_head_count_kv(cfg.n_kv_heads)
-        w.add_rope_freq_base(float(cfg.rope_theta))
-        w.add_rope_dimension_count(cfg.head_dim)
-        w.add_layer_norm_rms_eps(float(cfg.norm_eps))
-        if cfg.head_dim * cfg.n_head != cfg.d_model:
-            w.add_key_length(cfg.head_dim)
-            w.add_value_length(cfg.head_dim)
+        if arch == "llama":
+            w.add_head_count_kv(cfg.n_kv_heads)
+            w.add_rope_freq_base(float(cfg.rope_theta))
+            w.add_rope_dimension_count(cfg.head_dim)
+            w.add_layer_norm_rms_eps(float(cfg.norm_eps))
+            if cfg.head_dim * cfg.n_head != cfg.d_model:
+                w.add_key_length(cfg.head_dim)
+                w.add_value_length(cfg.head_dim)
+        else:
+            w.add_layer_norm_eps(float(cfg.norm_eps))
         w.add_vocab_size(cfg.vocab_size)
         w.add_file_type(file_type)
         w.add_tokenizer_model("gpt2")

@@ -119,9 +119,32 @@ def test_bad_input_is_one_line(llama, tmp_path, capsys):
     char = _run(tmp_path / "char", kind="char")
     assert _export(char, tmp_path / "c.gguf") == 2
     assert "byte-level BPE" in capsys.readouterr().err and not (tmp_path / "c.gguf").exists()
-    gpt = _run(tmp_path / "gpt", preset="gpt2-tiny")
-    assert _export(gpt, tmp_path / "g.gguf") == 2
-    assert "LLaMA family" in capsys.readouterr().err
+    exact = _run(tmp_path / "gpt", preset="gpt2-tiny", gelu_approx="none")
+    assert _export(exact, tmp_path / "g.gguf") == 2
+    assert "tanh approximation" in capsys.readouterr().err
+
+
+def test_gpt2_exports_too(tmp_path):
+    """GPT-2 as llama.cpp's gpt2: biases, learned positions, tied output. transformers' GGUF loader
+    maps the context length to n_ctx but not to n_positions, so the test passes n_positions itself."""
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    import lmlab
+
+    run = _run(tmp_path / "gpt", preset="gpt2-tiny")
+    assert _export(run, tmp_path / "g.gguf") == 0
+    r = GGUFReader(str(tmp_path / "g.gguf"))
+    assert r.fields["general.architecture"].contents() == "gpt2"
+    names = {t.name for t in r.tensors}
+    assert {"position_embd.weight", "blk.0.attn_qkv.bias", "output_norm.bias"} <= names
+    assert "output.weight" not in names  # tied: llama.cpp reads token_embd
+    model, tok = lmlab.load(str(run))
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="g.gguf",
+                                              n_positions=model.config.block_size).eval()
+    ids = torch.tensor([tok.encode(SAMPLE)])
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max() < 1e-4
 
 
 @pytest.mark.slow
@@ -150,3 +173,15 @@ def test_llama_cpp_generates_our_greedy_tokens(llama, tmp_path):
         if dtype == "f32":
             assert theirs == ours
     assert agree["q8_0"] >= 0.5, agree
+    gpt = _run(tmp_path / "gpt", preset="gpt2-tiny")  # and llama.cpp's gpt2 on a GPT-2 export
+    model, tok = lmlab.load(str(gpt))
+    prompt = [tok.eot_id] + tok.encode(SAMPLE)
+    ours = decode(model, [prompt], 16, temperature=0)[0]
+    assert _export(gpt, tmp_path / "g.gguf") == 0
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "g.gguf"), n_ctx=64, n_threads=2, verbose=False)
+    theirs = []
+    for t in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+        theirs.append(int(t))
+        if len(theirs) == len(ours):
+            break
+    assert theirs == ours
