@@ -127,7 +127,7 @@ def start_lmlab(ckpt: str, max_batch: int) -> tuple[subprocess.Popen, str]:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.TransportError:
-            pass
+            pass  # not listening yet: the server is still loading the model
         if proc.poll() is not None:
             raise SystemExit("lmlab serve did not start")
         time.sleep(0.1)

@@ -68,15 +68,22 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     """Measure every policy of ``cfg`` and best-of-n from the reference; write the files; return the rows."""
     import torch
 
-    from lmlab.align.best_of_n import best_of_n_kl, expected_best, scoring_prompt
+    from lmlab.align.best_of_n import (
+        Response,
+        best_index,
+        best_of_n_kl,
+        expected_best,
+        sample_responses,
+        score_all,
+    )
     from lmlab.align.preferences import prompt_text
     from lmlab.align.prompts import encode_prompt, read_prompts
     from lmlab.align.reward import load_scorer
-    from lmlab.align.rollout import pad_id_for, response_text, sample_in_batches
+    from lmlab.align.rollout import pad_id_for
     from lmlab.align.sequences import join, sequence_logprobs
+    from lmlab.align.sft import load_decoder
     from lmlab.device import resolve_device
     from lmlab.fileio import write_json
-    from lmlab.loader import load
 
     if cfg.ref is None or cfg.reward is None or cfg.out is None:
         raise LmlabError("align frontier needs --ref SFT_RUN, --reward RM_RUN and --out DIR")
@@ -87,29 +94,24 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
             raise LmlabError(f"--policies entry {item!r} is not NAME=RUN (e.g. ppo=runs/ppo)")
         named.append((name, run))
     device = resolve_device(cfg.device)
-    ref, tok = load(cfg.ref, device=device)
-    ref.eval()
+    ref, tok = load_decoder(cfg.ref, device, "the reference")
     scorer = load_scorer(cfg.reward, device=device)
     prompts = read_prompts(cfg.prompts, cfg.split, cfg.n_prompts)
     encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
     stops = encoded[0].stop_ids
     texts = [prompt_text(p) for p in prompts]
-    heads = [scoring_prompt(p, cfg.template) for p in prompts]
     pad = pad_id_for(tok, stops)
     k = cfg.samples_per_prompt
 
-    def draw(model: Any, copies: int, seed: int) -> tuple[list[int], list[list[int]]]:
-        rows = [i for i in range(len(encoded)) for _ in range(copies)]
-        ids = [encoded[i].ids for i in rows]
-        drawn = sample_in_batches(model, ids, stops, cfg.max_new_tokens, 1.0, seed, cfg.batch_size)
-        return rows, drawn.responses
+    def draw(model: Any, copies: int, seed: int) -> list[list[Response]]:
+        """``copies`` scored responses per prompt (best-of-n's sampling and scoring)."""
+        samples = sample_responses(model, tok, prompts, copies, cfg.template, 1.0, cfg.max_new_tokens, seed,
+                                   cfg.batch_size, show_progress=False)
+        score_all(scorer, prompts, samples, cfg.template)
+        return samples
 
-    def text(row: int, response: list[int]) -> str:
-        return response_text(tok, encoded[row].ids, response, stops)
-
-    def scored(rows: list[int], responses: list[list[int]]) -> list[float]:
-        answers = [text(i, r) for i, r in zip(rows, responses)]
-        return scorer.score_pairs([heads[i] for i in rows], answers).tolist()
+    def sampled(r: Response) -> list[int]:
+        return r.ids + stops[:1] if r.ended else r.ids  # as drawn: an ended response keeps its stop token
 
     def logprobs(model: Any, rows: list[int], responses: list[list[int]]) -> list[float]:
         out: list[float] = []
@@ -120,37 +122,32 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
                 out += sequence_logprobs(model, j).tolist()
         return out
 
-    def examples(rows: list[int], responses: list[list[int]], scores: list[float]) -> list[dict[str, str]]:
-        return [{"prompt": texts[i], "response": text(i, r), "score": f"{s:.3f}"}
-                for i, r, s in list(zip(rows, responses, scores))[:6 * k:k]]
+    def examples(picked: list[tuple[int, Response]]) -> list[dict[str, str]]:
+        return [{"prompt": texts[i], "response": r.text, "score": f"{r.score:.3f}"} for i, r in picked[:6]]
 
     result: list[FrontierRow] = []
-    rows, ref_resp = draw(ref, max(max(cfg.best_of, default=1), k), cfg.seed)
-    ref_scores = scored(rows, ref_resp)
-    per = max(max(cfg.best_of, default=1), k)
+    ref.eval()
+    ref_samples = draw(ref, max(max(cfg.best_of, default=1), k), cfg.seed)
     for n in cfg.best_of:
         # the unbiased mean of the best of n over all n-subsets of each prompt's samples
-        best = [expected_best(ref_scores[i * per:(i + 1) * per], n) for i in range(len(encoded))]
-        picks = [i * per + max(range(n), key=lambda j, i=i: ref_scores[i * per + j])
-                 for i in range(len(encoded))]  # the examples: the best of the first n
+        best = [expected_best([r.score for r in rs], n) for rs in ref_samples]
+        picks = [(i, rs[best_index(rs, n)]) for i, rs in enumerate(ref_samples)]  # the best of the first n
         mean, se = _mean_se(best)
         result.append(FrontierRow(f"best-of-{n}", "best-of-n", mean, se, best_of_n_kl(n), "analytic",
-                                  sum(len(ref_resp[p]) for p in picks) / len(picks), len(best),
-                                  examples([rows[p] for p in picks], [ref_resp[p] for p in picks],
-                                           [ref_scores[p] for p in picks])))
+                                  sum(len(sampled(r)) for _, r in picks) / len(picks), len(best),
+                                  examples(picks)))
     for name, run in named:
-        policy, ptok = load(run, device=device)
-        if ptok is not None and ptok.hf.to_str() != tok.hf.to_str():
+        policy, ptok = load_decoder(run, device, f"policy {name}")
+        if ptok.hf.to_str() != tok.hf.to_str():
             raise LmlabError(f"{run}'s tokenizer differs from the reference's; a KL to the reference needs "
                              "the same tokenizer")
         policy.eval()
-        prow, presp = draw(policy, k, cfg.seed + 1)
-        scores = scored(prow, presp)
-        kl = [a - b for a, b in zip(logprobs(policy, prow, presp), logprobs(ref, prow, presp))]
-        mean, se = _mean_se(scores)
+        flat = [(i, r) for i, rs in enumerate(draw(policy, k, cfg.seed + 1)) for r in rs]
+        rows, ids = [i for i, _ in flat], [sampled(r) for _, r in flat]
+        kl = [a - b for a, b in zip(logprobs(policy, rows, ids), logprobs(ref, rows, ids))]
+        mean, se = _mean_se([r.score for _, r in flat])
         result.append(FrontierRow(name, _method(name), mean, se, sum(kl) / len(kl), "sampled",
-                                  sum(len(r) for r in presp) / len(presp), len(scores),
-                                  examples(prow, presp, scores)))
+                                  sum(len(x) for x in ids) / len(ids), len(flat), examples(flat[::k])))
         del policy
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

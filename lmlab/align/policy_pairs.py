@@ -55,13 +55,12 @@ class PolicyPairsResult:
 def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     """Sample two responses per prompt, label them with the reward model, write the pairs; return
     the counts and mean scores."""
-    from lmlab.align.best_of_n import scoring_prompt
-    from lmlab.align.prompts import encode_prompt, read_prompts
+    from lmlab.align.best_of_n import sample_responses, score_all
+    from lmlab.align.prompts import read_prompts
     from lmlab.align.reward import load_scorer
-    from lmlab.align.rollout import response_text, sample_in_batches
+    from lmlab.align.sft import load_decoder
     from lmlab.device import resolve_device
     from lmlab.fileio import write_text
-    from lmlab.loader import load
 
     if cfg.policy is None or cfg.reward is None or cfg.out is None:
         raise LmlabError("align pairs needs --policy RUN, --reward RM_RUN and --out PAIRS.jsonl")
@@ -69,18 +68,14 @@ def policy_pairs(cfg: PolicyPairsConfig) -> PolicyPairsResult:
     if out.exists() and not cfg.overwrite:
         raise LmlabError(f"{out} exists; pass --overwrite or another --out")
     device = resolve_device(cfg.device)
-    model, tok = load(cfg.policy, device=device)
-    model.eval()
+    model, tok = load_decoder(cfg.policy, device)
     scorer = load_scorer(cfg.reward, device=device)
     prompts = read_prompts(cfg.prompts, cfg.split, cfg.n_prompts)
-    encoded = [encode_prompt(tok, p, cfg.template) for p in prompts]
-    stops = encoded[0].stop_ids
-    ids = [e.ids for e in encoded for _ in range(2)]
-    drawn = sample_in_batches(model, ids, stops, cfg.max_new_tokens, 1.0, cfg.seed, cfg.batch_size)
-    responses = drawn.responses
-    texts = [response_text(tok, p, r, stops) for p, r in zip(ids, responses)]
-    heads = [scoring_prompt(p, cfg.template) for p in prompts]  # as the frontier and best-of-n score
-    scores = scorer.score_pairs([heads[i // 2] for i in range(len(texts))], texts).tolist()
+    samples = sample_responses(model.eval(), tok, prompts, 2, cfg.template, 1.0, cfg.max_new_tokens, cfg.seed,
+                               cfg.batch_size, show_progress=False)
+    score_all(scorer, prompts, samples, cfg.template)
+    texts = [r.text for rs in samples for r in rs]
+    scores = [r.score for rs in samples for r in rs]
     lines, gaps, chosen, rejected, ties = [], [], [], [], 0
     for i, prompt in enumerate(prompts):
         (sa, ta), (sb, tb) = (scores[2 * i], texts[2 * i]), (scores[2 * i + 1], texts[2 * i + 1])

@@ -166,8 +166,10 @@ class SlotCache:
         return self.span - 1
 
     @length.setter
-    def length(self, value: int) -> None:  # the decoder advances it; slots advance in advance()
-        pass
+    def length(self, value: int) -> None:
+        # The decoder sets cache.length after each step as if every row had one length; here each
+        # slot keeps its own, advanced by advance(), so the decoder's assignment is ignored on purpose.
+        del value
 
     def prepare(self, n: int) -> None:
         """Set up a decode step of slots ``0..n-1`` (position ids, mask, the span to read)."""
