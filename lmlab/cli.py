@@ -78,6 +78,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ulmfit": ("lmlab.adapt.commands:ulmfit", "ULMFiT's stages 2 and 3 from a general LM: LM fine-tuning (discriminative lr, STLR), classifier with gradual unfreezing; ablation switches"),
     "transfer baseline": ("lmlab.adapt.commands:transfer_baseline", "held-out accuracy of a bag-of-n-grams, averaged word2vec or ELMo-features logistic regression on labelled data"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
+    "icl": ("lmlab.prompting.commands:icl", "in-context learning: k-shot accuracy on a task (label choice, raw and calibrated, or exact match of a generation)"),
+    "icl emergence": ("lmlab.prompting.commands:icl_emergence", "train models of several sizes on in-context lookup; k-shot accuracy by size and shots, induction heads, plot"),
+    "icl induction": ("lmlab.prompting.commands:icl_induction", "induction-head signature of a decoder: loss drop on repeated random tokens, prefix-matching score per head"),
 }
 
 

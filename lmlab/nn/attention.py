@@ -23,9 +23,18 @@ Masking rule (see REFERENCE.md): SDPA's ``is_causal`` aligns its mask top-left, 
 only right when there are as many queries as keys. With a cache, a single query needs no
 mask and a chunk of queries needs an explicit lower-right-aligned mask
 (:func:`causal_mask`); the caller (the decoder) builds it once for all layers.
+
+Attention probabilities: SDPA never materialises them, so the default path has none. Inside
+``with record_attention(model) as probs:`` every self-attention also computes its probabilities
+explicitly (:func:`attention_probs`, the same scores, mask and scale as its SDPA call) and
+appends them to ``probs``, one ``(B, n_head, T_query, T_key)`` tensor per call in call order; its
+output still comes from SDPA, so recording changes nothing else (induction-head analysis).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +143,40 @@ def with_prefix(k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Te
     return k, v, torch.cat([lead, mask], dim=-1)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
+                    scale: float | None = None) -> torch.Tensor:
+    """Return softmax attention probabilities ``(B, n_head, T_query, T_key)`` (fp32) for queries
+    ``(B, n_head, T_query, D)`` and keys ``(B, n_kv_heads, T_key, D)``, weighed as
+    ``F.scaled_dot_product_attention`` weighs the values: GQA keys shared by contiguous query heads,
+    ``is_causal`` aligned top-left, a boolean mask (True = may attend) or a float one added."""
+    nh, nkv = q.shape[1], k.shape[1]
+    if nh != nkv:
+        k = k.repeat_interleave(nh // nkv, dim=1)
+    scores = q.float() @ k.float().transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        allowed = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    return scores.softmax(dim=-1)
+
+
+@contextmanager
+def record_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every self-attention of ``model`` appends its probabilities (see
+    :func:`attention_probs`) to the yielded list, one tensor per call: for one forward pass of a
+    decoder, one per layer in order. Recording stops when the block ends."""
+    layers = [m for m in model.modules() if isinstance(m, Attention) and not m.cross]
+    store: list[torch.Tensor] = []
+    for m in layers:
+        m.record = store
+    try:
+        yield store
+    finally:
+        for m in layers:
+            m.record = None
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads, optional RoPE and a cache.
 
@@ -160,6 +203,7 @@ class Attention(nn.Module):
         self.proj = Linear(n_head * head_dim, d_model, bias=bias)
         self.dropout = dropout
         self.prefix: nn.Module | None = None  # prefix tuning's keys/values (see the module docstring)
+        self.record: list[torch.Tensor] | None = None  # set by record_attention
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: KVCache | CrossKVCache | None = None, layer: int = 0, mask: torch.Tensor | None = None,
@@ -192,6 +236,8 @@ class Attention(nn.Module):
         prefix = self.prefix(B) if self.prefix is not None else None
         if prefix is not None:
             k, v, mask = with_prefix(k, v, *prefix, mask, is_causal, T)
+        if self.record is not None:
+            self.record.append(attention_probs(q, k, mask, is_causal and mask is None, self.scale).detach())
         dropout = self.dropout if self.training else 0.0
         if T == 1:
             # One query per head: the query heads sharing a KV head become that many queries
