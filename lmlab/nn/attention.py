@@ -143,8 +143,8 @@ def with_prefix(k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Te
     return k, v, torch.cat([lead, mask], dim=-1)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                    scale: float | None = None) -> torch.Tensor:
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
+                    is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
     """Return softmax attention probabilities ``(B, n_head, T_query, T_key)`` (fp32) for queries
     ``(B, n_head, T_query, D)`` and keys ``(B, n_kv_heads, T_key, D)``, weighed as
     ``F.scaled_dot_product_attention`` weighs the values: GQA keys shared by contiguous query heads,
@@ -157,7 +157,10 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None 
         allowed = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~allowed, float("-inf"))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.float()
     return scores.softmax(dim=-1)
 
 

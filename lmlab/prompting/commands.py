@@ -16,14 +16,16 @@ from lmlab.prompting.emergence import IclEmergenceConfig
 @dataclass
 class IclConfig:
     ckpt: str | None = arg(None, "a decoder: an lmlab run folder or a Hugging Face folder")
-    task: str | None = arg(None, "sentiment[-movies|-amazon|-nyt|-tweets], first-letter, last-letter, repeat-word, "
-                                 "kv-lookup, linear-regression, or a .jsonl of {\"input\", \"label\"} records")
+    task: str | None = arg(None, "sentiment[-movies|-amazon|-nyt|-tweets], first-letter, last-letter, "
+                                 "repeat-word, kv-lookup, linear-regression, or a .jsonl of "
+                                 "{\"input\", \"label\"} records")
     shots: list[int] = arg([0, 1, 4, 16], "numbers of demonstrations, comma separated")
-    scoring: Literal["choice", "generate"] = arg("choice", "choice: the label of highest log-likelihood (raw and "
-                                                           "calibrated); generate: exact match of the greedy answer")
-    format: Literal["plain", "instruction", "chat"] = arg("plain", "prompt format: plain (Input:/Output: lines), "
-                                                                   "instruction (the task's instruction first), "
-                                                                   "chat (the chat template)")
+    scoring: Literal["choice", "generate"] = arg(
+        "choice", "choice: the label of highest log-likelihood (raw and calibrated); generate: exact "
+                  "match of the greedy answer")
+    format: Literal["plain", "instruction", "chat"] = arg(
+        "plain", "prompt format: plain (Input:/Output: lines), instruction (the task's instruction first), "
+                 "chat (the chat template)")
     seeds: int = arg(1, "draws of demonstrations per shot count (accuracy: mean and std over draws)")
     seed: int = arg(0, "seed of the first draw, of the questions and of generated tasks")
     samples: int | None = arg(200, "questions asked (a seeded sample of the task's test set; none: all)")
@@ -64,15 +66,16 @@ def icl(cfg: IclConfig) -> int:
     task = get_task(cfg.task, cfg.corpus, cfg.seed)
     model, tokenizer = load(cfg.ckpt, device=resolve_device(cfg.device))
     if tokenizer is None:
-        raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; in-context prompts are text, so the run needs one")
+        raise LmlabError(f"{cfg.ckpt} has no tokenizer.json; in-context prompts are text, so the run needs "
+                         "one")
 
     def notice(line: str) -> None:
         if not cfg.json:
             print(line, flush=True)
 
     report = evaluate_icl(model, tokenizer, task, cfg.shots, scoring=cfg.scoring, fmt=cfg.format,
-                          seeds=cfg.seeds, seed=cfg.seed, samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.batch_size, on_notice=notice)
+                          seeds=cfg.seeds, seed=cfg.seed, samples=cfg.samples,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, on_notice=notice)
     record = {"ckpt": str(cfg.ckpt), **report.to_dict()}
     if cfg.out is not None:
         out = Path(cfg.out)
@@ -120,7 +123,8 @@ def icl_emergence(cfg: IclEmergenceConfig) -> int:
     print(f"task: {record['task']['n_keys']} keys per mapping, e.g. {record['task']['example']!r}; "
           f"{record['task']['questions']} held-out questions")
     print(format_emergence(record))
-    print(f"wrote {Path(record['out']) / 'results.json'}, results.csv and icl-emergence.png in {record['wall_s']:.0f}s")
+    print(f"wrote {Path(record['out']) / 'results.json'}, results.csv and icl-emergence.png in "
+          f"{record['wall_s']:.0f}s")
     return 0
 
 
@@ -151,7 +155,12 @@ def icl_induction(cfg: InductionConfig) -> int:
     from lmlab.device import resolve_device
     from lmlab.fileio import write_json
     from lmlab.loader import load
-    from lmlab.prompting.induction import format_induction, measure_induction, plain_token_ids, repeated_sequences
+    from lmlab.prompting.induction import (
+        format_induction,
+        measure_induction,
+        plain_token_ids,
+        repeated_sequences,
+    )
 
     if not cfg.ckpt:
         raise LmlabError("no model given; pass --ckpt RUN")

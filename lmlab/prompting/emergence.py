@@ -50,7 +50,8 @@ TEMPLATE = Template("plain", input_prefix="", output_prefix=":", label_sep="", s
 MODELS_DIR = "models"
 RESULT_FILES = ("results.json", "results.csv", "icl-emergence.png", "config.yaml")
 CSV_COLUMNS = ("d_model", "n_layer", "n_head", "params", "non_embedding_params", "steps", "train_tokens",
-               "final_loss", "loss_first", "loss_second", "loss_drop", "best_prefix_matching", "train_seconds")
+               "final_loss", "loss_first", "loss_second", "loss_drop", "best_prefix_matching",
+               "train_seconds")
 
 
 def kv_document(rng: random.Random, n_keys: int, pairs: int) -> list[Demo]:
@@ -160,7 +161,8 @@ def accuracy_by_shots(model: torch.nn.Module, tokenizer: Any, questions: list[Qu
 class IclEmergenceConfig:
     out: Path | None = arg(None, "folder for results.json, results.csv, icl-emergence.png, config.yaml and "
                                  "models/dWIDTH (a run folder per model)")
-    sizes: list[int] = arg([32, 64, 96, 128], "model widths d_model, comma separated; multiples of --head-dim")
+    sizes: list[int] = arg([32, 64, 96, 128], "model widths d_model, comma separated; multiples of "
+                                              "--head-dim")
     n_layer: int = arg(2, "Transformer blocks in every model (an induction head needs two)")
     head_dim: int = arg(16, "width of one attention head: each model has d_model / head_dim heads")
     n_keys: int = arg(8, "letters in each document's random mapping")
@@ -185,7 +187,8 @@ class IclEmergenceConfig:
 def check_config(cfg: IclEmergenceConfig) -> list[int]:
     """Validate the options; return the sizes in ascending order."""
     if cfg.out is None:
-        raise LmlabError("no output folder given; pass --out DIR (results.json, icl-emergence.png, ... go there)")
+        raise LmlabError("no output folder given; pass --out DIR (results.json, icl-emergence.png, ... go "
+                         "there)")
     for flag, value in (("--n-layer", cfg.n_layer), ("--head-dim", cfg.head_dim), ("--steps", cfg.steps),
                         ("--batch-size", cfg.batch_size), ("--samples", cfg.samples),
                         ("--induction-samples", cfg.induction_samples), ("--threads", cfg.threads)):
@@ -197,23 +200,24 @@ def check_config(cfg: IclEmergenceConfig) -> list[int]:
         raise LmlabError("--sizes is empty; give model widths, e.g. --sizes 32,64,128")
     bad = [d for d in cfg.sizes if d < cfg.head_dim or d % cfg.head_dim]
     if bad or cfg.head_dim % 2:
-        raise LmlabError(f"--sizes {','.join(map(str, bad or cfg.sizes))} must be multiples of an even --head-dim "
-                         f"(now {cfg.head_dim}); e.g. --head-dim 16 --sizes 32,64,128")
+        raise LmlabError(f"--sizes {','.join(map(str, bad or cfg.sizes))} must be multiples of an even "
+                         f"--head-dim (now {cfg.head_dim}); e.g. --head-dim 16 --sizes 32,64,128")
     if len(set(cfg.sizes)) != len(cfg.sizes):
         raise LmlabError(f"--sizes {','.join(map(str, cfg.sizes))} lists a width twice; give each once")
     if not cfg.shots or min(cfg.shots) < 0 or max(cfg.shots) >= cfg.pairs:
         raise LmlabError(f"--shots must be counts from 0 to --pairs - 1 = {cfg.pairs - 1}, got "
                          f"{','.join(map(str, cfg.shots))}; lower them or raise --pairs")
     if not 2 <= cfg.induction_length <= 2 * cfg.pairs:
-        raise LmlabError(f"--induction-length must be between 2 and 2 x --pairs = {2 * cfg.pairs} (the context "
-                         f"holds twice it), got {cfg.induction_length}")
+        raise LmlabError(f"--induction-length must be between 2 and 2 x --pairs = {2 * cfg.pairs} (the "
+                         f"context holds twice it), got {cfg.induction_length}")
     cfg.optim.check()
     return sorted(cfg.sizes)
 
 
 def build_model(d_model: int, n_layer: int, head_dim: int, vocab_size: int, pairs: int) -> torch.nn.Module:
     """Return a fresh ``llama-tiny`` decoder of width ``d_model`` whose context holds a document."""
-    from lmlab.models.registry import build_model as build, get_preset
+    from lmlab.models.registry import build_model as build
+    from lmlab.models.registry import get_preset
 
     n_head = d_model // head_dim
     return build(get_preset("llama-tiny", vocab_size=vocab_size, block_size=4 * pairs, n_layer=n_layer,
@@ -241,7 +245,8 @@ def train_and_measure(cfg: IclEmergenceConfig, d_model: int, tokenizer: Any, que
     result = trainer.fit()
     seconds = time.perf_counter() - t0
     if result.interrupted:
-        raise LmlabError(f"training of the d_model {d_model} model was interrupted; run again with --overwrite")
+        raise LmlabError(f"training of the d_model {d_model} model was interrupted; run again with "
+                         "--overwrite")
     shutil.rmtree(run_dir / "state", ignore_errors=True)  # a finished model, not a resumable run
     tokenizer.save(run_dir / "tokenizer.json")
     model.eval()
@@ -291,7 +296,8 @@ def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path)
     ax.plot(n, [r["loss_drop"] for r in rows], "o-", color="C3", label="loss drop, 1st - 2nd copy (nats)")
     ax.set_ylabel("loss drop (nats/token)")
     ax2 = ax.twinx()
-    ax2.plot(n, [r["best_prefix_matching"] for r in rows], "s--", color="C0", label="best head's prefix matching")
+    ax2.plot(n, [r["best_prefix_matching"] for r in rows], "s--", color="C0",
+             label="best head's prefix matching")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("prefix-matching score")
     ax.set_xscale("log")
@@ -330,8 +336,8 @@ def run_emergence(cfg: IclEmergenceConfig, on_model: Any = None) -> dict[str, An
     out = Path(cfg.out)
     found = [name for name in (*RESULT_FILES, MODELS_DIR) if (out / name).exists()]
     if found and not cfg.overwrite:
-        raise LmlabError(f"{out} already holds results of an earlier run ({', '.join(found)}); pass --overwrite "
-                         "to replace them or choose another --out")
+        raise LmlabError(f"{out} already holds results of an earlier run ({', '.join(found)}); pass "
+                         "--overwrite to replace them or choose another --out")
     for name in found:
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +357,8 @@ def run_emergence(cfg: IclEmergenceConfig, on_model: Any = None) -> dict[str, An
     plot = plot_icl_emergence(rows, shots, out / "icl-emergence.png")
     record = {"task": {"n_keys": cfg.n_keys, "pairs": cfg.pairs, "questions": cfg.samples, "shots": shots,
                        "example": document_text(questions[0].pairs[:4]) + " " + questions[0].prompt(0)},
-              "rows": rows, "wall_s": round(time.perf_counter() - t0, 2), "out": str(out), "plots": [str(plot)]}
+              "rows": rows, "wall_s": round(time.perf_counter() - t0, 2), "out": str(out),
+              "plots": [str(plot)]}
     write_json(out / "results.json", record)
     return record
 
@@ -364,8 +371,8 @@ def format_emergence(record: dict[str, Any]) -> str:
     lines = [head]
     for r in record["rows"]:
         accs = " ".join(f"{r['accuracy'][str(k)]['accuracy']:>7.3f}" for k in shots)
-        lines.append(f"{r['d_model']:>7} {r['params']:>9,} {accs} {r['loss_first']:>8.3f} {r['loss_second']:>8.3f} "
-                     f"{r['best_prefix_matching']:>6.3f}")
+        lines.append(f"{r['d_model']:>7} {r['params']:>9,} {accs} {r['loss_first']:>8.3f} "
+                     f"{r['loss_second']:>8.3f} {r['best_prefix_matching']:>6.3f}")
     perfect = " ".join(f"{record['rows'][0]['accuracy'][str(k)]['perfect_lookup']:>7.3f}" for k in shots)
     lines.append(f"{'perfect lookup':>17} {perfect}")
     return "\n".join(lines)

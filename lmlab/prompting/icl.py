@@ -126,9 +126,9 @@ def check_shots(task: Task, shots: Sequence[int]) -> None:
     # leave-one-out: the questions are the pool, so at least one must stay out of the demonstrations
     limit = len(task.pool) - 1 if task.leave_one_out else len(task.pool)
     if most > limit:
-        raise LmlabError(f"{most} shots asked but task {task.name!r} has only {len(task.pool)} labelled examples "
-                         f"to draw demonstrations from; ask for at most {max(limit, 0)} shots or give more "
-                         "examples")
+        raise LmlabError(f"{most} shots asked but task {task.name!r} has only {len(task.pool)} labelled "
+                         f"examples to draw demonstrations from; ask for at most {max(limit, 0)} shots or "
+                         "give more examples")
 
 
 @dataclass
@@ -185,7 +185,8 @@ def score_generate(model: torch.nn.Module, tokenizer: Any, template: Template, d
     answers: list[str] = []
     for i in range(0, len(prompts), batch_size):
         ids = [tokenizer.encode(p) for p in prompts[i:i + batch_size]]
-        outs = decode(model, ids, max_new_tokens, temperature=0.0, eos_id=eos or None, stop=stop, truncate=True)
+        outs = decode(model, ids, max_new_tokens, temperature=0.0, eos_id=eos or None, stop=stop,
+                      truncate=True)
         answers += [tokenizer.decode(o).split(end)[0].strip() for o in outs]
     hits = [a == q.label.strip() for a, q in zip(answers, draw.questions)]
     limit = context_size(model) - max_new_tokens
@@ -226,17 +227,23 @@ def evaluate_icl(model: torch.nn.Module, tokenizer: Any, task: Task, shots: Sequ
     if scoring not in SCORINGS:
         raise LmlabError(f"unknown --scoring {scoring!r}; use choice or generate")
     if scoring == "choice" and not task.labels:
-        raise LmlabError(f"task {task.name!r} has open answers (no label set); score it with --scoring generate")
+        raise LmlabError(f"task {task.name!r} has open answers (no label set); score it with --scoring "
+                         "generate")
     if seeds < 1:
         raise LmlabError(f"--seeds must be at least 1, got {seeds}")
     if not shots:
         raise LmlabError("--shots is empty; give shot counts such as 0,1,4,16")
+    from lmlab.generate.steps import family
+
+    if family(model) == "encdec":  # raises for encoders, which predict masked tokens
+        raise LmlabError("in-context prompts are continued by a causal language model; an encoder-decoder "
+                         "reads the prompt as a source instead: load a decoder (GPT-2/LLaMA, RNN) run")
     if fmt == "chat":
         from lmlab.data.chat import FIX, has_chat_tokens
 
         if not has_chat_tokens(tokenizer):
-            raise LmlabError(f"--format chat needs the tokenizer's <|im_start|>/<|im_end|> tokens, which it lacks; "
-                             f"use --format plain or instruction, or {FIX}")
+            raise LmlabError("--format chat needs the tokenizer's <|im_start|>/<|im_end|> tokens, which it "
+                             f"lacks; use --format plain or instruction, or {FIX}")
     template = task.template(fmt)
     questions = task.questions(samples, seed)
     check_shots(task, shots)
@@ -268,8 +275,8 @@ def evaluate_icl(model: torch.nn.Module, tokenizer: Any, task: Task, shots: Sequ
                                  for q, a in zip(d.questions[:3], answers[:3])]
             res.truncated = max(res.truncated, cut)
         if res.truncated:
-            notice(f"notice: {res.truncated} of {res.questions} prompts at {k} shots are longer than the model's "
-                   f"context ({context_size(model)} tokens); their beginnings were cut")
+            notice(f"notice: {res.truncated} of {res.questions} prompts at {k} shots are longer than the "
+                   f"model's context ({context_size(model)} tokens); their beginnings were cut")
         results.append(res)
     chance = 1 / len(task.labels) if task.labels else None
     majority = None
@@ -304,4 +311,4 @@ def format_table(report: IclReport) -> str:
 
 __all__ = ["CONTENT_FREE", "SCORINGS", "ChoiceScores", "Draw", "IclReport", "ShotResult", "calibrate",
            "check_shots", "choice_logprobs", "context_size", "draws", "evaluate_icl", "format_table",
-           "label_notice", "score_choice", "score_generate", "math"]
+           "label_notice", "score_choice", "score_generate"]

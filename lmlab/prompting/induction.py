@@ -88,8 +88,8 @@ def measure_induction(model: torch.nn.Module, ids: torch.Tensor, batch_size: int
     length = total // 2
     block = getattr(getattr(model, "config", None), "block_size", total)
     if total > block:
-        raise LmlabError(f"sequences of 2 x {length} tokens exceed the model's context of {block}; lower --length "
-                         f"to at most {block // 2}")
+        raise LmlabError(f"sequences of 2 x {length} tokens exceed the model's context of {block}; lower "
+                         f"--length to at most {block // 2}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -105,8 +105,9 @@ def measure_induction(model: torch.nn.Module, ids: torch.Tensor, batch_size: int
             if not isinstance(logits, torch.Tensor):
                 logits = logits.logits if hasattr(logits, "logits") else logits[0]
             if not probs:
-                raise LmlabError(f"a {type(model).__name__} records no attention probabilities; the induction "
-                                 "measure needs an lmlab Transformer decoder with softmax attention (mha/gqa)")
+                raise LmlabError(f"a {type(model).__name__} records no attention probabilities; the "
+                                 "induction measure needs an lmlab Transformer decoder with softmax "
+                                 "attention (mha/gqa)")
             loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:], reduction="none")
             first += float(loss[:, :length - 1].sum())
             second += float(loss[:, length:].sum())
@@ -153,5 +154,6 @@ def format_induction(result: InductionResult) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["InductionResult", "format_induction", "measure_induction", "plain_token_ids", "repeated_sequences",
+__all__ = ["InductionResult", "format_induction", "measure_induction", "plain_token_ids",
+           "repeated_sequences",
            "uniform_score"]

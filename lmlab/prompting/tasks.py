@@ -134,13 +134,15 @@ def word_task(name: str, words: list[str], seed: int) -> Task:
     words = sorted(words)
     random.Random(f"words:{seed}").shuffle(words)
     half = len(words) // 2
-    answer = {"first-letter": lambda w: w[0], "last-letter": lambda w: w[-1], "repeat-word": lambda w: w}[name]
+    answer = {"first-letter": lambda w: w[0], "last-letter": lambda w: w[-1],
+              "repeat-word": lambda w: w}[name]
     pool = [Demo(w, answer(w)) for w in words[:half]]
     test = [Demo(w, answer(w)) for w in words[half:]]
     if name == "repeat-word":
         return Task(name, pool, test, None, "Repeat the word.", "Word: ", "Repeat:")
     which = "first" if name == "first-letter" else "last"
-    return Task(name, pool, test, list(LETTERS), f"Give the {which} letter of each word.", "Word: ", "Letter:")
+    return Task(name, pool, test, list(LETTERS), f"Give the {which} letter of each word.", "Word: ",
+                "Letter:")
 
 
 def kv_lookup_example(rng: random.Random, n_keys: int = 4) -> Demo:
@@ -198,11 +200,12 @@ def jsonl_task(path: Path) -> Task:
             demo = Demo(rec["input"], str(rec["label"]))
             split = rec.get("split")
             if split not in (None, "train", "test"):
-                raise LmlabError(f"{path}:{lineno}: split {split!r} is not 'train' or 'test'; leave it out to "
-                                 "use the record both ways")
+                raise LmlabError(f"{path}:{lineno}: split {split!r} is not 'train' or 'test'; leave it "
+                                 "out to use the record both ways")
             {None: both, "train": pool, "test": test}[split].append(demo)
     if not pool + test + both:
-        raise LmlabError(f"{path} has no records; write {{\"input\": ..., \"label\": ...}} objects, one a line")
+        raise LmlabError(f"{path} has no records; write {{\"input\": ..., \"label\": ...}} objects, one "
+                         "a line")
     if not test + both:
         raise LmlabError(f"{path}: every record has split 'train', so there is nothing to ask; mark some "
                          "'test' or leave the split out")

@@ -1,0 +1,84 @@
+"""Induction-head measures and the ICL emergence command on tiny settings."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.cli import main
+from lmlab.errors import LmlabError
+from lmlab.models.registry import build_model, get_preset
+from lmlab.nn.attention import record_attention
+from lmlab.prompting.emergence import TEMPLATE, Question, make_questions, perfect_lookup
+from lmlab.prompting.induction import measure_induction, repeated_sequences, uniform_score
+from lmlab.prompting.templates import Demo
+
+
+def tiny_decoder(block_size: int = 32):
+    torch.manual_seed(0)
+    return build_model(get_preset("llama-tiny", vocab_size=50, d_model=32, n_layer=2, n_head=4, n_kv_heads=4,
+                                  block_size=block_size)).eval()
+
+
+def test_repeated_sequences_are_two_copies_without_repeats():
+    ids = repeated_sequences(list(range(10, 30)), 8, 5, seed=1)
+    assert ids.shape == (5, 16) and torch.equal(ids[:, :8], ids[:, 8:])
+    assert all(len(set(r[:8].tolist())) == 8 and set(r.tolist()) <= set(range(10, 30)) for r in ids)
+    assert torch.equal(ids, repeated_sequences(list(range(10, 30)), 8, 5, seed=1))
+
+
+def test_measures_equal_a_direct_computation():
+    model = tiny_decoder()
+    ids = repeated_sequences(list(range(50)), 8, 6, seed=0)
+    res = measure_induction(model, ids, batch_size=4)
+    with torch.no_grad(), record_attention(model) as probs:
+        logits = model(ids)
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+    assert res.loss_first == pytest.approx(float(loss[:, :7].mean()), rel=1e-5)
+    assert res.loss_second == pytest.approx(float(loss[:, 8:].mean()), rel=1e-5)
+    for layer, p in enumerate(probs):  # (B, heads, T, T)
+        for head in range(4):
+            by_hand = sum(float(p[:, head, i, i - 7].mean()) for i in range(8, 16)) / 8
+            assert res.prefix_matching[layer][head] == pytest.approx(by_hand, rel=1e-5)
+    assert len(res.prefix_matching) == 2 and res.best_head[2] == max(max(r) for r in res.prefix_matching)
+    assert 0 < uniform_score(8) < 1 / 8
+
+
+def test_too_long_sequences_are_refused():
+    with pytest.raises(LmlabError, match="exceed the model's context of 32"):
+        measure_induction(tiny_decoder(32), repeated_sequences(list(range(50)), 20, 2, seed=0))
+
+
+def test_question_prompts_and_perfect_lookup():
+    q = Question([Demo("q", "7"), Demo("b", "1"), Demo("q", "7")], "b", "1")
+    assert q.prompt(0) == "b:" and q.prompt(2) == "q:7 b:1 b:" and TEMPLATE.continuation("1") == "1"
+    assert not q.seen(1) and q.seen(2)
+    assert perfect_lookup([q], 1) == pytest.approx(0.1) and perfect_lookup([q], 2) == 1.0
+    qs = make_questions(20, 4, 8, seed=0)
+    assert qs == make_questions(20, 4, 8, seed=0) and all(len(x.pairs) == 8 for x in qs)
+    assert all(len({d.input for d in x.pairs} | {x.key}) <= 4 for x in qs)
+
+
+def test_emergence_and_induction_commands(tmp_path, capsys, one_torch_thread):
+    out = tmp_path / "em"
+    rc = main(["icl", "emergence", "--out", str(out), "--sizes", "16,32", "--steps", "3", "--batch-size", "4",
+               "--pairs", "6", "--shots", "0,1,4", "--samples", "10", "--induction-length", "5",
+               "--induction-samples", "3", "--no-progress", "--json"])
+    assert rc == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert [r["d_model"] for r in rec["rows"]] == [16, 32]
+    for r in rec["rows"]:
+        assert set(r["accuracy"]) == {"0", "1", "4"} and r["steps"] == 3
+        assert r["induction"]["length"] == 5 and len(r["induction"]["prefix_matching"]) == 2
+    for name in ("results.json", "results.csv", "icl-emergence.png", "config.yaml",
+                 "models/d32/model.safetensors", "models/d32/tokenizer.json"):
+        assert (out / name).is_file(), name
+    run = str(out / "models" / "d16")
+    assert main(["icl", "induction", "--ckpt", run, "--length", "6", "--samples", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "prefix-matching score per head" in text and "strongest: layer" in text
+    assert main(["icl", "emergence", "--out", str(out), "--sizes", "16"]) == 2  # results there already
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["icl", "emergence", "--out", str(out / "x"), "--shots", "0,30", "--pairs", "24"]) == 2
+    assert "--pairs - 1 = 23" in capsys.readouterr().err
