@@ -94,12 +94,12 @@ def icl(cfg: IclConfig) -> int:
 
 
 def icl_emergence(cfg: IclEmergenceConfig) -> int:
-    """Train models of several sizes on in-context key:digit lookup; k-shot accuracy by size and shots.
+    """Train models of several sizes on in-context key-digit lookup; k-shot accuracy by size and shots.
 
     Each training document draws a fresh random mapping of letters to digits and writes draws
-    from it ("q:7 b:1 q:7 ..."), so a digit is predictable only from the context. Every model
+    from it ("q7 b1 q7 ..."), so a digit is predictable only from the context. Every model
     (llama-tiny at each --sizes width, --n-layer blocks) trains for the same --steps; then held-out
-    questions "q:7 b:1 q:" are asked with 0, 1, 2 ... pairs of context (constrained choice among
+    questions "q7 b1 q" are asked with 0, 1, 2 ... pairs of context (constrained choice among
     the digits), and the induction-head signature is measured (loss drop on a repeated random
     sequence, prefix-matching attention per head).
 

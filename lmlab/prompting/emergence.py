@@ -3,15 +3,15 @@ induction-head signature of the same models.
 
 The data holds in-context structure and nothing else to learn from: each training document draws
 a fresh random mapping of ``n_keys`` letters to digits and writes ``pairs`` draws from it,
-``"q:7 b:1 q:7 x:0 b:1 ..."``. A letter's digit cannot be known before the letter has appeared in
+``"q7 b1 q7 x0 b1 ..."``. A letter's digit cannot be known before the letter has appeared in
 the document; after that it is the digit written beside it then. So a model lowers its loss on
 the digits only by looking the key up in its context, which is what induction heads do
-(Olsson et al. 2022).
+(Olsson et al. 2022): at a key, find the key's earlier occurrence and copy the token after it.
 
 A family of decoders (the ``llama-tiny`` preset at each ``--sizes`` width, ``--n-layer`` blocks,
 ``head_dim`` 16) trains on such documents for the same number of steps (fresh documents every
 step, seeded). Each is then asked held-out questions in k-shot form: ``k`` pairs of a new
-mapping, then a key of it, ``"q:7 b:1 q:"``; the answer is the digit of highest log-likelihood
+mapping, then a key of it, ``"q7 b1 q"``; the answer is the digit of highest log-likelihood
 among the ten (constrained choice, :func:`lmlab.prompting.icl.choice_logprobs`). The questions
 are the same at every ``k`` (the k-shot prompt is the first ``k`` pairs of one draw), so
 accuracy by shots shows what more context buys. The asked key has appeared in the prompt with
@@ -44,9 +44,9 @@ from lmlab.train.options import OptimOptions
 
 KEYS = "abcdefghijklmnopqrstuvwxyz"
 VALUES = "0123456789"
-ALPHABET = KEYS + VALUES + ": "
-# "q:7 b:1 q:": a pair is key, colon, digit; pairs are separated by a space
-TEMPLATE = Template("plain", input_prefix="", output_prefix=":", label_sep="", separator=" ", io_sep="")
+ALPHABET = KEYS + VALUES + " "
+# "q7 b1 q": a pair is a key then its digit; pairs are separated by a space
+TEMPLATE = Template("plain", input_prefix="", output_prefix="", label_sep="", separator=" ", io_sep="")
 MODELS_DIR = "models"
 RESULT_FILES = ("results.json", "results.csv", "icl-emergence.png", "config.yaml")
 CSV_COLUMNS = ("d_model", "n_layer", "n_head", "params", "non_embedding_params", "steps", "train_tokens",
@@ -63,13 +63,13 @@ def kv_document(rng: random.Random, n_keys: int, pairs: int) -> list[Demo]:
 
 
 def document_text(demos: list[Demo]) -> str:
-    """Return the text of a document of pairs, ``"q:7 b:1 q:7"``."""
+    """Return the text of a document of pairs, ``"q7 b1 q7"``."""
     return TEMPLATE.separator.join(TEMPLATE.example(d) for d in demos)
 
 
 def make_tokenizer() -> Any:
-    """Return the char tokenizer of the key-value documents (letters, digits, colon, space and the
-    lab's special tokens)."""
+    """Return the char tokenizer of the key-value documents (letters, digits, space and the lab's
+    special tokens)."""
     from lmlab.data.tokenizers import train_tokenizer
 
     return train_tokenizer("char", iter([ALPHABET]))
@@ -112,7 +112,7 @@ class Question:
     value: str
 
     def prompt(self, shots: int) -> str:
-        """Return the ``shots``-shot prompt, ``"q:7 b:1 q:"``."""
+        """Return the ``shots``-shot prompt, ``"q7 b1 q"``."""
         return TEMPLATE.render(self.pairs[:shots], self.key)
 
     def seen(self, shots: int) -> bool:
@@ -166,7 +166,7 @@ class IclEmergenceConfig:
     n_layer: int = arg(2, "Transformer blocks in every model (an induction head needs two)")
     head_dim: int = arg(16, "width of one attention head: each model has d_model / head_dim heads")
     n_keys: int = arg(8, "letters in each document's random mapping")
-    pairs: int = arg(24, "key:digit pairs per training document (the context is 4 x pairs tokens)")
+    pairs: int = arg(32, "key-digit pairs per training document (the context is 3 x pairs tokens)")
     steps: int = arg(1500, "optimizer steps, the same for every model")
     batch_size: int = arg(32, "documents per step")
     optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.98),
@@ -207,9 +207,9 @@ def check_config(cfg: IclEmergenceConfig) -> list[int]:
     if not cfg.shots or min(cfg.shots) < 0 or max(cfg.shots) >= cfg.pairs:
         raise LmlabError(f"--shots must be counts from 0 to --pairs - 1 = {cfg.pairs - 1}, got "
                          f"{','.join(map(str, cfg.shots))}; lower them or raise --pairs")
-    if not 2 <= cfg.induction_length <= 2 * cfg.pairs:
-        raise LmlabError(f"--induction-length must be between 2 and 2 x --pairs = {2 * cfg.pairs} (the "
-                         f"context holds twice it), got {cfg.induction_length}")
+    if not 2 <= cfg.induction_length <= 3 * cfg.pairs // 2:
+        raise LmlabError(f"--induction-length must be between 2 and 3 x --pairs / 2 = {3 * cfg.pairs // 2} "
+                         f"(the context holds twice it), got {cfg.induction_length}")
     cfg.optim.check()
     return sorted(cfg.sizes)
 
@@ -220,7 +220,7 @@ def build_model(d_model: int, n_layer: int, head_dim: int, vocab_size: int, pair
     from lmlab.models.registry import get_preset
 
     n_head = d_model // head_dim
-    return build(get_preset("llama-tiny", vocab_size=vocab_size, block_size=4 * pairs, n_layer=n_layer,
+    return build(get_preset("llama-tiny", vocab_size=vocab_size, block_size=3 * pairs, n_layer=n_layer,
                             d_model=d_model, n_head=n_head, n_kv_heads=n_head))
 
 
@@ -279,7 +279,7 @@ def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path)
             label="perfect lookup")
     ax.axhline(0.1, color="0.6", ls=":", label="chance (1/10)")
     ax.set_xticks(xs, [str(k) for k in shots])
-    ax.set_xlabel("shots (key:digit pairs in the prompt)")
+    ax.set_xlabel("shots (key-digit pairs in the prompt)")
     ax.set_ylabel("accuracy (choice among 10 digits)")
     ax.set_title("k-shot accuracy by model", fontsize=10)
     ax = axes[1]
@@ -310,7 +310,7 @@ def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[2].grid(alpha=0.3)
-    fig.suptitle("in-context key:digit lookup: accuracy by size and shots, and induction heads")
+    fig.suptitle("in-context key-digit lookup: accuracy by size and shots, and induction heads")
     return save_png(fig, path)
 
 

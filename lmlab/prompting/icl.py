@@ -111,7 +111,8 @@ def draws(task: Task, shots: int, seeds: int, base_seed: int, questions: list[De
     out = []
     for s in range(base_seed, base_seed + seeds):
         demos = select_demos(task.pool, shots, seed=s * 1_000_003 + shots)
-        asked = [q for q in questions if q not in set(demos)] if task.leave_one_out else questions
+        shown = set(demos)
+        asked = [q for q in questions if q not in shown] if task.leave_one_out else questions
         out.append(Draw(s, demos, asked))
     return out
 

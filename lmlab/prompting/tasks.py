@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,7 +208,7 @@ def jsonl_task(path: Path) -> Task:
     if not test + both:
         raise LmlabError(f"{path}: every record has split 'train', so there is nothing to ask; mark some "
                          "'test' or leave the split out")
-    labels = sorted(Counter(d.label for d in pool + test + both))
+    labels = sorted({d.label for d in pool + test + both})
     return Task(path.stem, pool + both, test + both, labels, "Give the label of each input.",
                 leave_one_out=bool(both))
 

@@ -52,7 +52,7 @@ def test_too_long_sequences_are_refused():
 
 def test_question_prompts_and_perfect_lookup():
     q = Question([Demo("q", "7"), Demo("b", "1"), Demo("q", "7")], "b", "1")
-    assert q.prompt(0) == "b:" and q.prompt(2) == "q:7 b:1 b:" and TEMPLATE.continuation("1") == "1"
+    assert q.prompt(0) == "b" and q.prompt(2) == "q7 b1 b" and TEMPLATE.continuation("1") == "1"
     assert not q.seen(1) and q.seen(2)
     assert perfect_lookup([q], 1) == pytest.approx(0.1) and perfect_lookup([q], 2) == 1.0
     qs = make_questions(20, 4, 8, seed=0)
