@@ -33,7 +33,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -77,21 +77,32 @@ def make_tokenizer() -> Any:
 
 class KvBatches:
     """Batches of fresh key-value documents for the Trainer: batch ``i`` is made by a generator
-    seeded with ``(seed, i)``, so the position to resume from is just ``i``."""
+    seeded with ``(seed, i)``, so the position to resume from is just ``i``. With ``values_only``
+    the loss counts only the digits (as MQAR is trained, Arora et al. 2023): keys and spaces are
+    random or fixed and teach nothing about lookup."""
 
     def __init__(self, tokenizer: Any, n_keys: int, pairs: int, batch_size: int, seed: int,
-                 device: torch.device):
+                 device: torch.device, values_only: bool = True):
         self.tokenizer, self.n_keys, self.pairs = tokenizer, n_keys, pairs
         self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.values_only = values_only
         self.index = 0
 
     def next(self) -> dict[str, torch.Tensor]:
-        """Return the next batch: ``input_ids`` and ``labels`` (the ids shifted left by one)."""
+        """Return the next batch: ``input_ids`` and ``labels`` (the ids shifted left by one; -100
+        where the loss is not counted)."""
+        from lmlab.nn.losses import IGNORE_INDEX
+
         rng = random.Random(f"icl-emergence-train:{self.seed}:{self.index}")
         self.index += 1
         rows = torch.tensor([self.tokenizer.encode(document_text(kv_document(rng, self.n_keys, self.pairs)))
                              for _ in range(self.batch_size)])
-        return {"input_ids": rows[:, :-1].to(self.device), "labels": rows[:, 1:].to(self.device)}
+        labels = rows[:, 1:].clone()
+        if self.values_only:  # a pair is "key digit space": the digits sit at 1, 4, 7, ... of the row
+            keep = torch.zeros(labels.shape[1], dtype=torch.bool)
+            keep[0::3] = True
+            labels[:, ~keep] = IGNORE_INDEX
+        return {"input_ids": rows[:, :-1].to(self.device), "labels": labels.to(self.device)}
 
     def state_dict(self) -> dict[str, Any]:
         """Return the data position (the next batch's index)."""
@@ -169,6 +180,7 @@ class IclEmergenceConfig:
     pairs: int = arg(32, "key-digit pairs per training document (the context is 3 x pairs tokens)")
     steps: int = arg(1500, "optimizer steps, the same for every model")
     batch_size: int = arg(32, "documents per step")
+    loss_on: Literal["values", "all"] = arg("values", "train on the digits only (values) or on every token")
     optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.98),
                               "AdamW and its schedule (warmup capped at a tenth of --steps)")
     shots: list[int] = arg([0, 1, 2, 4, 8, 16], "shot counts to ask at (each below --pairs)")
@@ -238,7 +250,8 @@ def train_and_measure(cfg: IclEmergenceConfig, d_model: int, tokenizer: Any, que
     optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, cfg.steps // 10))
     settings = TrainSettings(optim=optim, precision=cfg.precision, max_steps=cfg.steps, log_interval=50,
                              show_progress=cfg.progress)
-    batches = KvBatches(tokenizer, cfg.n_keys, cfg.pairs, cfg.batch_size, cfg.seed, device)
+    batches = KvBatches(tokenizer, cfg.n_keys, cfg.pairs, cfg.batch_size, cfg.seed, device,
+                        values_only=cfg.loss_on == "values")
     trainer = Trainer(model, causal_lm_loss, batches, settings, out_dir=run_dir, device=device,
                       write_weights=lambda m, p: save_model(m, p), model_config=model.config.to_dict())
     t0 = time.perf_counter()

@@ -10,7 +10,14 @@ from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset
 from lmlab.nn.attention import record_attention
-from lmlab.prompting.emergence import TEMPLATE, Question, make_questions, perfect_lookup
+from lmlab.prompting.emergence import (
+    TEMPLATE,
+    KvBatches,
+    Question,
+    make_questions,
+    make_tokenizer,
+    perfect_lookup,
+)
 from lmlab.prompting.induction import measure_induction, repeated_sequences, uniform_score
 from lmlab.prompting.templates import Demo
 
@@ -58,6 +65,20 @@ def test_question_prompts_and_perfect_lookup():
     qs = make_questions(20, 4, 8, seed=0)
     assert qs == make_questions(20, 4, 8, seed=0) and all(len(x.pairs) == 8 for x in qs)
     assert all(len({d.input for d in x.pairs} | {x.key}) <= 4 for x in qs)
+
+
+def test_training_batches_count_only_the_digits_and_are_seeded():
+    tok = make_tokenizer()
+    a = KvBatches(tok, 4, 5, 3, seed=1, device=torch.device("cpu")).next()
+    again = KvBatches(tok, 4, 5, 3, seed=1, device=torch.device("cpu")).next()
+    assert torch.equal(a["input_ids"], again["input_ids"])
+    for ids, labels in zip(a["input_ids"], a["labels"]):
+        text = tok.decode(ids.tolist())  # "k5 k5 e1 l6 i": the row without its last digit
+        scored = [(i, tok.decode([t])) for i, t in enumerate(labels.tolist()) if t != -100]
+        assert len(scored) == 5 and all(c.isdigit() for _, c in scored)
+        assert all(text[i].isalpha() and (i + 1 == len(text) or text[i + 1] == c) for i, c in scored)
+    full = KvBatches(tok, 4, 5, 1, seed=1, device=torch.device("cpu"), values_only=False).next()
+    assert torch.equal(full["labels"][:, :-1], full["input_ids"][:, 1:])
 
 
 def test_emergence_and_induction_commands(tmp_path, capsys, one_torch_thread):
