@@ -172,20 +172,20 @@ def accuracy_by_shots(model: torch.nn.Module, tokenizer: Any, questions: list[Qu
 class IclEmergenceConfig:
     out: Path | None = arg(None, "folder for results.json, results.csv, icl-emergence.png, config.yaml and "
                                  "models/dWIDTH (a run folder per model)")
-    sizes: list[int] = arg([32, 64, 96, 128], "model widths d_model, comma separated; multiples of "
+    sizes: list[int] = arg([32, 64, 128], "model widths d_model, comma separated; multiples of "
                                               "--head-dim")
     n_layer: int = arg(2, "Transformer blocks in every model (an induction head needs two)")
     head_dim: int = arg(16, "width of one attention head: each model has d_model / head_dim heads")
-    n_keys: int = arg(8, "letters in each document's random mapping")
-    pairs: int = arg(32, "key-digit pairs per training document (the context is 3 x pairs tokens)")
-    steps: int = arg(1500, "optimizer steps, the same for every model")
-    batch_size: int = arg(32, "documents per step")
+    n_keys: int = arg(4, "letters in each document's random mapping")
+    pairs: int = arg(16, "key-digit pairs per training document (the context is 3 x pairs tokens)")
+    steps: int = arg(2000, "optimizer steps, the same for every model")
+    batch_size: int = arg(64, "documents per step")
     loss_on: Literal["values", "all"] = arg("values", "train on the digits only (values) or on every token")
-    optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.98),
+    optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=1e-3, warmup_steps=100, beta2=0.98),
                               "AdamW and its schedule (warmup capped at a tenth of --steps)")
-    shots: list[int] = arg([0, 1, 2, 4, 8, 16], "shot counts to ask at (each below --pairs)")
+    shots: list[int] = arg([0, 1, 2, 4, 8], "shot counts to ask at (each below --pairs)")
     samples: int = arg(300, "held-out questions (the same at every shot count)")
-    induction_length: int = arg(24, "tokens of the random sequence repeated for the induction measure")
+    induction_length: int = arg(16, "tokens of the random sequence repeated for the induction measure")
     induction_samples: int = arg(64, "repeated sequences for the induction measure")
     seed: int = arg(0, "seed of the data, the initial weights and the questions")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
