@@ -18,8 +18,11 @@ accuracy by shots shows what more context buys. The asked key has appeared in th
 probability ``1 - (1 - 1/n_keys)^k``; a model that looks up every seen key and guesses the rest
 scores ``seen + (1 - seen) / 10``, drawn as the "perfect lookup" curve.
 
-Each model also gets the induction measures (:mod:`lmlab.prompting.induction`) on repeated random
-sequences of its tokens, and is saved as a run folder (``models/dWIDTH``: weights, tokenizer,
+Each model also gets the induction measures (:mod:`lmlab.prompting.induction`) where it was
+trained to predict: on repeated random documents of ``induction_pairs`` distinct keys
+(``"q7 b1 x0 q7 b1 x0 "``), at the keys (the loss of the digit that follows, first copy against
+second, and the attention from a key of the second copy to the digit after its first
+occurrence). It is saved as a run folder (``models/dWIDTH``: weights, tokenizer,
 metrics), so ``lmlab icl induction --ckpt`` reads it too.
 """
 
@@ -113,6 +116,18 @@ class KvBatches:
         self.index = int(state["index"])
 
 
+def repeated_documents(tokenizer: Any, n_pairs: int, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """Return ``n`` documents of ``n_pairs`` distinct random keys with random digits, each written
+    twice (``"q7 b1 x0 q7 b1 x0 "``), as ids ``(n, 6 n_pairs)``, and the offsets of the keys in a
+    copy (where the digit that follows is predicted)."""
+    rows = []
+    for i in range(n):
+        rng = random.Random(f"icl-emergence-induction:{seed}:{i}")
+        text = "".join(f"{k}{rng.choice(VALUES)} " for k in rng.sample(KEYS, n_pairs))
+        rows.append(tokenizer.encode(text * 2))
+    return torch.tensor(rows), list(range(0, 3 * n_pairs, 3))
+
+
 @dataclass
 class Question:
     """One held-out question: the pairs its prompts draw from (the k-shot prompt shows the first
@@ -185,7 +200,8 @@ class IclEmergenceConfig:
                               "AdamW and its schedule (warmup capped at a tenth of --steps)")
     shots: list[int] = arg([0, 1, 2, 4, 8], "shot counts to ask at (each below --pairs)")
     samples: int = arg(300, "held-out questions (the same at every shot count)")
-    induction_length: int = arg(16, "tokens of the random sequence repeated for the induction measure")
+    induction_pairs: int = arg(8, "distinct key-digit pairs of the document repeated for the induction "
+                                  "measure (at most --pairs / 2)")
     induction_samples: int = arg(64, "repeated sequences for the induction measure")
     seed: int = arg(0, "seed of the data, the initial weights and the questions")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -219,9 +235,10 @@ def check_config(cfg: IclEmergenceConfig) -> list[int]:
     if not cfg.shots or min(cfg.shots) < 0 or max(cfg.shots) >= cfg.pairs:
         raise LmlabError(f"--shots must be counts from 0 to --pairs - 1 = {cfg.pairs - 1}, got "
                          f"{','.join(map(str, cfg.shots))}; lower them or raise --pairs")
-    if not 2 <= cfg.induction_length <= 3 * cfg.pairs // 2:
-        raise LmlabError(f"--induction-length must be between 2 and 3 x --pairs / 2 = {3 * cfg.pairs // 2} "
-                         f"(the context holds twice it), got {cfg.induction_length}")
+    most = min(len(KEYS), cfg.pairs // 2)
+    if not 1 <= cfg.induction_pairs <= most:
+        raise LmlabError(f"--induction-pairs must be between 1 and {most} (the context of 3 x --pairs tokens "
+                         f"holds the document twice), got {cfg.induction_pairs}")
     cfg.optim.check()
     return sorted(cfg.sizes)
 
@@ -240,7 +257,7 @@ def train_and_measure(cfg: IclEmergenceConfig, d_model: int, tokenizer: Any, que
                       device: torch.device) -> dict[str, Any]:
     """Train the model of width ``d_model``, save it as a run folder and measure it; return its row."""
     from lmlab.models.registry import save_model
-    from lmlab.prompting.induction import measure_induction, plain_token_ids, repeated_sequences
+    from lmlab.prompting.induction import measure_induction
     from lmlab.train.loop import Trainer, TrainSettings
     from lmlab.train.objectives import causal_lm_loss
 
@@ -264,9 +281,8 @@ def train_and_measure(cfg: IclEmergenceConfig, d_model: int, tokenizer: Any, que
     tokenizer.save(run_dir / "tokenizer.json")
     model.eval()
     by_shots = accuracy_by_shots(model, tokenizer, questions, cfg.shots)
-    ids = repeated_sequences(plain_token_ids(tokenizer, model.config.vocab_size), cfg.induction_length,
-                             cfg.induction_samples, cfg.seed)
-    induction = measure_induction(model, ids).to_dict()
+    ids, positions = repeated_documents(tokenizer, cfg.induction_pairs, cfg.induction_samples, cfg.seed)
+    induction = measure_induction(model, ids, positions=positions).to_dict()
     return {"d_model": d_model, "n_layer": cfg.n_layer, "n_head": model.config.n_head,
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True),
             "steps": result.step, "train_tokens": result.tokens,
@@ -306,7 +322,8 @@ def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path)
     for ax in axes[:2]:
         ax.set_ylim(-0.03, 1.03)
     ax = axes[2]
-    ax.plot(n, [r["loss_drop"] for r in rows], "o-", color="C3", label="loss drop, 1st - 2nd copy (nats)")
+    ax.plot(n, [r["loss_drop"] for r in rows], "o-", color="C3",
+            label="loss drop of the digit, 1st - 2nd copy")
     ax.set_ylabel("loss drop (nats/token)")
     ax2 = ax.twinx()
     ax2.plot(n, [r["best_prefix_matching"] for r in rows], "s--", color="C0",
@@ -315,7 +332,7 @@ def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path)
     ax2.set_ylabel("prefix-matching score")
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
-    ax.set_title("induction-head signature", fontsize=10)
+    ax.set_title("induction signature on a repeated document", fontsize=10)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower right")
@@ -393,5 +410,6 @@ def format_emergence(record: dict[str, Any]) -> str:
 
 __all__ = ["ALPHABET", "TEMPLATE", "IclEmergenceConfig", "KvBatches", "Question", "accuracy_by_shots",
            "build_model", "check_config", "document_text", "format_emergence", "kv_document",
-           "make_questions", "make_tokenizer", "perfect_lookup", "plot_icl_emergence", "run_emergence",
+           "make_questions", "make_tokenizer", "perfect_lookup", "plot_icl_emergence", "repeated_documents",
+           "run_emergence",
            "train_and_measure", "write_csv"]

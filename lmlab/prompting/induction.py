@@ -6,15 +6,19 @@ random token sequence well although the first copy is unpredictable. Two measure
 ``r r`` (``r``: ``length`` random tokens, drawn without repeats when the vocabulary allows):
 
 - the loss drop: the mean next-token loss (nats) over the first copy minus that over the second
-  (both on the predictions of tokens inside the copy: ``length - 1`` of them each);
+  (both on the predictions of tokens inside the copy: at offsets ``0 .. length - 2``);
 - prefix matching per head: at each position ``i`` of the second copy, the attention probability
   on position ``i - length + 1`` (the token after the previous occurrence of the current token),
   averaged over the positions and the sequences. Read through
   :func:`lmlab.nn.attention.record_attention`; a head near 1 is an induction head.
+
+``positions`` restricts both to some offsets of the copy: a model trained to predict only some
+tokens (the digits after keys in ``lmlab icl emergence``) is measured where it predicts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +79,11 @@ class InductionResult:
 
 
 @torch.no_grad()
-def measure_induction(model: torch.nn.Module, ids: torch.Tensor, batch_size: int = 32) -> InductionResult:
+def measure_induction(model: torch.nn.Module, ids: torch.Tensor, batch_size: int = 32,
+                      positions: Sequence[int] | None = None) -> InductionResult:
     """Return the loss drop and prefix-matching scores of ``model`` on repeated sequences ``ids``
-    ``(n, 2 length)`` (from :func:`repeated_sequences`).
+    ``(n, 2 length)`` (from :func:`repeated_sequences`), at the offsets ``positions`` of a copy
+    (default: all, ``0 .. length - 2``).
 
     Raises LmlabError when the model records no attention (not an lmlab Transformer decoder with
     softmax attention) or the sequences do not fit its context.
@@ -90,13 +96,16 @@ def measure_induction(model: torch.nn.Module, ids: torch.Tensor, batch_size: int
     if total > block:
         raise LmlabError(f"sequences of 2 x {length} tokens exceed the model's context of {block}; lower "
                          f"--length to at most {block // 2}")
+    offsets = torch.arange(length - 1) if positions is None else torch.tensor(list(positions))
+    if len(offsets) == 0 or int(offsets.min()) < 0 or int(offsets.max()) > length - 2:
+        raise LmlabError(f"positions must be offsets 0 .. {length - 2} within a copy of {length} tokens")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     first = second = 0.0
     scores: torch.Tensor | None = None
-    query = torch.arange(length, total)
-    key = query - length + 1
+    query = offsets + length
+    key = offsets + 1
     try:
         for start in range(0, n, batch_size):
             batch = ids[start:start + batch_size].to(device)
@@ -109,16 +118,16 @@ def measure_induction(model: torch.nn.Module, ids: torch.Tensor, batch_size: int
                                  "induction measure needs an lmlab Transformer decoder with softmax "
                                  "attention (mha/gqa)")
             loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:], reduction="none")
-            first += float(loss[:, :length - 1].sum())
-            second += float(loss[:, length:].sum())
+            first += float(loss[:, offsets].sum())
+            second += float(loss[:, query].sum())
             # probs: per layer (B, heads, T, T); the score of each head summed over rows and queries
             per_layer = torch.stack([p[:, :, query, key].sum(dim=(0, 2)).cpu() for p in probs])
             scores = per_layer if scores is None else scores + per_layer
     finally:
         model.train(was_training)
     assert scores is not None
-    count = n * (length - 1)
-    return InductionResult(length, n, first / count, second / count, (scores / (n * length)).tolist())
+    count = n * len(offsets)
+    return InductionResult(length, n, first / count, second / count, (scores / count).tolist())
 
 
 def plain_token_ids(tokenizer: Any, vocab_size: int) -> list[int]:
@@ -134,8 +143,9 @@ def plain_token_ids(tokenizer: Any, vocab_size: int) -> list[int]:
 
 
 def uniform_score(length: int) -> float:
-    """Return the prefix-matching score of a head that attends uniformly to every earlier position."""
-    return sum(1 / (i + 1) for i in range(length, 2 * length)) / length
+    """Return the prefix-matching score of a head that attends uniformly to every earlier position
+    (all offsets of the copy)."""
+    return sum(1 / (i + 1) for i in range(length, 2 * length - 1)) / (length - 1)
 
 
 def format_induction(result: InductionResult) -> str:

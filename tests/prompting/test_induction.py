@@ -17,6 +17,7 @@ from lmlab.prompting.emergence import (
     make_questions,
     make_tokenizer,
     perfect_lookup,
+    repeated_documents,
 )
 from lmlab.prompting.induction import measure_induction, repeated_sequences, uniform_score
 from lmlab.prompting.templates import Demo
@@ -43,13 +44,20 @@ def test_measures_equal_a_direct_computation():
         logits = model(ids)
     loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
     assert res.loss_first == pytest.approx(float(loss[:, :7].mean()), rel=1e-5)
-    assert res.loss_second == pytest.approx(float(loss[:, 8:].mean()), rel=1e-5)
+    assert res.loss_second == pytest.approx(float(loss[:, 8:15].mean()), rel=1e-5)
     for layer, p in enumerate(probs):  # (B, heads, T, T)
         for head in range(4):
-            by_hand = sum(float(p[:, head, i, i - 7].mean()) for i in range(8, 16)) / 8
+            by_hand = sum(float(p[:, head, i, i - 7].mean()) for i in range(8, 15)) / 7
             assert res.prefix_matching[layer][head] == pytest.approx(by_hand, rel=1e-5)
     assert len(res.prefix_matching) == 2 and res.best_head[2] == max(max(r) for r in res.prefix_matching)
     assert 0 < uniform_score(8) < 1 / 8
+    some = measure_induction(model, ids, positions=[0, 3])
+    assert some.loss_first == pytest.approx(float(loss[:, [0, 3]].mean()), rel=1e-5)
+    assert some.loss_second == pytest.approx(float(loss[:, [8, 11]].mean()), rel=1e-5)
+    by_hand = (float(probs[1][:, 2, 8, 1].mean()) + float(probs[1][:, 2, 11, 4].mean())) / 2
+    assert some.prefix_matching[1][2] == pytest.approx(by_hand, rel=1e-5)
+    with pytest.raises(LmlabError, match="offsets 0 .. 6"):
+        measure_induction(model, ids, positions=[7])
 
 
 def test_too_long_sequences_are_refused():
@@ -81,17 +89,26 @@ def test_training_batches_count_only_the_digits_and_are_seeded():
     assert torch.equal(full["labels"][:, :-1], full["input_ids"][:, 1:])
 
 
+def test_repeated_documents_mark_the_keys():
+    tok = make_tokenizer()
+    ids, positions = repeated_documents(tok, 3, 2, seed=0)
+    assert ids.shape == (2, 18) and positions == [0, 3, 6]
+    text = tok.decode(ids[0].tolist())
+    assert text[:9] == text[9:] and len(set(text[0:9:3])) == 3
+    assert all(text[j].isalpha() and text[j + 1].isdigit() for j in positions)
+
+
 def test_emergence_and_induction_commands(tmp_path, capsys, one_torch_thread):
     out = tmp_path / "em"
     rc = main(["icl", "emergence", "--out", str(out), "--sizes", "16,32", "--steps", "3", "--batch-size", "4",
-               "--pairs", "6", "--shots", "0,1,4", "--samples", "10", "--induction-length", "5",
+               "--pairs", "6", "--shots", "0,1,4", "--samples", "10", "--induction-pairs", "3",
                "--induction-samples", "3", "--no-progress", "--json"])
     assert rc == 0
     rec = json.loads(capsys.readouterr().out)
     assert [r["d_model"] for r in rec["rows"]] == [16, 32]
     for r in rec["rows"]:
         assert set(r["accuracy"]) == {"0", "1", "4"} and r["steps"] == 3
-        assert r["induction"]["length"] == 5 and len(r["induction"]["prefix_matching"]) == 2
+        assert r["induction"]["length"] == 9 and len(r["induction"]["prefix_matching"]) == 2
     for name in ("results.json", "results.csv", "icl-emergence.png", "config.yaml",
                  "models/d32/model.safetensors", "models/d32/tokenizer.json"):
         assert (out / name).is_file(), name
