@@ -113,6 +113,9 @@ def draws(task: Task, shots: int, seeds: int, base_seed: int, questions: list[De
         demos = select_demos(task.pool, shots, seed=s * 1_000_003 + shots)
         shown = set(demos)
         asked = [q for q in questions if q not in shown] if task.leave_one_out else questions
+        if not asked:
+            raise LmlabError(f"every question drawn is one of the {shots} demonstrations of draw {s}; ask "
+                             "more questions (--samples) or fewer shots")
         out.append(Draw(s, demos, asked))
     return out
 
