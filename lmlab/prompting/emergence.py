@@ -296,6 +296,8 @@ def train_and_measure(cfg: IclEmergenceConfig, d_model: int, tokenizer: Any, que
 def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path) -> Path:
     """Draw accuracy against shots per model (with the perfect-lookup curve), accuracy against
     parameters per shot count, and the induction measures against parameters. Returns ``path``."""
+    from matplotlib.ticker import NullFormatter
+
     from lmlab.plotting import figure, save_png
 
     fig, axes = figure(3, width=4.4, height=3.8)
@@ -335,11 +337,13 @@ def plot_icl_emergence(rows: list[dict[str, Any]], shots: list[int], path: Path)
     ax.set_title("induction signature on a repeated document", fontsize=10)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower right")
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
     for ax in axes[:2]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[2].grid(alpha=0.3)
+    for ax in axes[1:]:
+        ax.xaxis.set_minor_formatter(NullFormatter())  # crowded minor labels on a short log axis
     fig.suptitle("in-context key-digit lookup: accuracy by size and shots, and induction heads")
     return save_png(fig, path)
 
