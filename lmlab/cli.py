@@ -78,6 +78,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ulmfit": ("lmlab.adapt.commands:ulmfit", "ULMFiT's stages 2 and 3 from a general LM: LM fine-tuning (discriminative lr, STLR), classifier with gradual unfreezing; ablation switches"),
     "transfer baseline": ("lmlab.adapt.commands:transfer_baseline", "held-out accuracy of a bag-of-n-grams, averaged word2vec or ELMo-features logistic regression on labelled data"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
+    "hallucination world": ("lmlab.hallucination.commands:world", "write a generated world of facts (fictional people seen often, rarely, never) as training text and prepared data"),
+    "hallucination eval": ("lmlab.hallucination.commands:evaluate", "hallucination rate by entity frequency (closed- and open-book) and detectors' AUROC of a model trained on a world"),
+    "hallucination run": ("lmlab.hallucination.commands:run", "the hallucination experiment: world, base and 'unknown'-trained models, rates, detectors, retrieval"),
 }
 
 

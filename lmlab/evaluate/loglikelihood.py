@@ -14,7 +14,7 @@ ids at the boundary are the ones the joined text has.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,12 +25,14 @@ from lmlab.errors import LmlabError
 
 @dataclass
 class Loglikelihood:
-    """The continuation's total log-probability (nats), whether every token was the argmax, and
-    each token's log-probability."""
+    """The continuation's total log-probability (nats), whether every token was the argmax, each
+    token's log-probability, and the entropy (nats) of the model's next-token distribution at each
+    continuation position (how unsure it was there, whatever token came)."""
 
     logprob: float
     greedy: bool
     token_logprobs: list[float]
+    token_entropies: list[float] = field(default_factory=list)
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -91,7 +93,9 @@ def loglikelihoods(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
                 rowlp = logp[b, positions]
                 values = rowlp.gather(-1, targets[:, None])[:, 0]
                 greedy = bool((rowlp.argmax(-1) == targets).all())
-                out[i] = Loglikelihood(float(values.double().sum()), greedy, values.tolist())
+                entropies = -(rowlp.exp() * rowlp).sum(-1)
+                out[i] = Loglikelihood(float(values.double().sum()), greedy, values.tolist(),
+                                       entropies.tolist())
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
