@@ -196,7 +196,7 @@ def evaluate_run(run: str | Path, world_dir: str | Path, per_bucket: int = 200, 
         prompts = [prompt_for(q) for q in qs]
         answers = [g.answer for g in gs]
         scores = detector_scores(model, tokenizer, index, qs, prompts, answers, samples, k, seed)
-        result["detectors"] = detector_aurocs(gs, qs, scores) if qs else {}
+        result["detectors"] = detector_aurocs(gs, qs, scores)
         result["samples"] = samples
     return result
 

@@ -20,7 +20,7 @@ def test_prompts_render_exactly():
     q = Question("Mira Tosk", "city", "often", "Lisbon")
     assert q.text == "In which city was Mira Tosk born?"
     with pytest.raises(LmlabError, match="unknown relation"):
-        Question("Mira Tosk", "age", "often", "3").text
+        _ = Question("Mira Tosk", "age", "often", "3").text
 
 
 def test_answer_extraction_takes_the_first_line():
