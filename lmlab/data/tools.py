@@ -39,7 +39,8 @@ def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
 
 
 def check_tools(tools: Any, where: str = "tools") -> list[dict[str, Any]]:
-    """Return ``tools`` as a list of their ``function`` objects (``name``, ``description``,
+    """Return ``tools`` (OpenAI's ``{"type": "function", "function": {...}}`` entries, or the
+    ``function`` objects themselves) as a list of their ``function`` objects (``name``, ``description``,
     ``parameters``, as given: the template lists them in their own key order); raise LmlabError
     naming the first malformed entry and what it should look like."""
     if not isinstance(tools, list) or not tools:
@@ -47,7 +48,7 @@ def check_tools(tools: Any, where: str = "tools") -> list[dict[str, Any]]:
                          f"{{\"name\": ..., \"parameters\": {{...}}}}}}")
     out, seen = [], set()
     for i, t in enumerate(tools):
-        fn = t.get("function") if isinstance(t, dict) else None
+        fn = t.get("function", t if "name" in t else None) if isinstance(t, dict) else None  # or bare
         if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(fn, dict):
             raise LmlabError(f"{where}[{i}] must be "
                              f"{{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
