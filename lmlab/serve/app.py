@@ -170,10 +170,24 @@ def create_app(served: Served) -> FastAPI:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
+    async def cancel_on_disconnect(reqs: list[Any], request: Request) -> None:
+        """Cancel ``reqs`` as soon as the client goes away (its request body is read: the next message
+        can only be the disconnect)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        for r in reqs:
+            r.cancel()
+
     async def gather(queue: asyncio.Queue, reqs: list[Any], request: Request) -> list[Output]:
         outs = [Output() for _ in reqs]
-        async for i, ev in events(queue, reqs, request):
-            outs[i].add(ev)
+        # events() only looks for a disconnect when no event came for a second; a busy batch sends
+        # events all the time, so a non-streaming request watches its connection itself
+        watch = asyncio.create_task(cancel_on_disconnect(reqs, request))
+        try:
+            async for i, ev in events(queue, reqs, request):
+                outs[i].add(ev)
+        finally:
+            watch.cancel()
         failed = [o.error for o in outs if o.error]
         if failed:
             raise ApiError(500, failed[0])
