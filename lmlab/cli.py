@@ -81,6 +81,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hallucination world": ("lmlab.hallucination.commands:world", "write a generated world of facts (fictional people seen often, rarely, never) as training text and prepared data"),
     "hallucination eval": ("lmlab.hallucination.commands:evaluate", "hallucination rate by entity frequency (closed- and open-book) and detectors' AUROC of a model trained on a world"),
     "hallucination run": ("lmlab.hallucination.commands:run", "the hallucination experiment: world, base and 'unknown'-trained models, rates, detectors, retrieval"),
+    "tools data": ("lmlab.prompting.commands:tools_data", "write tool-use data made by code: big-number arithmetic via a calculator, Shakespeare questions via BM25 search"),
+    "tools eval": ("lmlab.prompting.commands:tools_eval", "accuracy with and without tools (the model's calls run in a loop) per task, on held-out questions"),
+    "tools ask": ("lmlab.prompting.commands:tools_ask", "ask one question with tools and print each turn, tool result and the answer"),
 }
 
 
