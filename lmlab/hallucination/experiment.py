@@ -27,6 +27,7 @@ from lmlab.hallucination.detectors import (
     DETECTORS,
     selfcheck_ngram,
     sequence_scores,
+    supported,
     token_disagreement,
     unsupported_score,
 )
@@ -163,6 +164,17 @@ def detector_aurocs(grades: Sequence[Grade], questions: Sequence[Question],
     return out
 
 
+def retrieval_recall(index: BM25, questions: Sequence[Question], k: int) -> dict[str, float]:
+    """Return, per seen bucket, the share of questions whose ``k`` retrieved sentences support the true
+    answer (name and fact in one sentence): how often an open-book prompt holds what it needs."""
+    out = {}
+    for bucket in ("often", "rarely"):
+        qs = [q for q in questions if q.bucket == bucket]
+        if qs:
+            out[bucket] = sum(supported(retrieve(index, q.text, k), q.name, q.truth) for q in qs) / len(qs)
+    return out
+
+
 def evaluate_run(run: str | Path, world_dir: str | Path, per_bucket: int = 200, k: int = 3, samples: int = 8,
                  seed: int = 0, detectors: bool = True) -> dict[str, Any]:
     """Ask a run the world's questions closed-book and open-book; grade; score the detectors on the
@@ -185,6 +197,7 @@ def evaluate_run(run: str | Path, world_dir: str | Path, per_bucket: int = 200, 
         answers = answer_questions(model, tokenizer, prompts)
         graded[mode] = [grade(a, q) for a, q in zip(answers, questions)]
         result[mode] = summarize(questions, graded[mode])
+    result["retrieval_recall"] = retrieval_recall(index, questions, k)
     result["examples"] = [{"bucket": q.bucket, "question": q.text, "truth": q.truth,
                            "closed_book": graded["closed_book"][i].answer,
                            "open_book": graded["open_book"][i].answer}
@@ -237,12 +250,19 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     """Return the hallucination table of evaluations keyed by model name (``base``, ``unknown``): per
     prompt kind, the hallucination rate and accuracy by entity frequency; then the detectors' AUROC
     of the models that have them."""
-    head = f"{'model, prompts':<26}" + "".join(f"{b + ' (halluc acc)':>18}" for b in (*BUCKETS, "all"))
+    head = f"{'model, prompts':<30}" + "".join(f"{b + ' (halluc acc)':>18}" for b in (*BUCKETS, "all"))
     lines = [head]
     for name, res in results.items():
         for mode, label in (("closed_book", "closed book"), ("open_book", f"open book (BM25 k={res['k']})")):
-            lines.append(f"{name + ', ' + label:<26}" + "".join(f" {_cell(res[mode].get(b))}"
+            lines.append(f"{name + ', ' + label:<30}" + "".join(f" {_cell(res[mode].get(b))}"
                                                                    for b in (*BUCKETS, "all")))
+    for res in results.values():  # the same world and questions for every model: print once
+        recall = res.get("retrieval_recall") or {}
+        if recall:
+            shares = ", ".join(f"{b} {v:.3f}" for b, v in recall.items())
+            lines.append(f"retrieval recall@{res['k']} (a retrieved sentence states the asked fact): "
+                         f"{shares}")
+            break
     for name, res in results.items():
         det = res.get("detectors")
         if not det:
@@ -271,4 +291,4 @@ def _examples(questions: Sequence[Question], per_bucket: int = 2) -> list[tuple[
 
 
 __all__ = ["ModelSpec", "answer_questions", "detector_aurocs", "detector_scores", "evaluate_run",
-           "format_table", "prompt_for", "run_experiment", "train_model", "write_world"]
+           "format_table", "prompt_for", "retrieval_recall", "run_experiment", "train_model", "write_world"]

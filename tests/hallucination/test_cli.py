@@ -63,6 +63,8 @@ def test_eval_command_reports_rates_by_bucket_and_detector_aurocs(tiny, tmp_path
     assert det["all"]["n"] == det["all"]["hallucinated"]
     for name in ("neg_logprob", "mean_entropy", "selfcheck_ngram_avg", "token_disagreement", "unsupported"):
         assert det["all"][name] is None
+    assert set(res["retrieval_recall"]) == {"often", "rarely"}
+    assert all(0 <= v <= 1 for v in res["retrieval_recall"].values())
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["questions"] == 12
     assert (tmp_path / "ev" / "config.yaml").is_file()
     text = run_cli("hallucination", "eval", "--ckpt", root / "run", "--world", root / "world",
