@@ -115,7 +115,7 @@ def run(cfg: RunConfig) -> int:
     "unknown"-trained model on the text with lines that answer "unknown" about never-mentioned names
     (same steps and seed), then ask both closed-book and open-book (retrieval-augmented) questions
     about people seen often, rarely and never. Reports the hallucination rate and accuracy by entity
-    frequency before and after each mitigation, and the detectors' AUROC on the base model.
+    frequency before and after each mitigation, and the detectors' AUROC on each model.
 
     Writes OUT/world/, OUT/base/, OUT/unknown/ (runs), OUT/results.json and OUT/config.yaml; prints
     the table (--json: one JSON object). Returns 0.

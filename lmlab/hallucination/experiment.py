@@ -218,7 +218,7 @@ def run_experiment(out: str | Path, spec: WorldSpec, model: ModelSpec, per_bucke
                    samples: int = 8, question_seed: int = 0, vocab_size: int = 1024, overwrite: bool = False,
                    progress: bool = True) -> dict[str, Any]:
     """Write the world into ``OUT/world``, pretrain ``OUT/base`` on its text and ``OUT/unknown`` on the
-    text with the "unknown" lines (same steps, same seed), evaluate both (detectors on the base model)
+    text with the "unknown" lines (same steps, same seed), evaluate both (with the detectors)
     and write ``OUT/results.json``; return the results."""
     import time
 
@@ -233,8 +233,7 @@ def run_experiment(out: str | Path, spec: WorldSpec, model: ModelSpec, per_bucke
         result[f"train_{name}"] = train_model(out / "world", out / name, model, unknown, overwrite=True,
                                               progress=progress)
     for name in ("base", "unknown"):
-        result[name] = evaluate_run(out / name, out / "world", per_bucket, k, samples, question_seed,
-                                    detectors=name == "base")
+        result[name] = evaluate_run(out / name, out / "world", per_bucket, k, samples, question_seed)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     write_json(out / "results.json", result)
     return result

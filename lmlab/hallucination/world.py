@@ -82,7 +82,9 @@ QUESTIONS: dict[str, str] = {
 
 @dataclass
 class WorldSpec:
-    """How many people each bucket has and how the text mentions them."""
+    """How many people each bucket has and how the text mentions them. The names, facts and buckets
+    are one seeded draw of all the people, so changing any size (even ``unknown_people``) draws a
+    different world, not a larger or smaller one."""
 
     often: int = arg(400, "people mentioned often (--often-mentions biographies each)")
     rarely: int = arg(400, "people mentioned rarely (one or two biographies each)")

@@ -96,6 +96,7 @@ def test_run_command_trains_both_models_and_reports_the_table(tmp_path):
                 "--questions", "3", "--samples", "2", "--no-progress", env=ENV)
     assert r.returncode == 0, r.stderr
     assert "unknown, closed book" in r.stdout and "detector AUROC (base" in r.stdout
+    assert "detector AUROC (unknown" in r.stdout
     res = json.loads((tmp_path / "h" / "results.json").read_text())
     assert set(res) >= {"world", "train_base", "train_unknown", "base", "unknown"}
     assert res["train_base"]["step"] == res["train_unknown"]["step"] == 3
