@@ -13,9 +13,19 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from lmlab.errors import LmlabError
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Return the 1-based ranks of ``values``, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]  # each run of ties covers ranks starts+1 .. ends
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2, ends - starts)
+    return ranks
 
 
 def auroc(labels: Sequence[int | bool], scores: Sequence[float]) -> float:
@@ -38,8 +48,8 @@ def auroc(labels: Sequence[int | bool], scores: Sequence[float]) -> float:
         which = "positive" if n_pos == 0 else "negative"
         raise LmlabError(f"AUROC is undefined without a {which} example ({n_pos} positive, "
                          f"{n_neg} negative); score a set that holds both")
-    ranks = rankdata(s)  # average ranks: a tie counts one half
-    u = float(ranks[y].sum()) - n_pos * (n_pos + 1) / 2
+    u = float(average_ranks(s)[y].sum()) - n_pos * (n_pos + 1) / 2  # a tie counts one half
+
     return u / (n_pos * n_neg)
 
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from lmlab.config import arg
 from lmlab.errors import LmlabError
-from lmlab.evaluate.auroc import auroc_or_none
 from lmlab.hallucination.corpus import VAL_FRACTION, retrieve, source_index, write_corpus
 from lmlab.hallucination.detectors import (
     DETECTORS,
@@ -154,6 +153,8 @@ def detector_aurocs(grades: Sequence[Grade], questions: Sequence[Question],
                     scores: Sequence[dict[str, float]]) -> dict[str, dict[str, float | None]]:
     """Return each detector's AUROC for telling hallucinated from correct answers, over all answered
     questions and over the seen (often, rarely) ones alone (None where one class is missing)."""
+    from lmlab.evaluate.auroc import auroc_or_none
+
     out: dict[str, dict[str, float | None]] = {}
     for subset, keep in (("all", lambda q: True), ("seen", lambda q: q.bucket != "never")):
         idx = [i for i, (g, q) in enumerate(zip(grades, questions)) if keep(q)]
@@ -179,14 +180,14 @@ def evaluate_run(run: str | Path, world_dir: str | Path, per_bucket: int = 200, 
                  seed: int = 0, detectors: bool = True) -> dict[str, Any]:
     """Ask a run the world's questions closed-book and open-book; grade; score the detectors on the
     closed-book answers that assert something. Returns the figures and a few examples."""
-    from lmlab.loader import load
-
     if samples < 1:
         raise LmlabError(f"--samples must be at least 1 (got {samples}); SelfCheck compares sampled answers")
     if k < 1:
         raise LmlabError(f"--k must be at least 1 retrieved sentence (got {k})")
     world = load_world(world_dir)
     index = source_index(world)
+    from lmlab.loader import load  # torch: only once the inputs are known to be good
+
     model, tokenizer = load(run)
     model.eval()
     questions = ask_questions(world, per_bucket, seed)

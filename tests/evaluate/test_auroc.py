@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lmlab.errors import LmlabError
-from lmlab.evaluate.auroc import auroc, auroc_or_none
+from lmlab.evaluate.auroc import auroc, auroc_or_none, average_ranks
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -23,6 +23,14 @@ def test_equals_sklearn_with_many_ties(seed):
     labels[:2] = [0, 1]
     scores = np.round(rng.normal(size=150) + labels * 0.5)  # a handful of distinct values
     assert auroc(labels, scores) == pytest.approx(sklearn_metrics.roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_average_ranks_equal_scipys_rankdata():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    for values in (rng.integers(0, 5, size=40).astype(float), rng.normal(size=25), np.zeros(3), np.ones(1)):
+        assert np.array_equal(average_ranks(values), rankdata(values))
 
 
 def test_hand_cases():

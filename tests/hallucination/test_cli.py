@@ -67,6 +67,10 @@ def test_eval_command_reports_rates_by_bucket_and_detector_aurocs(tiny, tmp_path
     assert all(0 <= v <= 1 for v in res["retrieval_recall"].values())
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["questions"] == 12
     assert (tmp_path / "ev" / "config.yaml").is_file()
+
+
+def test_eval_command_prints_the_table(tiny):
+    root, _ = tiny
     text = run_cli("hallucination", "eval", "--ckpt", root / "run", "--world", root / "world",
                    "--questions", "2", "--no-detectors", env=ENV)
     assert text.returncode == 0, text.stderr
