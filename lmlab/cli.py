@@ -78,6 +78,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ulmfit": ("lmlab.adapt.commands:ulmfit", "ULMFiT's stages 2 and 3 from a general LM: LM fine-tuning (discriminative lr, STLR), classifier with gradual unfreezing; ablation switches"),
     "transfer baseline": ("lmlab.adapt.commands:transfer_baseline", "held-out accuracy of a bag-of-n-grams, averaged word2vec or ELMo-features logistic regression on labelled data"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
+    "cot compare": ("lmlab.prompting.commands:cot_compare", "train direct and scratchpad arithmetic models at equal compute; accuracy by digits, longer than seen included"),
+    "cot eval": ("lmlab.prompting.commands:cot_eval", "greedy against self-consistency (majority of K sampled chains) on a cot run's held-out problems"),
+    "cot plot": ("lmlab.prompting.commands:cot_plot", "draw cot compare results side by side (accuracy by digits, direct vs scratchpad)"),
 }
 
 
