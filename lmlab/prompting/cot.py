@@ -155,7 +155,8 @@ class CompareConfig:
     n_layer: int = arg(2, "Transformer blocks")
     n_head: int = arg(4, "attention heads")
     block_size: int = arg(128, "tokens per training row (whole problems packed) and the model's context")
-    batch_size: int = arg(32, "rows per step")
+    batch_size: int = arg(8, "rows per step (small batches, many steps: what these tiny models learn "
+                                "fastest from)")
     optim: OptimOptions = arg(OptimOptions(lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.98),
                               "AdamW and its schedule (warmup capped at a tenth of the steps)")
     test_per_digits: int = arg(200, "held-out problems per digit count (at most a quarter of those there "
@@ -322,12 +323,12 @@ def compare_table(record: dict[str, Any]) -> str:
               f"{runs[f]['train_seconds']:>8.1f}" for f in FORMATS]
     lines.append("")
     lines.append(f"{'digits':>6} {'':8} {'direct':>7} {'scratchpad':>10} {'chain exact':>11} "
-                 f"{'tokens d/s':>10}")
+                 f"{'generated tokens (direct/scratchpad)'}")
     for r in record["rows"]:
         lines.append(f"{r['digits']:>6} {'trained' if r['trained'] else 'longer':<8} "
                      f"{r['direct_accuracy']:>7.3f} {r['scratchpad_accuracy']:>10.3f} "
                      f"{r['scratchpad_chain_exact']:>11.3f} "
-                     f"{r['direct_gen_tokens']:>4.0f}/{r['scratchpad_gen_tokens']:<5.0f}")
+                     f"{r['direct_gen_tokens']:>4.1f}/{r['scratchpad_gen_tokens']:.1f}")
     return "\n".join(lines)
 
 
