@@ -48,6 +48,7 @@ FORMATS = ("direct", "scratchpad")
 TASK_FILE = "task.json"
 RESULT_FILES = ("results.json", "results.csv", "cot.png", "config.yaml", *FORMATS)
 DECODE_ROWS = 512  # rows decoded at once
+SLACK = 8  # tokens a generation may run past the longest true target before it is cut off
 
 
 # ---------------------------------------------------------------- models and decoding
@@ -91,14 +92,13 @@ def generate_targets(model: nn.Module, problems: list[Problem], scratch: bool, s
         return []
     block = model.config.block_size
     prompts = [encode(p.prompt) for p in problems]
-    longest = max(len(p.target(scratch)) for p in problems) + 8
-    room = block - max(len(p) for p in prompts)
-    if room < longest - 8:
-        need = max(map(len, prompts)) + longest - 8
-        raise LmlabError(f"the longest held-out line needs {need} tokens, more "
+    longest_prompt = max(map(len, prompts))
+    longest_target = max(len(p.target(scratch)) for p in problems)
+    if longest_prompt + longest_target > block:
+        raise LmlabError(f"the longest held-out line needs {longest_prompt + longest_target} tokens, more "
                          f"than the model's context of {block}; lower --test-digits or train with a larger "
                          "--block-size")
-    max_new = min(longest, room)
+    max_new = min(longest_target + SLACK, block - longest_prompt)
     rows = [p for p in prompts for _ in range(samples)]
     texts: list[str] = []
     for i, start in enumerate(range(0, len(rows), DECODE_ROWS)):
