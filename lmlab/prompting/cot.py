@@ -349,7 +349,8 @@ def plot_compare(records: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("digits per operand (held-out problems)")
         ax.set_ylabel("exact match of the final answer")
         sym = "+" if rec["op"] == "add" else "x"
-        ax.set_title(f"a {sym} b, {rec['flops']:.2g} training FLOPs each", fontsize=10)
+        ax.set_title(f"a {sym} b, {rec['flops']:.2g} training FLOPs each\n{rec['preset']} shape, d_model "
+                     f"{rec['d_model']}, {rec['n_layer']} layers", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_png(fig, path)
