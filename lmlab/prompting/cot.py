@@ -245,7 +245,7 @@ def train_format(cfg: CompareConfig, task: _Task, fmt: str, device: torch.device
     shutil.rmtree(run / "state", ignore_errors=True)  # a finished comparison is not resumed
     facts = {"format": fmt, "steps": result.step, "tokens": result.tokens, "flops": fpt * result.tokens,
              "problems_seen": batches.problems_seen, "train_seconds": round(seconds, 2),
-             "params": model.num_params(), "final_loss": result.last_record.get("loss")}
+             "params": model.num_params()}
     write_json(run / TASK_FILE, {"op": task.op, "format": fmt, "train_digits": list(task.train),
                                  "test_digits": list(task.test), "test_per_digits": cfg.test_per_digits,
                                  "seed": cfg.seed, **facts})
