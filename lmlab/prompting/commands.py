@@ -63,7 +63,7 @@ class AskConfig:
                                        "document a line); without it only the calculator is offered")
     tools: bool = arg(True, "offer the tools (--no-tools: the model answers alone)")
     max_calls: int = arg(3, "tool calls at most")
-    max_new_tokens: int = arg(64, "tokens per model turn at most")
+    max_new_tokens: int = arg(128, "tokens per model turn at most (a call is 60-70 BPE tokens)")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
