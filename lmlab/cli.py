@@ -81,6 +81,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cot compare": ("lmlab.prompting.commands:cot_compare", "train direct and scratchpad arithmetic models at equal compute; accuracy by digits, longer than seen included"),
     "cot eval": ("lmlab.prompting.commands:cot_eval", "greedy against self-consistency (majority of K sampled chains) on a cot run's held-out problems"),
     "cot plot": ("lmlab.prompting.commands:cot_plot", "draw cot compare results side by side (accuracy by digits, direct vs scratchpad)"),
+    "tools data": ("lmlab.prompting.commands:tools_data", "write tool-use data made by code: big-number arithmetic via a calculator, Shakespeare questions via BM25 search"),
+    "tools eval": ("lmlab.prompting.commands:tools_eval", "accuracy with and without tools (the model's calls run in a loop) per task, on held-out questions"),
+    "tools ask": ("lmlab.prompting.commands:tools_ask", "ask one question with tools and print each turn, tool result and the answer"),
 }
 
 
