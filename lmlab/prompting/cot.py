@@ -285,7 +285,6 @@ def run_compare(cfg: CompareConfig) -> int:
     record = {"op": task.op, "train_digits": list(task.train), "test_digits": list(task.test),
               "preset": cfg.preset, "d_model": cfg.d_model, "n_layer": cfg.n_layer, "flops": cfg.flops,
               "runs": runs, "rows": rows, "wall_s": round(time.perf_counter() - t0, 2), "out": str(out)}
-    write_json(out / "results.json", record)
     _write_csv(rows, out / "results.csv")
     record["plots"] = [str(plot_compare([record], out / "cot.png"))]
     write_json(out / "results.json", record)
