@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -165,6 +166,8 @@ def run_harness(ckpt: Path, task_names: Sequence[str], out: Path, *, limit: int 
     folder = write_tasks(tasks, out / "tasks")
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # the tasks are local files: never ask a hub
         os.environ.setdefault(var, "1")
+    # lm-eval takes seconds to import: do it while the server starts
+    threading.Thread(target=_import_lm_eval, daemon=True).start()
     with serve_process(ckpt, out / "server.log", device) as url:
         _, body = _get(url + "/v1/models")
         max_len = int(json.loads(body)["data"][0]["max_model_len"])
@@ -175,6 +178,16 @@ def run_harness(ckpt: Path, task_names: Sequence[str], out: Path, *, limit: int 
     samples = raw.get("samples", {})
     documents = {t: int(n.get("effective", 0)) for t, n in raw.get("n-samples", {}).items()}
     return HarnessResult(results_rows(raw["results"]), documents, samples, raw, model_args)
+
+
+def _import_lm_eval() -> None:
+    import importlib
+
+    for name in ("lm_eval.evaluator", "lm_eval.tasks", "lm_eval.models.openai_completions"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the import in _evaluate raises it where it is reported
+            return
 
 
 def _evaluate(model_args: dict[str, Any], names: list[str], folder: Path,

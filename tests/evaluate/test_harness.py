@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import string
 from pathlib import Path
 
@@ -138,35 +139,77 @@ def test_written_tasks_load_in_lm_eval(tmp_path, corpora, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def harness_run(run, corpora, tmp_path_factory):
-    """lm-eval over every task (first 6 documents each) through 'lmlab serve' on the test run."""
-    from lmlab.evaluate.harness import run_harness
+def harness(run, corpora, tmp_path_factory) -> tuple[Path, dict]:
+    """The real CLI, once: lmlab eval --harness (every task, first 6 documents each) --json on the
+    test run; return its --out folder and its figures."""
+    from tests.conftest import run_cli
 
-    mp = pytest.MonkeyPatch()
-    for k, v in corpora.items():
-        mp.setenv(k, v)
-    try:
-        yield run_harness(run, ALL, tmp_path_factory.mktemp("harness-out"), limit=6)
-    finally:
-        mp.undo()
+    out = tmp_path_factory.mktemp("harness") / "out"
+    r = run_cli("eval", "--ckpt", run, "--harness", ",".join(ALL), "--limit", "6", "--out", out, "--json",
+                env=corpora)
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_lm_eval_loglikelihoods_equal_lmlab_loglikelihoods(harness_run, loaded):
-    """Every (context, continuation) lm-eval scored through the server: the same log-likelihood as
-    lmlab.evaluate.loglikelihood computes on the model directly (1e-4), and the same greedy flag."""
+def samples(out: Path, task: str) -> list[dict]:
+    return [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
+
+
+def test_lm_eval_loglikelihoods_equal_lmlab_loglikelihoods(harness, loaded):
+    """Every (context, continuation) lm-eval scored through the server (as the samples record it):
+    the log-likelihood lmlab.evaluate.loglikelihood computes on the model directly (1e-4), and the
+    same greedy flag."""
     from lmlab.evaluate.loglikelihood import encode_pair, loglikelihoods
 
     model, tok = loaded
     for task in ALL:
-        samples = harness_run.samples[task]
-        assert len(samples) == 6
-        requests = [(tuple(args), resp[0]) for s in samples for args, resp in zip(s["arguments"], s["resps"])]
+        docs = samples(harness[0], task)
+        assert len(docs) == 6
+        requests = [(tuple(args), resp[0]) for s in docs for args, resp in zip(s["arguments"], s["resps"])]
         pairs = [encode_pair(tok, ctx, cont) for (ctx, cont), _ in requests]
         assert all(len(c) + len(k) < model.config.block_size for c, k in pairs)  # nothing truncated
         ours = loglikelihoods(model, pairs, block_size=model.config.block_size)
         for ((ctx, cont), (ll, greedy)), mine in zip(requests, ours):
             assert ll == pytest.approx(mine.logprob, abs=1e-4), (task, ctx, cont)
             assert greedy == mine.greedy, (task, ctx, cont)
+
+
+def test_the_figures_are_computed_from_those_loglikelihoods(harness):
+    out, figures = harness
+    rows = {(r["task"], r["metric"]): r for r in figures["rows"]}
+    assert figures["documents"] == dict.fromkeys(ALL, 6)
+    for task in ("lmlab_sentiment", "lmlab_shakespeare_cloze"):
+        docs = samples(out, task)
+        right = [max(range(len(s["resps"])), key=lambda i, s=s: s["resps"][i][0][0]) == s["target"]
+                 for s in docs]
+        assert rows[(task, "acc")]["value"] == pytest.approx(sum(right) / len(right))
+        assert rows[(task, "acc")]["stderr"] is not None
+    lastword = samples(out, "lmlab_shakespeare_lastword")
+    assert rows[("lmlab_shakespeare_lastword", "acc")]["value"] == pytest.approx(
+        sum(s["resps"][0][0][1] for s in lastword) / len(lastword))
+    ppl = math.exp(-sum(s["resps"][0][0][0] for s in lastword) / len(lastword))
+    assert rows[("lmlab_shakespeare_lastword", "perplexity")]["value"] == pytest.approx(ppl)
+
+
+def test_cli_writes_results_samples_tasks_and_config(harness):
+    out, figures = harness
+    record = json.loads((out / "results.json").read_text())
+    assert record["rows"] == figures["rows"] and record["model_args"]["tokenizer_backend"] == "remote"
+    assert record["lm_eval"]["results"]["lmlab_sentiment"]["acc,none"] == next(
+        r["value"] for r in figures["rows"] if r["task"] == "lmlab_sentiment")
+    assert all((out / "tasks" / f"{t}.yaml").is_file() for t in ALL) and (out / "server.log").is_file()
+    assert "harness:\n- " + "\n- ".join(ALL) in (out / "config.yaml").read_text()
+
+
+def test_results_table():
+    from lmlab.evaluate.harness import results_rows, results_table
+
+    rows = results_rows({"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.25,
+                               "perplexity,none": 12.0, "perplexity_stderr,none": "N/A", "sample_len": 4}})
+    assert [(r.metric, r.value, r.stderr) for r in rows] == [("acc", 0.5, 0.25), ("perplexity", 12.0, None)]
+    assert results_table(rows).splitlines() == ["task  metric        value  stderr",
+                                                "t     acc          0.5000  0.2500",
+                                                "t     perplexity  12.0000        "]
 
 
 def test_lm_eval_greedy_flags_equal_lmlab_greedy(run, loaded):
@@ -206,44 +249,7 @@ def test_lm_eval_greedy_flags_equal_lmlab_greedy(run, loaded):
     assert sum(g for _, g in theirs) >= 4
 
 
-def test_the_table_is_computed_from_those_loglikelihoods(harness_run):
-    from lmlab.evaluate.harness import results_table
-
-    rows = {(r.task, r.metric): r for r in harness_run.rows}
-    assert set(harness_run.documents.values()) == {6}
-    for task in ("lmlab_sentiment", "lmlab_shakespeare_cloze"):
-        samples = harness_run.samples[task]
-        right = [max(range(len(s["resps"])), key=lambda i, s=s: s["resps"][i][0][0]) == s["target"]
-                 for s in samples]
-        assert rows[(task, "acc")].value == pytest.approx(sum(right) / len(right))
-        assert rows[(task, "acc")].stderr is not None
-    lastword = harness_run.samples["lmlab_shakespeare_lastword"]
-    assert rows[("lmlab_shakespeare_lastword", "acc")].value == pytest.approx(
-        sum(s["resps"][0][0][1] for s in lastword) / len(lastword))
-    table = results_table(harness_run.rows).splitlines()
-    assert table[0].split() == ["task", "metric", "value", "stderr"]
-    assert any(line.split()[:2] == ["lmlab_shakespeare_lastword", "perplexity"] for line in table)
-
-
-# ---------------------------------------------------------------- the CLI
-
-
-def test_cli_eval_harness_end_to_end(cli, run, corpora, tmp_path):
-    out = tmp_path / "out"
-    r = cli("eval", "--ckpt", run, "--harness", "lmlab_sentiment,lmlab_shakespeare_cloze", "--limit", "4",
-            "--out", out, "--json", env=corpora)
-    assert r.returncode == 0, r.stderr
-    figures = json.loads(r.stdout.strip().splitlines()[-1])
-    assert figures["documents"] == {"lmlab_sentiment": 4, "lmlab_shakespeare_cloze": 4}
-    accs = {row["task"]: row["value"] for row in figures["rows"] if row["metric"] == "acc"}
-    assert set(accs) == {"lmlab_sentiment", "lmlab_shakespeare_cloze"}
-    assert all(0 <= a <= 1 for a in accs.values())
-    record = json.loads((out / "results.json").read_text())
-    assert record["rows"] == figures["rows"] and record["model_args"]["tokenizer_backend"] == "remote"
-    assert record["lm_eval"]["results"]["lmlab_sentiment"]["acc,none"] == accs["lmlab_sentiment"]
-    assert len((out / "samples_lmlab_sentiment.jsonl").read_text().splitlines()) == 4
-    assert (out / "tasks" / "lmlab_sentiment.yaml").is_file() and (out / "server.log").is_file()
-    assert "harness:\n- lmlab_sentiment\n- lmlab_shakespeare_cloze" in (out / "config.yaml").read_text()
+# ---------------------------------------------------------------- bad input
 
 
 def _error(capsys, *args: str) -> str:
@@ -289,4 +295,4 @@ def test_a_checkpoint_that_is_not_a_decoder_is_refused(capsys, tmp_path, corpora
     tok.save(tmp_path / "bert" / "tokenizer.json")
     err = _error(capsys, "--ckpt", str(tmp_path / "bert"), "--harness", "lmlab_sentiment", "--out",
                  str(tmp_path / "out"))
-    assert "lmlab serve could not serve" in err and "decoder" in err
+    assert "lmlab serve could not serve" in err and "bert" in err and "encoder" in err  # its reason
