@@ -12,6 +12,7 @@ from typing import Literal
 
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
+from lmlab.evaluate.harness_tasks import TASKS as HARNESS_TASKS
 
 
 @dataclass
@@ -41,7 +42,7 @@ class EvalConfig:
     json: bool = arg(False, "print the figures as one JSON object")
     harness: list[str] | None = arg(
         None, "run lm-evaluation-harness on these tasks (comma-separated) through 'lmlab serve' instead: "
-        "lmlab_sentiment, lmlab_shakespeare_cloze, lmlab_shakespeare_lastword")
+        + ", ".join(HARNESS_TASKS))
     limit: int | None = arg(None, "--harness: score only the first N documents of each task")
     out: Path | None = arg(None, "--harness: folder for results.json, the samples, the task files, the "
                                  "server's log and config.yaml (default: RUN/harness)")

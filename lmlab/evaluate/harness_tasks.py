@@ -7,7 +7,8 @@ NAME`` runs them too. The hash in the file name keeps the datasets cache from se
 
 - ``lmlab_sentiment``: the held-out (test split) movie-review snippets people rated for sentiment in
   the VADER study (``sentiment-movies``; neutral ones left out), as SST-2's two-way multiple choice
-  (" negative" / " positive" after "Question: Is this sentence positive or negative?\\nAnswer:").
+  (" negative" / " positive" after "Question: Is this sentence positive or negative?\\nAnswer:");
+  accuracy and Matthews' correlation.
 - ``lmlab_shakespeare_cloze``: the last word of a line of held-out Shakespeare (the validation works
   of ``lmlab data prepare --corpus shakespeare``) given the speaker and up to three lines before it,
   multiple choice against three last words of other held-out lines (seeded, fixed).
@@ -122,7 +123,9 @@ TASKS: dict[str, HarnessTask] = {t.name: t for t in [
         {"output_type": "multiple_choice",
          "doc_to_text": "{{text}}\nQuestion: Is this sentence positive or negative?\nAnswer:",
          "doc_to_choice": ["negative", "positive"], "doc_to_target": "label",
-         "metric_list": [_metric("acc")]}),
+         # Matthews' correlation: 0 for a model that answers one label whatever the text, where
+         # acc would read as the share of that label
+         "metric_list": [_metric("acc"), _metric("mcc", "matthews_corrcoef")]}),
     HarnessTask(
         "lmlab_shakespeare_cloze",
         f"the last word of a held-out Shakespeare line given the lines before it "

@@ -184,6 +184,12 @@ def test_the_figures_are_computed_from_those_loglikelihoods(harness):
                  for s in docs]
         assert rows[(task, "acc")]["value"] == pytest.approx(sum(right) / len(right))
         assert rows[(task, "acc")]["stderr"] is not None
+    from sklearn.metrics import matthews_corrcoef
+
+    docs = samples(out, "lmlab_sentiment")
+    preds = [max((0, 1), key=lambda i, s=s: s["resps"][i][0][0]) for s in docs]
+    assert rows[("lmlab_sentiment", "mcc")]["value"] == pytest.approx(
+        matthews_corrcoef([s["target"] for s in docs], preds))
     lastword = samples(out, "lmlab_shakespeare_lastword")
     assert rows[("lmlab_shakespeare_lastword", "acc")]["value"] == pytest.approx(
         sum(s["resps"][0][0][1] for s in lastword) / len(lastword))
