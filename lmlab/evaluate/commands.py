@@ -44,6 +44,8 @@ class EvalConfig:
         None, "run lm-evaluation-harness on these tasks (comma-separated) through 'lmlab serve' instead: "
         + ", ".join(HARNESS_TASKS))
     limit: int | None = arg(None, "--harness: score only the first N documents of each task")
+    bootstrap_iters: int = arg(1000, "--harness: resamples for the standard errors of metrics without a "
+                                     "formula (mcc, perplexity); 0 leaves those out")
     out: Path | None = arg(None, "--harness: folder for results.json, the samples, the task files, the "
                                  "server's log and config.yaml (default: RUN/harness)")
 
@@ -162,7 +164,8 @@ def _harness(cfg: EvalConfig) -> int:
         raise LmlabError("--harness scores lm-eval tasks, not --data or --pairs; leave those out")
     folder = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
     out = cfg.out or folder / "harness"
-    r = run_harness(Path(cfg.ckpt), cfg.harness or [], out, limit=cfg.limit, device=cfg.device)
+    r = run_harness(Path(cfg.ckpt), cfg.harness or [], out, limit=cfg.limit, device=cfg.device,
+                    bootstrap_iters=cfg.bootstrap_iters)
     from lm_eval.utils import handle_non_serializable
 
     rows = [vars(row) for row in r.rows]

@@ -150,16 +150,20 @@ def results_table(rows: Sequence[Row]) -> str:
 
 
 def run_harness(ckpt: Path, task_names: Sequence[str], out: Path, *, limit: int | None = None,
-                device: str = "auto", batch_size: int = 16, num_concurrent: int = 2) -> HarnessResult:
+                device: str = "auto", batch_size: int = 16, num_concurrent: int = 2,
+                bootstrap_iters: int = 1000) -> HarnessResult:
     """Evaluate the decoder ``ckpt`` on lmlab's harness tasks through ``lmlab serve``; return the
     result. Writes the tasks (YAML + JSONL) to ``out/tasks`` and the server's log to
-    ``out/server.log``. ``limit``: the first N documents of each task."""
+    ``out/server.log``. ``limit``: the first N documents of each task; ``bootstrap_iters``:
+    resamples for the standard errors lm-eval bootstraps (0: none)."""
     from lmlab.evaluate.harness_tasks import resolve_tasks, write_tasks
 
     require_lm_eval()
     tasks = resolve_tasks(task_names)
     if limit is not None and limit < 1:
         raise LmlabError(f"--limit must be at least 1 (documents per task), got {limit}")
+    if bootstrap_iters < 0:
+        raise LmlabError(f"--bootstrap-iters must be 0 or more, got {bootstrap_iters}")
     if not Path(ckpt).exists():
         raise LmlabError(f"{ckpt} does not exist; give a run folder (a decoder with its tokenizer.json)")
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +178,7 @@ def run_harness(ckpt: Path, task_names: Sequence[str], out: Path, *, limit: int 
         model_args = {"model": SERVED_NAME, "base_url": url + "/v1/completions",
                       "tokenizer_backend": "remote", "tokenized_requests": True, "max_length": max_len,
                       "batch_size": batch_size, "num_concurrent": num_concurrent, "max_retries": 1}
-        raw = _evaluate(model_args, [t.name for t in tasks], folder, limit)
+        raw = _evaluate(model_args, [t.name for t in tasks], folder, limit, bootstrap_iters)
     samples = raw.get("samples", {})
     documents = {t: int(n.get("effective", 0)) for t, n in raw.get("n-samples", {}).items()}
     return HarnessResult(results_rows(raw["results"]), documents, samples, raw, model_args)
@@ -190,8 +194,8 @@ def _import_lm_eval() -> None:
             return
 
 
-def _evaluate(model_args: dict[str, Any], names: list[str], folder: Path,
-              limit: int | None) -> dict[str, Any]:
+def _evaluate(model_args: dict[str, Any], names: list[str], folder: Path, limit: int | None,
+              bootstrap_iters: int) -> dict[str, Any]:
     import logging
 
     import lm_eval
@@ -200,7 +204,7 @@ def _evaluate(model_args: dict[str, Any], names: list[str], folder: Path,
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines drown the table
     raw = lm_eval.simple_evaluate(model="local-completions", model_args=model_args, tasks=names,
                                   task_manager=TaskManager(include_path=str(folder), include_defaults=False),
-                                  limit=limit, log_samples=True, bootstrap_iters=1000)
+                                  limit=limit, log_samples=True, bootstrap_iters=bootstrap_iters)
     if raw is None:
         raise LmlabError("lm-eval returned no results")
     return raw

@@ -146,7 +146,7 @@ def harness(run, corpora, tmp_path_factory) -> tuple[Path, dict]:
 
     out = tmp_path_factory.mktemp("harness") / "out"
     r = run_cli("eval", "--ckpt", run, "--harness", ",".join(ALL), "--limit", "6", "--out", out, "--json",
-                env=corpora)
+                "--bootstrap-iters", "100", env=corpora)
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -274,6 +274,9 @@ def test_bad_harness_input_is_one_line(capsys, run, tmp_path):
     assert "does not exist" in _error(capsys, "--ckpt", nope, "--harness", "lmlab_sentiment")
     assert "--limit must be at least 1" in _error(capsys, "--ckpt", str(run), "--harness", "lmlab_sentiment",
                                                   "--limit", "0", "--out", str(tmp_path / "o"))
+    assert "--bootstrap-iters must be 0 or more" in _error(capsys, "--ckpt", str(run), "--harness",
+                                                           "lmlab_sentiment", "--bootstrap-iters", "-1",
+                                                           "--out", str(tmp_path / "o"))
     assert "not --data" in _error(capsys, "--ckpt", str(run), "--harness", "lmlab_sentiment", "--data",
                                   str(tmp_path))
     assert "go with --harness" in _error(capsys, "--ckpt", str(run), "--data", str(tmp_path), "--limit", "3")
