@@ -139,9 +139,58 @@ def test_written_tasks_load_in_lm_eval(tmp_path, corpora, monkeypatch):
 
 
 @pytest.fixture(scope="module")
+def served(run):
+    """lm-eval's local-completions model (the server's tokenizer, no files) on a real uvicorn server
+    of the run in this process."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from tests.serve.conftest import NAME, start
+
+    server = start(run, api_key=None)
+    try:
+        yield LocalCompletionsAPI(model=NAME, base_url=server.url + "/v1/completions",
+                                  tokenizer_backend="remote", max_length=512, batch_size=8)
+    finally:
+        server.stop()
+
+
+def assert_same_as_lmlab(loaded, requests: list[tuple[tuple[str, str], tuple[float, bool]]]) -> None:
+    """Each ((context, continuation), (log-likelihood, greedy)) lm-eval got: the log-likelihood
+    lmlab.evaluate.loglikelihood computes on the model directly (1e-4) and the same greedy flag."""
+    from lmlab.evaluate.loglikelihood import encode_pair, loglikelihoods
+
+    model, tok = loaded
+    pairs = [encode_pair(tok, ctx, cont) for (ctx, cont), _ in requests]
+    assert all(len(c) + len(k) < model.config.block_size for c, k in pairs)  # nothing truncated
+    ours = loglikelihoods(model, pairs, block_size=model.config.block_size)
+    for ((ctx, cont), (ll, greedy)), mine in zip(requests, ours):
+        assert ll == pytest.approx(mine.logprob, abs=1e-4), (ctx, cont)
+        assert greedy == mine.greedy, (ctx, cont)
+
+
+def test_lm_eval_on_the_shipped_tasks_gives_lmlab_loglikelihoods(served, loaded, corpora, tmp_path,
+                                                                  monkeypatch):
+    """An lm-eval run (local-completions through the server) on the shipped tasks, written from
+    local corpora: every request's log-likelihood and greedy flag equal lmlab's own."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    for k, v in corpora.items():
+        monkeypatch.setenv(k, v)
+    folder = write_tasks(resolve_tasks(ALL), tmp_path / "tasks")
+    raw = lm_eval.simple_evaluate(model=served, tasks=ALL, limit=3, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(folder), include_defaults=False))
+    requests = [(tuple(args), resp[0]) for task in ALL for s in raw["samples"][task]
+                for args, resp in zip(s["arguments"], s["resps"])]
+    assert len(requests) == 3 * 2 + 3 * 4 + 3  # sentiment 2 choices, cloze 4, lastword 1
+    assert_same_as_lmlab(loaded, requests)
+
+
+@pytest.fixture(scope="module")
 def harness(run, corpora, tmp_path_factory) -> tuple[Path, dict]:
     """The real CLI, once: lmlab eval --harness (every task, first 6 documents each) --json on the
-    test run; return its --out folder and its figures."""
+    test run; return its --out folder and its figures. Slow (about 20 s on a busy 2-core machine):
+    two processes start (the CLI, and the server it runs), lm-eval imports."""
     from tests.conftest import run_cli
 
     out = tmp_path_factory.mktemp("harness") / "out"
@@ -155,25 +204,18 @@ def samples(out: Path, task: str) -> list[dict]:
     return [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
 
 
-def test_lm_eval_loglikelihoods_equal_lmlab_loglikelihoods(harness, loaded):
-    """Every (context, continuation) lm-eval scored through the server (as the samples record it):
-    the log-likelihood lmlab.evaluate.loglikelihood computes on the model directly (1e-4), and the
-    same greedy flag."""
-    from lmlab.evaluate.loglikelihood import encode_pair, loglikelihoods
-
-    model, tok = loaded
+@pytest.mark.slow
+def test_cli_samples_hold_lmlab_loglikelihoods(harness, loaded):
+    """The samples 'lmlab eval --harness' wrote (lm-eval through 'lmlab serve' in its own process):
+    every request's log-likelihood and greedy flag equal lmlab's own."""
     for task in ALL:
         docs = samples(harness[0], task)
         assert len(docs) == 6
-        requests = [(tuple(args), resp[0]) for s in docs for args, resp in zip(s["arguments"], s["resps"])]
-        pairs = [encode_pair(tok, ctx, cont) for (ctx, cont), _ in requests]
-        assert all(len(c) + len(k) < model.config.block_size for c, k in pairs)  # nothing truncated
-        ours = loglikelihoods(model, pairs, block_size=model.config.block_size)
-        for ((ctx, cont), (ll, greedy)), mine in zip(requests, ours):
-            assert ll == pytest.approx(mine.logprob, abs=1e-4), (task, ctx, cont)
-            assert greedy == mine.greedy, (task, ctx, cont)
+        assert_same_as_lmlab(loaded, [(tuple(args), resp[0]) for s in docs
+                                      for args, resp in zip(s["arguments"], s["resps"])])
 
 
+@pytest.mark.slow
 def test_the_figures_are_computed_from_those_loglikelihoods(harness):
     out, figures = harness
     rows = {(r["task"], r["metric"]): r for r in figures["rows"]}
@@ -197,6 +239,7 @@ def test_the_figures_are_computed_from_those_loglikelihoods(harness):
     assert rows[("lmlab_shakespeare_lastword", "perplexity")]["value"] == pytest.approx(ppl)
 
 
+@pytest.mark.slow
 def test_cli_writes_results_samples_tasks_and_config(harness):
     out, figures = harness
     record = json.loads((out / "results.json").read_text())
@@ -218,16 +261,12 @@ def test_results_table():
                                                 "t     perplexity  12.0000        "]
 
 
-def test_lm_eval_greedy_flags_equal_lmlab_greedy(run, loaded):
-    """lm-eval's local-completions (remote tokenizer) on a server of the run: continuations that are
-    the model's greedy tokens come back greedy, others not, and every log-likelihood and flag equals
-    lmlab's own."""
+def test_lm_eval_greedy_flags_equal_lmlab_greedy(served, loaded):
+    """lm-eval's local-completions on the server: continuations that are the model's greedy tokens
+    come back greedy, others not, and every log-likelihood and flag equals lmlab's own."""
     from lm_eval.api.instance import Instance
-    from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    from lmlab.evaluate.loglikelihood import encode_pair, loglikelihoods
     from lmlab.generate import decode
-    from tests.serve.conftest import NAME, start
 
     model, tok = loaded
     pairs = []
@@ -239,19 +278,10 @@ def test_lm_eval_greedy_flags_equal_lmlab_greedy(run, loaded):
                 pairs.append((ctx, cont))
         pairs.append((ctx, " of"))
     assert sum(1 for _, c in pairs if c != " of") >= 4
-    server = start(run, api_key=None)
-    try:
-        lm = LocalCompletionsAPI(model=NAME, base_url=server.url + "/v1/completions",
-                                 tokenizer_backend="remote", max_length=model.config.block_size)
-        theirs = lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)],
+    theirs = served.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)],
                                   disable_tqdm=True)
-    finally:
-        server.stop()
-    block = model.config.block_size
-    ours = loglikelihoods(model, [encode_pair(tok, c, k) for c, k in pairs], block_size=block)
-    for (ctx, cont), (ll, greedy), mine in zip(pairs, theirs, ours):
-        assert ll == pytest.approx(mine.logprob, abs=1e-4) and greedy == mine.greedy, (ctx, cont)
-        assert greedy == (cont != " of" or mine.greedy)
+    assert_same_as_lmlab(loaded, list(zip(pairs, theirs)))
+    assert all(greedy for (_, cont), (_, greedy) in zip(pairs, theirs) if cont != " of")
     assert sum(g for _, g in theirs) >= 4
 
 
