@@ -78,6 +78,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ulmfit": ("lmlab.adapt.commands:ulmfit", "ULMFiT's stages 2 and 3 from a general LM: LM fine-tuning (discriminative lr, STLR), classifier with gradual unfreezing; ablation switches"),
     "transfer baseline": ("lmlab.adapt.commands:transfer_baseline", "held-out accuracy of a bag-of-n-grams, averaged word2vec or ELMo-features logistic regression on labelled data"),
     "scaling emergence": ("lmlab.scaling.emergence:emergence", "train a model family on addition; exact match vs log-likelihood against size"),
+    "tools data": ("lmlab.prompting.commands:tools_data", "write tool-use data made by code: big-number arithmetic via a calculator, Shakespeare questions via BM25 search"),
+    "tools eval": ("lmlab.prompting.commands:tools_eval", "accuracy with and without tools (the model's calls run in a loop) per task, on held-out questions"),
+    "tools ask": ("lmlab.prompting.commands:tools_ask", "ask one question with tools and print each turn, tool result and the answer"),
 }
 
 
