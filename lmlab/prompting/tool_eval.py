@@ -28,7 +28,7 @@ class ToolEvalConfig:
     split: str = arg("test", "which questions: validation or test")
     limit: int | None = arg(None, "ask at most this many questions per task")
     max_calls: int = arg(3, "tool calls per question at most (then the loop stops without an answer)")
-    max_new_tokens: int = arg(64, "tokens per model turn at most")
+    max_new_tokens: int = arg(128, "tokens per model turn at most (a call is 60-70 BPE tokens)")
     batch_size: int = arg(32, "questions decoded together")
     out: Path | None = arg(None, "folder for results.json, samples.md and config.yaml")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")

@@ -92,7 +92,7 @@ class ToolRun:
 
 
 def run_tool_loop(model: Any, tokenizer: Any, conversations: Sequence[Sequence[dict[str, Any]]],
-                  tools: Sequence[Tool] | None, *, max_calls: int = 3, max_new_tokens: int = 64,
+                  tools: Sequence[Tool] | None, *, max_calls: int = 3, max_new_tokens: int = 128,
                   batch_size: int = 32) -> list[ToolRun]:
     """Run the loop for each conversation (ending with the user's question), greedily; return one
     :class:`ToolRun` each, in order. ``tools=None`` lists no tools and parses no calls (the model
