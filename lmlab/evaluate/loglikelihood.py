@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
+from lmlab.evaluate.perplexity import model_logits
 
 
 @dataclass
@@ -44,13 +45,6 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     whole = list(tokenizer.hf.encode(context + continuation, add_special_tokens=False).ids)
     ctx = list(tokenizer.hf.encode(context, add_special_tokens=False).ids)
     return whole[:len(ctx)], whole[len(ctx):]
-
-
-def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = model(ids)
-    if not isinstance(out, torch.Tensor):
-        out = out.logits if hasattr(out, "logits") else out[0]
-    return out
 
 
 @torch.no_grad()
@@ -84,7 +78,7 @@ def loglikelihoods(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
             for b, i in enumerate(batch):
                 seq = rows[i][0][:-1]
                 ids[b, :len(seq)] = torch.tensor(seq)
-            logp = F.log_softmax(_logits(model, ids.to(device)).float(), dim=-1).cpu()
+            logp = F.log_softmax(model_logits(model, ids.to(device)).float(), dim=-1).cpu()
             for b, i in enumerate(batch):
                 whole, n = rows[i]
                 end = len(whole) - 1

@@ -8,13 +8,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from lmlab.data.tools import format_call
 from lmlab.errors import LmlabError
 from lmlab.prompting.bm25 import BM25
 from lmlab.prompting.tools import ERROR, calculator_tool, run_call, run_tool_loop, search_tool
-from tests.align.conftest import make_tiny_base
+from tests.align.conftest import make_tiny_base, memorise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUESTION = [{"role": "user", "content": "What is 48213 * 9127?"}]
@@ -100,27 +99,13 @@ def test_a_tiny_model_that_learned_a_call_runs_the_calculator(tmp_path):
     """A real model and decoder: it learned one conversation, the loop runs the real calculator (the
     fast tests script the turns; tests/serve/test_tools.py drives a real model's call fast)."""
     import lmlab
-    from lmlab.data.chat import encode_chat
 
-    folder = make_tiny_base(tmp_path / "run", block_size=512)
-    model, tok = lmlab.load(folder)
     tools = [calculator_tool()]
     conv = QUESTION + [
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {
             "name": "calculator", "arguments": '{"expression": "48213 * 9127"}'}}]},
         {"role": "tool", "content": "440040051"}, {"role": "assistant", "content": "440040051"}]
-    enc = encode_chat(tok, conv, tools=[t.spec() for t in tools])
-    ids = torch.tensor([enc.ids])
-    targets = torch.tensor([t if m else -100 for t, m in zip(enc.ids[1:], enc.assistant_mask[1:])])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(1500):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], targets)
-        if loss.item() < 0.002:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.01, f"the tiny model did not learn the conversation (loss {loss.item():.3f})"
+    model, tok = lmlab.load(memorise(tmp_path / "run", conv, [t.spec() for t in tools]))
     model.eval()
     (run,) = run_tool_loop(model, tok, [QUESTION], tools, max_new_tokens=120)  # chars: the call is 88
     assert (run.answer, run.calls, run.failed_calls) == ("440040051", 1, 0)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-import torch
 
-from tests.align.conftest import make_tiny_base
+from tests.align.conftest import memorise
 from tests.serve.conftest import API_KEY, NAME, start
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,34 +26,9 @@ ANSWERED = ASK + [{"role": "assistant", "content": None, "tool_calls": [CALL]},
 CONVERSATION = ANSWERED + [{"role": "assistant", "content": "It is 18C."}]
 
 
-def _memorise(folder: Path) -> Path:
-    """Train the tiny model until it says the conversation's assistant turns word for word."""
-    import lmlab
-    from lmlab.data.chat import encode_chat
-    from lmlab.models.registry import save_model
-
-    make_tiny_base(folder, block_size=384)
-    model, tok = lmlab.load(folder)
-    enc = encode_chat(tok, CONVERSATION, tools=[WEATHER])
-    ids = torch.tensor([enc.ids])
-    targets = torch.tensor([t if m else -100 for t, m in zip(enc.ids[1:], enc.assistant_mask[1:])])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(400):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], targets)
-        if loss.item() < 0.005:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.02, f"the tiny model did not learn the conversation (loss {loss.item():.3f})"
-    save_model(model, folder / "model.safetensors")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def client(tmp_path_factory) -> Iterator[openai.OpenAI]:
-    running = start(_memorise(tmp_path_factory.mktemp("tools-run")))
+    running = start(memorise(tmp_path_factory.mktemp("tools-run"), CONVERSATION, [WEATHER], block_size=384))
     yield openai.OpenAI(base_url=running.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
     running.stop()
 
