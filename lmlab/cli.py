@@ -81,6 +81,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "icl": ("lmlab.prompting.commands:icl", "in-context learning: k-shot accuracy on a task (label choice, raw and calibrated, or exact match of a generation)"),
     "icl emergence": ("lmlab.prompting.commands:icl_emergence", "train models of several sizes on in-context lookup; k-shot accuracy by size and shots, induction heads, plot"),
     "icl induction": ("lmlab.prompting.commands:icl_induction", "induction-head signature of a decoder: loss drop on repeated random tokens, prefix-matching score per head"),
+    "hallucination world": ("lmlab.hallucination.commands:world", "write a generated world of facts (fictional people seen often, rarely, never) as training text and prepared data"),
+    "hallucination eval": ("lmlab.hallucination.commands:evaluate", "hallucination rate by entity frequency (closed- and open-book) and detectors' AUROC of a model trained on a world"),
+    "hallucination run": ("lmlab.hallucination.commands:run", "the hallucination experiment: world, base and 'unknown'-trained models, rates, detectors, retrieval"),
+    "cot compare": ("lmlab.prompting.commands:cot_compare", "train direct and scratchpad arithmetic models at equal compute; accuracy by digits, longer than seen included"),
+    "cot eval": ("lmlab.prompting.commands:cot_eval", "greedy against self-consistency (majority of K sampled chains) on a cot run's held-out problems"),
+    "cot plot": ("lmlab.prompting.commands:cot_plot", "draw cot compare results side by side (accuracy by digits, direct vs scratchpad)"),
+    "tools data": ("lmlab.prompting.commands:tools_data", "write tool-use data made by code: big-number arithmetic via a calculator, Shakespeare questions via BM25 search"),
+    "tools eval": ("lmlab.prompting.commands:tools_eval", "accuracy with and without tools (the model's calls run in a loop) per task, on held-out questions"),
+    "tools ask": ("lmlab.prompting.commands:tools_ask", "ask one question with tools and print each turn, tool result and the answer"),
 }
 
 

@@ -40,8 +40,9 @@ class SFTConfig(LoopOptions):
     """Options of ``lmlab sft``."""
 
     ckpt: Path | None = arg(None, "the model to fine-tune: a run folder, model file or imported HF run")
-    data: Path | None = arg(None, "conversations: JSONL with 'messages' (ending with an assistant turn) or "
-                                  "'prompt'/'completion' per line")
+    data: Path | None = arg(None, "conversations: JSONL with 'messages' (ending with an assistant turn; "
+                                  "optional 'tools' listed in the system turn) or 'prompt'/'completion' "
+                                  "per line")
     out: Path | None = arg(None, "run folder: config.yaml, model.safetensors, tokenizer.json, metrics.jsonl, "
                                  "state/")
     overwrite: bool = arg(False, "start a new run in an --out that already holds one")
@@ -81,12 +82,14 @@ class SFTResult:
 
 
 class Conversation(NamedTuple):
-    """A record of an SFT file: its line, its messages, and whether it was a prompt/completion pair
-    (laid out by the template) rather than a ``messages`` chat."""
+    """A record of an SFT file: its line, its messages, whether it was a prompt/completion pair
+    (laid out by the template) rather than a ``messages`` chat, and the tools its system turn lists
+    (OpenAI's fine-tuning format: a ``tools`` field beside ``messages``)."""
 
     lineno: int
     messages: list[dict[str, Any]]
     pair: bool = False
+    tools: list[dict[str, Any]] | None = None
 
 
 def read_conversations(path: Path) -> list[Conversation]:
@@ -95,6 +98,7 @@ def read_conversations(path: Path) -> list[Conversation]:
     format or one without a final assistant turn."""
     from lmlab.data.archives import decode_utf8, jsonl_objects
     from lmlab.data.chat import check_messages
+    from lmlab.data.tools import check_tools
 
     if not Path(path).is_file():
         raise LmlabError(f"{path} does not exist; give a JSONL file of conversations")
@@ -113,7 +117,10 @@ def read_conversations(path: Path) -> list[Conversation]:
         if messages[-1]["role"] != "assistant":
             raise LmlabError(f"{path}:{lineno}: the conversation ends without an assistant turn, so there is "
                              "nothing to learn; end it with {\"role\": \"assistant\", ...}")
-        out.append(Conversation(lineno, messages, pair))
+        tools = obj.get("tools")
+        if tools is not None:
+            check_tools(tools, f"{path}:{lineno}: tools")
+        out.append(Conversation(lineno, messages, pair, tools))
     if not out:
         raise LmlabError(f"{path} holds no conversations")
     return out
@@ -135,7 +142,7 @@ def encode_conversation(tokenizer: Any, c: Conversation, template: str) -> tuple
         prompt = encode_prompt(tokenizer, c.messages[0]["content"], "plain").ids
         response = encode_response(tokenizer, c.messages[1]["content"], "plain", ended=True)
         return prompt + response, [0] * len(prompt) + [1] * len(response)
-    enc = encode_chat(tokenizer, c.messages)
+    enc = encode_chat(tokenizer, c.messages, tools=c.tools)
     return enc.ids, enc.assistant_mask
 
 

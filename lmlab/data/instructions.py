@@ -197,9 +197,20 @@ def play_title(path: Path, text: str) -> str:
     return " ".join(w.capitalize() if w.isupper() else w for w in first.split())
 
 
-def shakespeare_items(folder: Path, rng: random.Random) -> list[Item]:
-    """Return a speaker or play question (by ``rng``) over each speech of each play in ``folder``
-    (``*.txt``, the Gutenberg texts of the built-in corpus or files of that layout)."""
+@dataclass
+class Quote:
+    """A speech's first lines (at most ``SPEECH_LINES``), with its play's title, its speaker's name
+    and its split (by a hash of its words)."""
+
+    title: str
+    speaker: str
+    text: str
+    split: str
+
+
+def play_quotes(folder: Path) -> list[Quote]:
+    """Return the quotable speeches (at least ``MIN_SPEECH_WORDS`` words) of every play in
+    ``folder`` (``*.txt``, the Gutenberg texts of the built-in corpus or files of that layout)."""
     from lmlab.data.archives import decode_utf8
     from lmlab.data.corpora import strip_gutenberg
     from lmlab.data.labelled import hashed_split
@@ -208,7 +219,7 @@ def shakespeare_items(folder: Path, rng: random.Random) -> list[Item]:
     if not files:
         raise LmlabError(f"{folder} holds no .txt plays; give the folder of the Shakespeare texts "
                          "(or leave --shakespeare at its default, the built-in corpus)")
-    items = []
+    quotes = []
     for path in files:
         text = strip_gutenberg(decode_utf8(path.read_bytes())[0])
         header, speeches = parse_speeches(text)
@@ -218,18 +229,25 @@ def shakespeare_items(folder: Path, rng: random.Random) -> list[Item]:
         names = expand_names(header, {s.speaker for s in speeches})
         for s in speeches:
             quote = "\n".join(s.lines[:SPEECH_LINES])
-            if len(quote.split()) < MIN_SPEECH_WORDS:
-                continue
-            split = hashed_split("shakespeare-speech:" + " ".join(quote.lower().split()))
-            if rng.random() < 0.5:
-                question = f"In Shakespeare's {title}, who speaks these lines?\n\n{quote}"
-                items.append(Item("speaker", split, question, names[s.speaker], quote))
-            else:
-                question = f"Which play by Shakespeare are these lines from?\n\n{quote}"
-                items.append(Item("play", split, question, title, quote))
-    if not items:
+            if len(quote.split()) >= MIN_SPEECH_WORDS:
+                split = hashed_split("shakespeare-speech:" + " ".join(quote.lower().split()))
+                quotes.append(Quote(title, names[s.speaker], quote, split))
+    if not quotes:
         raise LmlabError(f"no play in {folder} has speaker lines (a name alone on a line before each "
                          "speech); give the folder of the Shakespeare texts")
+    return quotes
+
+
+def shakespeare_items(folder: Path, rng: random.Random) -> list[Item]:
+    """Return a speaker or play question (by ``rng``) over each speech of :func:`play_quotes`."""
+    items = []
+    for q in play_quotes(folder):
+        if rng.random() < 0.5:
+            question = f"In Shakespeare's {q.title}, who speaks these lines?\n\n{q.text}"
+            items.append(Item("speaker", q.split, question, q.speaker, q.text))
+        else:
+            question = f"Which play by Shakespeare are these lines from?\n\n{q.text}"
+            items.append(Item("play", q.split, question, q.title, q.text))
     return items
 
 
@@ -249,17 +267,33 @@ def shakespeare_folder(spec: str) -> Path:
 # ---------------------------------------------------------------- arithmetic
 
 
-def arithmetic_items(n: int, max_add: int, max_factor: int, rng: random.Random) -> list[Item]:
-    """Return up to ``n`` distinct problems, half additions (operands 0..``max_add``) and half
-    multiplications (0..``max_factor``; fewer when there are not that many), drawn by ``rng``."""
+def _distinct_pairs(low: int, top: int, want: int, rng: random.Random) -> list[tuple[int, int]]:
+    """Up to ``want`` distinct ordered pairs from ``low..top``, drawn by ``rng``."""
+    span = top - low + 1
+    if span * span <= 4 * want or span * span <= 250_000:  # few: enumerate them all
+        pairs = [(a, b) for a in range(low, top + 1) for b in range(low, top + 1)]
+        return rng.sample(pairs, min(want, len(pairs)))
+    seen: dict[tuple[int, int], None] = {}
+    while len(seen) < want:
+        seen[(rng.randint(low, top), rng.randint(low, top))] = None
+    return list(seen)
+
+
+def arithmetic_items(n: int, max_add: int, max_factor: int, rng: random.Random,
+                     min_operand: int = 0) -> list[Item]:
+    """Return up to ``n`` distinct problems, half additions (operands ``min_operand``..``max_add``)
+    and half multiplications (``min_operand``..``max_factor``; fewer when there are not that many),
+    drawn by ``rng``."""
     from lmlab.data.labelled import hashed_split
 
     if max_add < 1 or max_factor < 1:
         raise LmlabError(f"--max-add and --max-factor must be at least 1 (got {max_add}, {max_factor})")
+    if not 0 <= min_operand <= min(max_add, max_factor):
+        raise LmlabError(f"the smallest operand {min_operand} must be between 0 and the largest ones "
+                         f"({max_add}, {max_factor})")
     items = []
     for op, top, want in (("+", max_add, n - n // 2), ("*", max_factor, n // 2)):
-        pairs = [(a, b) for a in range(top + 1) for b in range(top + 1)]
-        for a, b in rng.sample(pairs, min(want, len(pairs))):
+        for a, b in _distinct_pairs(min_operand, top, want, rng):
             answer = a + b if op == "+" else a * b
             key = f"{op}:{min(a, b)},{max(a, b)}"
             items.append(Item("arithmetic", hashed_split("arithmetic:" + key), f"What is {a} {op} {b}?",

@@ -1,5 +1,6 @@
-"""CLI commands ``lmlab eval`` (perplexity and bits per byte of any model on prepared data) and
-``lmlab longctx`` (passkey retrieval and MQAR by context length, and their training data)."""
+"""CLI commands ``lmlab eval`` (perplexity and bits per byte of any model on prepared data, or
+lm-evaluation-harness tasks through ``lmlab serve`` with ``--harness``) and ``lmlab longctx``
+(passkey retrieval and MQAR by context length, and their training data)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Literal
 
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError
+from lmlab.evaluate.harness_tasks import TASKS as HARNESS_TASKS
 
 
 @dataclass
@@ -38,6 +40,14 @@ class EvalConfig:
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: Precision = arg("fp32", "autocast precision of the forward pass")
     json: bool = arg(False, "print the figures as one JSON object")
+    harness: list[str] | None = arg(
+        None, "run lm-evaluation-harness on these tasks (comma-separated) through 'lmlab serve' instead: "
+        + ", ".join(HARNESS_TASKS))
+    limit: int | None = arg(None, "--harness: score only the first N documents of each task")
+    bootstrap_iters: int = arg(1000, "--harness: resamples for the standard errors of metrics without a "
+                                     "formula (mcc, perplexity); 0 leaves those out")
+    out: Path | None = arg(None, "--harness: folder for results.json, the samples, the task files, the "
+                                 "server's log and config.yaml (default: RUN/harness)")
 
 
 def evaluate(cfg: EvalConfig) -> int:
@@ -69,6 +79,10 @@ def evaluate(cfg: EvalConfig) -> int:
     from lmlab.loader import check_same_tokenizer, load_model_any
     from lmlab.models.encoder import Encoder
 
+    if cfg.harness is not None:
+        return _harness(cfg)
+    if cfg.limit is not None or cfg.out is not None:
+        raise LmlabError("--limit and --out go with --harness TASKS; leave them out for perplexity")
     if cfg.ckpt is None or (cfg.data is None and cfg.pairs is None):
         raise LmlabError("eval needs --ckpt RUN (or a model.safetensors) and --data DIR (prepared data); "
                          "an encoder-decoder also takes --pairs FILE")
@@ -133,6 +147,46 @@ def evaluate(cfg: EvalConfig) -> int:
             f"bits per byte {r.bits_per_byte:.4f} ({r.tokens:,} tokens in {r.windows} windows"
             f"{f' sliding by {stride}' if stride < block else ''}{'' if r.full_pass else ', partial pass'})"
         )
+    return 0
+
+
+def _harness(cfg: EvalConfig) -> int:
+    """lm-evaluation-harness tasks through 'lmlab serve' (see evaluate's docstring)."""
+    from lmlab.evaluate.harness import require_lm_eval, results_table, run_harness
+    from lmlab.evaluate.harness_tasks import resolve_tasks
+    from lmlab.fileio import write_json, write_text
+
+    require_lm_eval()
+    resolve_tasks(cfg.harness or [])
+    if cfg.ckpt is None:
+        raise LmlabError("--harness needs --ckpt RUN (a decoder run folder with its tokenizer.json)")
+    if cfg.data is not None or cfg.pairs is not None:
+        raise LmlabError("--harness scores lm-eval tasks, not --data or --pairs; leave those out")
+    folder = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
+    out = cfg.out or folder / "harness"
+    r = run_harness(Path(cfg.ckpt), cfg.harness or [], out, limit=cfg.limit, device=cfg.device,
+                    bootstrap_iters=cfg.bootstrap_iters)
+    from lm_eval.utils import handle_non_serializable
+
+    rows = [vars(row) for row in r.rows]
+    keep = ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config",
+            "lm_eval_version", "date")
+    record = {"ckpt": str(cfg.ckpt), "tasks": list(dict.fromkeys(cfg.harness or [])), "limit": cfg.limit,
+              "rows": rows, "documents": r.documents, "model_args": r.model_args,
+              "lm_eval": json.loads(json.dumps({k: r.raw[k] for k in keep if k in r.raw},
+                                               default=handle_non_serializable))}
+    write_json(out / "results.json", record)
+    for task, samples in r.samples.items():
+        write_text(out / f"samples_{task}.jsonl", "".join(
+            json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n" for s in samples))
+    save_config(cfg, out / "config.yaml")
+    if cfg.json:
+        print(json.dumps({"rows": rows, "documents": r.documents, "out": str(out)}))
+        return 0
+    counts = ", ".join(f"{t}: {n} documents" for t, n in r.documents.items())
+    print(f"lm-evaluation-harness through lmlab serve ({counts})")
+    print(results_table(r.rows))
+    print(f"wrote {out / 'results.json'}, the samples and the task files ({out / 'tasks'})")
     return 0
 
 

@@ -14,23 +14,26 @@ ids at the boundary are the ones the joined text has.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
+from lmlab.evaluate.perplexity import model_logits
 
 
 @dataclass
 class Loglikelihood:
-    """The continuation's total log-probability (nats), whether every token was the argmax, and
-    each token's log-probability."""
+    """The continuation's total log-probability (nats), whether every token was the argmax, each
+    token's log-probability, and the entropy (nats) of the model's next-token distribution at each
+    continuation position (how unsure it was there, whatever token came)."""
 
     logprob: float
     greedy: bool
     token_logprobs: list[float]
+    token_entropies: list[float] = field(default_factory=list)
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -42,13 +45,6 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     whole = list(tokenizer.hf.encode(context + continuation, add_special_tokens=False).ids)
     ctx = list(tokenizer.hf.encode(context, add_special_tokens=False).ids)
     return whole[:len(ctx)], whole[len(ctx):]
-
-
-def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = model(ids)
-    if not isinstance(out, torch.Tensor):
-        out = out.logits if hasattr(out, "logits") else out[0]
-    return out
 
 
 @torch.no_grad()
@@ -82,7 +78,7 @@ def loglikelihoods(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
             for b, i in enumerate(batch):
                 seq = rows[i][0][:-1]
                 ids[b, :len(seq)] = torch.tensor(seq)
-            logp = F.log_softmax(_logits(model, ids.to(device)).float(), dim=-1).cpu()
+            logp = F.log_softmax(model_logits(model, ids.to(device)).float(), dim=-1).cpu()
             for b, i in enumerate(batch):
                 whole, n = rows[i]
                 end = len(whole) - 1
@@ -91,7 +87,9 @@ def loglikelihoods(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
                 rowlp = logp[b, positions]
                 values = rowlp.gather(-1, targets[:, None])[:, 0]
                 greedy = bool((rowlp.argmax(-1) == targets).all())
-                out[i] = Loglikelihood(float(values.double().sum()), greedy, values.tolist())
+                entropies = -(rowlp.exp() * rowlp).sum(-1)
+                out[i] = Loglikelihood(float(values.double().sum()), greedy, values.tolist(),
+                                       entropies.tolist())
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]

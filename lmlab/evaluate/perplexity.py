@@ -48,7 +48,8 @@ class PerplexityResult:
         return asdict(self)
 
 
-def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def model_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Return ``model(ids)``'s logits ``(B, T, V)``, from a tensor or an output with ``.logits``."""
     out = model(ids)
     if not isinstance(out, torch.Tensor):
         out = out.logits if hasattr(out, "logits") else out[0]
@@ -97,7 +98,7 @@ def sum_nll(
                 later = torch.from_numpy(group[i : i + batch_size] > 0).to(device)
                 targets[later, :skip] = IGNORE_INDEX
             with autocast(device, precision):
-                logits = _logits(model, x[:, :-1])
+                logits = model_logits(model, x[:, :-1])
             total += token_cross_entropy(logits, targets, reduction="sum").double().cpu()
             count += int((targets != IGNORE_INDEX).sum())
     return float(total), count

@@ -51,14 +51,19 @@ class BM25:
             raise LmlabError("every document of the search index is empty (no words); build it from a "
                              "corpus with text in it")
         self.k1, self.b = k1, b
-        self.freqs = [Counter(d) for d in docs]
         self.lengths = np.array([len(d) for d in docs], dtype=np.float64)
         self.avgdl = float(self.lengths.mean())
         n_docs = len(docs)
-        df: Counter[str] = Counter()
-        for f in self.freqs:
-            df.update(f.keys())
-        self.idf = {w: math.log(n_docs - n + 0.5) - math.log(n + 0.5) for w, n in df.items()}
+        postings: dict[str, tuple[list[int], list[int]]] = {}  # term -> (documents, counts)
+        for i, d in enumerate(docs):
+            for w, c in Counter(d).items():
+                where, counts = postings.setdefault(w, ([], []))
+                where.append(i)
+                counts.append(c)
+        self.postings = {w: (np.array(i, dtype=np.int64), np.array(c, dtype=np.float64))
+                         for w, (i, c) in postings.items()}
+        self.idf = {w: math.log(n_docs - len(i) + 0.5) - math.log(len(i) + 0.5)
+                    for w, (i, _) in postings.items()}
         floor = epsilon * sum(self.idf.values()) / len(self.idf)
         for w, v in self.idf.items():
             if v < 0:
@@ -71,13 +76,13 @@ class BM25:
     def scores(self, query: str | Sequence[str]) -> np.ndarray:
         """Return the BM25 score of every document for ``query`` (a string or a token list)."""
         terms = words(query) if isinstance(query, str) else list(query)
-        out = np.zeros(len(self.freqs))
-        for q in terms:
+        out = np.zeros(len(self.texts))
+        for q in terms:  # a repeated query term counts each time, as in rank_bm25
             idf = self.idf.get(q)
             if not idf:
                 continue
-            f = np.array([d.get(q, 0) for d in self.freqs], dtype=np.float64)
-            out += idf * (f * (self.k1 + 1) / (f + self._norm))
+            where, f = self.postings[q]
+            out[where] += idf * (f * (self.k1 + 1) / (f + self._norm[where]))
         return out
 
     def search(self, query: str | Sequence[str], k: int = 3) -> list[Hit]:

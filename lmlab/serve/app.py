@@ -41,6 +41,7 @@ from lmlab.serve.protocol import (
     completion_logprobs,
     error_body,
 )
+from lmlab.serve.tool_calls import ToolStream, plan_tools, split_answer
 
 log = logging.getLogger("lmlab.serve")
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -169,10 +170,24 @@ def create_app(served: Served) -> FastAPI:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
+    async def cancel_on_disconnect(reqs: list[Any], request: Request) -> None:
+        """Cancel ``reqs`` as soon as the client goes away (its request body is read: the next message
+        can only be the disconnect)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        for r in reqs:
+            r.cancel()
+
     async def gather(queue: asyncio.Queue, reqs: list[Any], request: Request) -> list[Output]:
         outs = [Output() for _ in reqs]
-        async for i, ev in events(queue, reqs, request):
-            outs[i].add(ev)
+        # events() only looks for a disconnect when no event came for a second; a busy batch sends
+        # events all the time, so a non-streaming request watches its connection itself
+        watch = asyncio.create_task(cancel_on_disconnect(reqs, request))
+        try:
+            async for i, ev in events(queue, reqs, request):
+                outs[i].add(ev)
+        finally:
+            watch.cancel()
         failed = [o.error for o in outs if o.error]
         if failed:
             raise ApiError(500, failed[0])
@@ -335,14 +350,24 @@ def create_app(served: Served) -> FastAPI:
             if isinstance(content, list):  # content parts: the text ones, joined
                 content = "".join(p.get("text", "") for p in content
                                   if isinstance(p, dict) and p.get("type") == "text")
-            messages.append({"role": m.get("role") if isinstance(m, dict) else None, "content": content})
-            if not isinstance(content, str):
+            message = {"role": m.get("role") if isinstance(m, dict) else None, "content": content}
+            calls = m.get("tool_calls") if isinstance(m, dict) else None
+            if calls:
+                message["tool_calls"] = calls
+            messages.append(message)
+            if not isinstance(content, str) and not (calls and content is None):
                 raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts",
                                f"messages.{i}.content")
         try:
-            ids = encode_chat(tok, messages, add_generation_prompt=True).ids
+            plan = plan_tools(body.tools, body.tool_choice)
+        except LmlabError as e:
+            raise ApiError(400, str(e), "tool_choice" if "tool_choice" in str(e) else "tools") from None
+        try:
+            ids = encode_chat(tok, messages, add_generation_prompt=True, tools=plan.tools).ids
         except LmlabError as e:
             raise ApiError(400, str(e), "messages") from None
+        if plan.prefill:  # the answer starts inside a call: encode it with the prompt, as one text
+            ids = ids + list(tok.hf.encode(plan.prefill, add_special_tokens=False).ids)
         room = engine.block_size - len(ids)
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         max_tokens = asked if asked is not None else max(room, 0)
@@ -354,9 +379,15 @@ def create_app(served: Served) -> FastAPI:
 
         if not body.stream:
             outs = await gather(queue, reqs, request)
-            choices = [{"index": j, "message": {"role": "assistant", "content": out.text},
-                        "logprobs": chat_logprobs(out.logprobs, piece) if logprobs is not None else None,
-                        "finish_reason": out.finish_reason} for j, out in enumerate(outs)]
+            choices = []
+            for j, out in enumerate(outs):
+                content, calls = split_answer(plan, out.text)
+                message: dict[str, Any] = {"role": "assistant", "content": content}
+                if calls:
+                    message["tool_calls"] = [c.openai() for c in calls]
+                lp = chat_logprobs(out.logprobs, piece) if logprobs is not None else None
+                choices.append({"index": j, "message": message, "logprobs": lp,
+                                "finish_reason": "tool_calls" if calls else out.finish_reason})
             return {"id": rid, "object": "chat.completion", "created": now, "model": served.name,
                     "choices": choices, "usage": usage(len(ids), sum(len(o.tokens) for o in outs))}
 
@@ -368,16 +399,24 @@ def create_app(served: Served) -> FastAPI:
 
         async def stream() -> AsyncIterator[str]:
             made = 0
+            texts = [ToolStream(plan) for _ in range(body.n)]
             for j in range(body.n):
                 yield chunk(j, {"role": "assistant", "content": ""}, None, None)
             async for j, ev in events(queue, reqs, request):
                 if ev.kind == "token":
                     made += 1
                     lp = chat_logprobs([ev.logprob], piece) if ev.logprob is not None else None
-                    if ev.text or lp is not None:
-                        yield chunk(j, {"content": ev.text}, lp, None)
+                    text = texts[j].feed(ev.text)
+                    if text or lp is not None:
+                        yield chunk(j, {"content": text}, lp, None)
                 elif ev.kind == "done":
-                    yield chunk(j, {}, None, ev.finish_reason)
+                    rest, calls = texts[j].finish()
+                    if rest:
+                        yield chunk(j, {"content": rest}, None, None)
+                    if calls:
+                        delta = [{"index": k, **c.openai()} for k, c in enumerate(calls)]
+                        yield chunk(j, {"tool_calls": delta}, None, None)
+                    yield chunk(j, {}, None, "tool_calls" if calls else ev.finish_reason)
                 elif ev.kind == "error":
                     yield sse(error_body(ev.message or "the model failed", "server_error"))
             if include_usage:

@@ -12,8 +12,9 @@ def serve(cfg: ServeConfig) -> int:
     logprobs, echo with the prompt's log-probs, stream), POST /v1/chat/completions (the ChatML
     template, stops at <|im_end|>, stream), POST /tokenize, POST /detokenize, GET /tokenizer_info and
     GET /metrics (Prometheus text). Requests join and leave the running batch between decode
-    steps; greedy output equals 'lmlab generate' whatever else runs. Without --api-key (or
-    LMLAB_API_KEY) the server listens on loopback only. E.g.:
+    steps; greedy output equals 'lmlab generate' whatever else runs. The server listens at once and
+    answers 503 ("the model is loading") until the checkpoint is loaded; one that does not load stops
+    it with the reason. Without --api-key (or LMLAB_API_KEY) the server listens on loopback only. E.g.:
 
       lmlab serve --ckpt runs/llama-sft --port 8000 --served-name llama
       python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='-');

@@ -336,26 +336,39 @@ class Engine:
     # ------------------------------------------------------------------ the scheduler
     def _loop(self) -> None:
         with torch.inference_mode():
-            while True:
-                with self._cv:
-                    while not self._stopping and not self._waiting and not self._running:
-                        self._cv.wait()
-                    if self._stopping:
-                        break
-                    newcomers, budget = [], self.prefill_tokens
-                    while self._waiting and len(self._running) + len(newcomers) < self.max_batch and \
-                            (not newcomers or budget >= len(self._waiting[0].prompt)):
-                        budget -= len(self._waiting[0].prompt)
-                        newcomers.append(self._waiting.popleft())
-                for req in newcomers:
-                    self._admit(req)
-                self._drop_cancelled()
-                if self._running:
-                    self._step()
+            while self._round():
+                pass
             for r in self._running:
                 self._finish(r.req, "cancelled")
             for req in self._waiting:
                 self._finish(req, "cancelled")
+
+    def _round(self) -> bool:
+        """Wait for work, then end the cancelled waiting requests, admit newcomers and run one decode
+        step; return False when the engine stops. (A function of its own so that nothing of a round,
+        such as the last request admitted, stays referenced while the engine waits idle.)"""
+        with self._cv:
+            while not self._stopping and not self._waiting and not self._running:
+                self._cv.wait()
+            if self._stopping:
+                return False
+            # a cancelled request leaves the queue now, not when a place frees up for it
+            dropped = [r for r in self._waiting if r.cancelled]
+            if dropped:
+                self._waiting = collections.deque(r for r in self._waiting if not r.cancelled)
+            newcomers, budget = [], self.prefill_tokens
+            while self._waiting and len(self._running) + len(newcomers) < self.max_batch and \
+                    (not newcomers or budget >= len(self._waiting[0].prompt)):
+                budget -= len(self._waiting[0].prompt)
+                newcomers.append(self._waiting.popleft())
+        for req in dropped:
+            self._finish(req, "cancelled")
+        for req in newcomers:
+            self._admit(req)
+        self._drop_cancelled()
+        if self._running:
+            self._step()
+        return True
 
     def _emit(self, req: Request, event: Event) -> None:
         try:
@@ -403,7 +416,9 @@ class Engine:
                 generator = torch.Generator(device=self.device).manual_seed(p.seed)
             ends = (set() if p.ignore_eos else self.eos_ids) | {int(t) for t in p.stop_ids}
             run = _Running(req, StopStrings(self.tokenizer, p.stop), ends, generator)
-            if self._choose([run], logits[:, -1]):
+            ended = self._choose([run], logits[:, -1])
+            if ended:
+                self._finish(req, ended[0][1])
                 return
             slot = len(self._running)
             self.slots.load(slot, cache, len(req.prompt))
@@ -414,9 +429,10 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         for i in reversed(range(len(self._running))):
-            if self._running[i].req.cancelled:
-                self._finish(self._running[i].req, "cancelled")
+            req = self._running[i].req
+            if req.cancelled:
                 self._remove(i)
+                self._finish(req, "cancelled")
 
     def _remove(self, i: int) -> None:
         """Free slot ``i``: the last running row moves into it."""
@@ -443,13 +459,16 @@ class Engine:
                 self._fail(r.req, f"the model failed on this request ({type(e).__name__})")
             self._running.clear()
             return
-        ended = self._choose(self._running, logits)
-        for i in sorted(ended, reverse=True):
+        # a request leaves the batch before it reports its end: a client that has its answer is no
+        # longer counted as running
+        for i, reason in sorted(self._choose(self._running, logits), reverse=True):
+            req = self._running[i].req
             self._remove(i)
+            self._finish(req, reason)
 
-    def _choose(self, rows: list[_Running], logits: torch.Tensor) -> list[int]:
-        """Choose each row's next token from ``logits (len(rows), V)``, report it; return the indices
-        of the rows that ended."""
+    def _choose(self, rows: list[_Running], logits: torch.Tensor) -> list[tuple[int, str]]:
+        """Choose each row's next token from ``logits (len(rows), V)``, report it; return the rows that
+        ended as ``(index, finish reason)`` (the caller reports their end)."""
         greedy = select_next(logits, 0).tolist() if any(r.req.params.temperature == 0 for r in rows) else None
         now = time.perf_counter()
         with self.metrics.lock:
@@ -481,8 +500,7 @@ class Engine:
                     piece, reason = piece + r.text.flush(), "length"
             self._emit(r.req, Event("token", text=piece, token=token, logprob=entry))
             if reason is not None or r.req.cancelled:
-                self._finish(r.req, reason or "cancelled")
-                ended.append(i)
+                ended.append((i, reason or "cancelled"))
         return ended
 
 

@@ -78,6 +78,8 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 def completion_logprobs(entries: Sequence[tuple[int, TokenLogprob | None]], piece: Callable[[int], str],

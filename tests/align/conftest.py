@@ -29,6 +29,33 @@ def make_tiny_base(folder: Path, d_model: int = 48, n_layer: int = 2, block_size
     return folder
 
 
+def memorise(folder: Path, conversation: list[dict], tools: list[dict] | None = None, block_size: int = 512,
+             max_steps: int = 1500) -> Path:
+    """Write a tiny run (:func:`make_tiny_base`) into ``folder`` trained until it says the assistant
+    turns of ``conversation`` (listing ``tools``) word for word; return the folder."""
+    import lmlab
+    from lmlab.data.chat import encode_chat
+    from lmlab.models.registry import save_model
+
+    make_tiny_base(folder, block_size=block_size)
+    model, tok = lmlab.load(folder)
+    enc = encode_chat(tok, conversation, tools=tools)
+    ids = torch.tensor([enc.ids])
+    targets = torch.tensor([t if m else -100 for t, m in zip(enc.ids[1:], enc.assistant_mask[1:])])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(max_steps):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], targets)
+        if loss.item() < 0.002:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01, f"the tiny model did not learn the conversation (loss {loss.item():.3f})"
+    save_model(model, folder / "model.safetensors")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A run folder with a random tiny LLaMA (d 48, 2 layers, context 128) and a char tokenizer

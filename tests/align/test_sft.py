@@ -158,3 +158,24 @@ def test_packed_plain_sft_trains(base, tmp_path, capsys):
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["template"] == "plain" and cfg["pack"] is True
+
+
+def test_records_with_tools_list_them_and_learn_the_calls(tmp_path):
+    tools = [{"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}]
+    record = {"tools": tools, "messages": [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "2+2"}}}]},
+        {"role": "tool", "content": "4"}, {"role": "assistant", "content": "4"}]}
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (conv,) = read_conversations(path)
+    tok = train_tokenizer("char", iter([json.dumps(record)]))
+    inputs, targets = encode_for_sft(tok, path, [conv], max_len=400)
+    learned = tok.decode([t for t in targets[0] if t != IGNORE])
+    assert learned == ('<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
+                       f"{IM_END}4{IM_END}")
+    assert "<tools>" in tok.decode(inputs[0])
+    path.write_text(json.dumps({**record, "tools": [{"type": "function", "function": {}}]}) + "\n")
+    with pytest.raises(LmlabError, match=r"tools.jsonl:1: tools\[0\].function.name"):
+        read_conversations(path)

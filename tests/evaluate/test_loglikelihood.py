@@ -66,3 +66,16 @@ def test_encode_pair_moves_trailing_space_to_the_continuation():
     ctx, cont = encode_pair(tok, "the king is ", "dead")
     whole = tok.hf.encode("the king is dead", add_special_tokens=False).ids
     assert ctx + cont == list(whole) and cont
+
+
+def test_token_entropies_are_the_next_token_entropies_at_the_continuation_positions():
+    model = Bigram()
+    ctx, cont = [1, 2], [3, 0, 5]
+    r = loglikelihoods(model, [(ctx, cont), ([4], [4])], block_size=16, batch_size=2)[0]
+    logp = torch.log_softmax(model.table.detach(), -1)
+    seq = ctx + cont
+    want = [float(-(logp[seq[j - 1]].exp() * logp[seq[j - 1]]).sum()) for j in range(len(ctx), len(seq))]
+    assert len(r.token_entropies) == len(cont)
+    for got, w in zip(r.token_entropies, want):
+        assert math.isclose(got, w, rel_tol=1e-5)
+    assert all(0 <= e <= math.log(7) + 1e-6 for e in r.token_entropies)

@@ -30,13 +30,16 @@ def test_serve_starts_answers_and_binds_loopback_without_a_key(run_dir):
     proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *map(str, args)], env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
-        for _ in range(600):
+        for _ in range(600):  # not listening yet, then 503 while the model loads, then 200
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
+                if r.status_code == 200:
+                    break
+                assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
             except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.05)
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
         assert r.status_code == 200
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
                        json={"model": "tiny", "prompt": "Hi", "max_tokens": 3, "temperature": 0})
@@ -44,4 +47,4 @@ def test_serve_starts_answers_and_binds_loopback_without_a_key(run_dir):
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    assert "listening on 127.0.0.1 only" in err and "serving 'tiny'" in err
+    assert "listening on 127.0.0.1 only" in err and "serving 'tiny'" in err and "; ready" in err
