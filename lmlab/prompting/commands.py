@@ -10,7 +10,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lmlab.config import arg, save_config
 from lmlab.errors import LmlabError
@@ -18,6 +18,17 @@ from lmlab.prompting.cot import CompareConfig, EvalConfig, PlotConfig
 from lmlab.prompting.emergence import IclEmergenceConfig
 from lmlab.prompting.tool_data import ToolDataConfig, write_tool_data
 from lmlab.prompting.tool_eval import ToolEvalConfig, evaluate_tools
+
+
+def _save_results(cfg: Any, record: dict) -> None:
+    """Write ``record`` as OUT/results.json and the resolved config as OUT/config.yaml when --out is set."""
+    if cfg.out is not None:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        from lmlab.fileio import write_json
+
+        write_json(out / "results.json", record)
 
 
 def tools_data(cfg: ToolDataConfig) -> int:
@@ -194,7 +205,6 @@ def icl(cfg: IclConfig) -> int:
       lmlab icl --ckpt runs/chat --task my-task.jsonl --format chat --out runs/icl-mine
     """
     from lmlab.device import resolve_device
-    from lmlab.fileio import write_json
     from lmlab.loader import load
     from lmlab.prompting.icl import evaluate_icl, format_table
     from lmlab.prompting.tasks import get_task
@@ -217,11 +227,7 @@ def icl(cfg: IclConfig) -> int:
                           seeds=cfg.seeds, seed=cfg.seed, samples=cfg.samples,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, on_notice=notice)
     record = {"ckpt": str(cfg.ckpt), **report.to_dict()}
-    if cfg.out is not None:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        write_json(out / "results.json", record)
+    _save_results(cfg, record)
     if cfg.json:
         print(json.dumps(record))
         return 0
@@ -293,7 +299,6 @@ def icl_induction(cfg: InductionConfig) -> int:
       lmlab icl induction --ckpt runs/icl-emergence/models/d128 --length 24
     """
     from lmlab.device import resolve_device
-    from lmlab.fileio import write_json
     from lmlab.loader import load
     from lmlab.prompting.induction import (
         format_induction,
@@ -311,11 +316,7 @@ def icl_induction(cfg: InductionConfig) -> int:
     ids = repeated_sequences(plain_token_ids(tokenizer, vocab), cfg.length, cfg.samples, cfg.seed)
     result = measure_induction(model, ids, cfg.batch_size)
     record = {"ckpt": str(cfg.ckpt), **result.to_dict()}
-    if cfg.out is not None:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        write_json(out / "results.json", record)
+    _save_results(cfg, record)
     if cfg.json:
         print(json.dumps(record))
         return 0
