@@ -138,7 +138,7 @@ def _one_call(body: str, names: set[str] | None) -> ToolCall:
         try:
             args = json.loads(args)
         except json.JSONDecodeError:
-            pass
+            pass  # not JSON either: reported just below as arguments that are not an object
     if not isinstance(args, dict):
         return ToolCall(name, error=f"the arguments of {name!r} must be a JSON object, "
                                     f"got {tojson(args)[:60]}")
