@@ -21,10 +21,10 @@ def test_card_of_a_run_trained_by_the_cli(tmp_path, capsys):
 
     data = prepare_word_soup(tmp_path)
     run = tmp_path / "run"
-    assert main(["pretrain", "--model", "gpt2-tiny", "--d-model", "32", "--n-layer", "1", "--block-size", "16",
-                 "--batch-size", "4", "--max-steps", "3", "--log-interval", "2", "--eval-iters", "1",
-                 "--precision", "fp32", "--device", "cpu", "--no-progress", "--data", str(data), "--out", str(run),
-                 "--json"]) == 0
+    assert main(["pretrain", "--model", "gpt2-tiny", "--d-model", "32", "--n-layer", "1",
+                 "--block-size", "16", "--batch-size", "4", "--max-steps", "3", "--log-interval", "2",
+                 "--eval-iters", "1", "--precision", "fp32", "--device", "cpu", "--no-progress",
+                 "--data", str(data), "--out", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     card = model_card(run)
     model, tok = lmlab.load(run)
@@ -40,8 +40,9 @@ def test_card_of_a_run_trained_by_the_cli(tmp_path, capsys):
     json.dumps(card)  # JSON-ready for /v1/models
 
 
-@pytest.mark.parametrize(("preset", "family", "arch"), [("lstm-tiny", "lstm", "rnn"), ("gru-tiny", "gru", "rnn"),
-                                                       ("rnn-tiny", "rnn", "rnn"), ("nplm-tiny", "nplm", "nplm")])
+@pytest.mark.parametrize(("preset", "family", "arch"), [
+    ("lstm-tiny", "lstm", "rnn"), ("gru-tiny", "gru", "rnn"), ("rnn-tiny", "rnn", "rnn"),
+    ("nplm-tiny", "nplm", "nplm")])
 def test_card_of_recurrent_and_nplm_models(tmp_path, preset, family, arch):
     from lmlab.models.registry import build_model, get_preset, save_model
 
@@ -56,10 +57,10 @@ def test_card_of_recurrent_and_nplm_models(tmp_path, preset, family, arch):
     assert card["tokenizer"] is None and card["training_tokens"] is None and card["val_bpb"] is None
 
 
-@pytest.mark.parametrize(("preset", "family"), [("gpt2-tiny", "gpt2"), ("gpt2-124m", "gpt2"), ("llama-tiny", "llama"),
-                                               ("llama2-7b", "llama"), ("llama-8b", "llama"),
-                                               ("deepseek-tiny", "deepseek"), ("deepseek-v2-lite", "deepseek"),
-                                               ("infini-tiny", "infini")])
+@pytest.mark.parametrize(("preset", "family"), [
+    ("gpt2-tiny", "gpt2"), ("gpt2-124m", "gpt2"), ("llama-tiny", "llama"), ("llama2-7b", "llama"),
+    ("llama-8b", "llama"), ("deepseek-tiny", "deepseek"), ("deepseek-v2-lite", "deepseek"),
+    ("infini-tiny", "infini")])
 def test_decoder_family_names_the_preset_style(preset, family):
     from lmlab.models.registry import get_preset
 
@@ -106,7 +107,8 @@ def test_card_of_a_hugging_face_folder(tmp_path: Path):
     from safetensors.torch import save_file
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 64}))
-    save_file({"wte.weight": torch.zeros(10, 4), "h.0.bias": torch.zeros(4)}, str(tmp_path / "model.safetensors"))
+    weights = {"wte.weight": torch.zeros(10, 4), "h.0.bias": torch.zeros(4)}
+    save_file(weights, str(tmp_path / "model.safetensors"))
     card = model_card(tmp_path)
     assert card["family"] == "gpt2" and card["arch"] == "hf" and card["context"] == 64
     assert card["parameters"] == 44
