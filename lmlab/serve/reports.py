@@ -1,6 +1,7 @@
-"""Report browsing: ``GET /reports`` lists the run folders under ``--runs`` that hold a ``report.md``
-(lineage, scaling, alignment results); ``GET /reports/{path}`` renders a folder's ``report.md`` (or
-any ``.md`` file) as HTML and serves the files it links, such as its PNG plots.
+"""Report browsing: ``GET /reports`` lists the result folders under ``--runs``: those holding a
+``report.md`` (``lmlab lineage``) or else a ``samples.md`` (``lmlab align frontier``, tool evaluations);
+``GET /reports/{path}`` renders that page (or any ``.md`` file) as HTML, followed by the folder's plots
+that the page does not show itself and links to its other files, and serves those files.
 
 Everything from a run is shown as text: names and titles are HTML-escaped and the markdown renderer
 (markdown-it-py, CommonMark plus tables) escapes raw HTML and refuses ``javascript:`` links. Files are
@@ -23,6 +24,7 @@ from markdown_it import MarkdownIt
 from starlette.exceptions import HTTPException
 
 REPORT = "report.md"
+PAGES = (REPORT, "samples.md")  # the page of a result folder: the first of these it holds
 # the page may show its own inline styles and the runs folder's images, nothing else
 PAGE_CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; base-uri 'self'; "
             "form-action 'none'")
@@ -42,13 +44,14 @@ def markdown_html(text: str) -> str:
 
 
 def find_reports(runs_dir: Path) -> list[Path]:
-    """Return the folders under ``runs_dir`` (itself included) holding a ``report.md``, relative to it
-    and sorted; symlinked folders are not followed, hidden folders are skipped."""
+    """Return the result folders under ``runs_dir`` (itself included; those holding one of
+    :data:`PAGES`), relative to it and sorted; symlinked folders are not followed, hidden ones skipped."""
     root = runs_dir.resolve()
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if REPORT in files and inside(root, Path(folder) / REPORT) is not None:
+        page_of = next((Path(folder) / name for name in PAGES if name in files), None)
+        if page_of is not None and inside(root, page_of) is not None:
             found.append(Path(folder).relative_to(root))
     return sorted(found)
 
@@ -71,6 +74,11 @@ def locate(runs_dir: Path, rel: str) -> Path | None:
     root = runs_dir.resolve()
     target = inside(root, root.joinpath(*[p for p in parts if p not in ("", ".")]))
     return target if target is not None and target.exists() else None
+
+
+def folder_page(folder: Path) -> Path | None:
+    """The markdown page of a result folder (the first of :data:`PAGES` it holds), or None."""
+    return next((folder / name for name in PAGES if (folder / name).is_file()), None)
 
 
 def title_of(report: Path) -> str:
@@ -104,10 +112,12 @@ def listing(runs_dir: Path | None) -> HTMLResponse:
     for rel in find_reports(runs_dir):
         name = rel.as_posix() if rel.parts else "."
         href = "/reports/" + "".join(quote(p, safe="") + "/" for p in rel.parts)
-        title = title_of(runs_dir / rel / REPORT)
+        report = folder_page(runs_dir / rel)
+        title = title_of(report) if report is not None else ""
         rows.append(f'<li><a href="{html.escape(href)}">{html.escape(name)}</a>'
                     + (f" &mdash; {html.escape(title)}" if title else "") + "</li>")
-    items = "<ul>" + "".join(rows) + "</ul>" if rows else f"<p>No {REPORT} under this runs folder yet.</p>"
+    none = f"<p>No {' or '.join(PAGES)} under this runs folder yet.</p>"
+    items = "<ul>" + "".join(rows) + "</ul>" if rows else none
     return page("Reports", f"<h1>Reports</h1>{items}")
 
 
@@ -116,7 +126,32 @@ def report_page(runs_dir: Path, target: Path, url: str) -> HTMLResponse:
     text = target.read_text(encoding="utf-8", errors="replace")
     rel = target.relative_to(runs_dir.resolve()).as_posix()
     nav = f'<p><a href="/reports">&larr; all reports</a> &middot; <code>{html.escape(rel)}</code></p>'
-    return page(title_of(target) or rel, nav + markdown_html(text), base=url)
+    body = nav + markdown_html(text) + folder_files(runs_dir, target, text)
+    return page(title_of(target) or rel, body, base=url)
+
+
+def folder_files(runs_dir: Path, report: Path, text: str) -> str:
+    """HTML after a report: the images beside it that its markdown ``text`` does not name (such as
+    frontier.png beside samples.md), then links to every other file beside it (names escaped); files
+    whose resolved target leaves ``runs_dir`` are left out."""
+    root = runs_dir.resolve()
+    beside = report.parent.iterdir()
+    files = sorted(f for f in beside if f.is_file() and f != report and not f.name.startswith("."))
+    files = [f for f in files if inside(root, f) is not None]
+    plots = [f for f in files if f.suffix.lower() in IMAGES and f.name not in text]
+    out = ""
+    if plots:
+        imgs = "".join(f'<p><img src="{_href(f)}" alt="{html.escape(f.name)}"></p>' for f in plots)
+        out += f"<h2>Plots</h2>{imgs}"
+    if files:
+        links = "".join(f'<li><a href="{_href(f)}">{html.escape(f.name)}</a></li>' for f in files)
+        out += f"<h2>Files</h2><ul>{links}</ul>"
+    return out
+
+
+def _href(f: Path) -> str:
+    """The attribute-safe relative URL of a file beside the page."""
+    return html.escape(quote(f.name, safe=""))
 
 
 def file_response(target: Path) -> Response:
@@ -146,10 +181,11 @@ def mount_reports(app: FastAPI, runs_dir: Path | None, auth: Callable[..., None]
         if target is None:
             raise HTTPException(404)
         if target.is_dir():
-            if not (target / REPORT).is_file():
+            report = folder_page(target)
+            if report is None:
                 raise HTTPException(404)
             folder = rel.strip("/")
-            return report_page(runs, target / REPORT, "/reports/" + (quote(folder) + "/" if folder else ""))
+            return report_page(runs, report, "/reports/" + (quote(folder) + "/" if folder else ""))
         if target.suffix.lower() == ".md":
             parent = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
             return report_page(runs, target, "/reports/" + quote(parent))

@@ -56,11 +56,13 @@ def runs(tmp_path) -> Path:
     (root / "lineage" / "lineage.png").write_bytes(PNG)
     (root / "lineage" / "results.json").write_text('{"best": "ngram"}')
     (root / "align" / "dpo").mkdir(parents=True)
-    (root / "align" / "report.md").write_text("# Alignment\n\nDPO won.\n")
+    (root / "align" / "samples.md").write_text("# Alignment\n\nDPO won.\n")  # as `lmlab align frontier`
+    (root / "align" / "frontier.png").write_bytes(PNG)
     (root / "plain").mkdir()
     (root / "plain" / "config.yaml").write_text("model: gpt2-tiny\n")
     (root / XSS_NAME).mkdir(parents=True)  # the '/' in it makes two nested folders
     (root / XSS_NAME / "report.md").write_text(f"# {XSS_TEXT}\n\n{XSS_TEXT}\n\n<script>alert(2)</script>\n")
+    (root / XSS_NAME / f"{XSS_TEXT}.png").write_bytes(PNG)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text(SECRET)
@@ -104,6 +106,10 @@ def test_a_lineage_report_renders_with_its_table_and_plot(served, runs):
     assert 'href="javascript:' not in r.text and "[a script](javascript:alert(1))" in r.text  # shown as text
     assert c.get("/reports/lineage").text == r.text  # the base makes the trailing slash optional
     assert c.get("/reports/lineage/report.md").text == r.text
+    files = r.text.split("<h2>Files</h2>")[1]
+    assert '<a href="results.json">results.json</a>' in files and '<a href="lineage.png">' in files
+    assert "leak.txt" not in r.text  # a symlink leading outside is not offered
+    assert "<h2>Plots</h2>" not in r.text  # the report shows its only plot itself
 
     png = c.get("/reports/lineage/lineage.png")
     assert png.status_code == 200 and png.content == PNG and png.headers["content-type"] == "image/png"
@@ -113,6 +119,9 @@ def test_a_lineage_report_renders_with_its_table_and_plot(served, runs):
     assert js.status_code == 200 and js.text == '{"best": "ngram"}'
     assert js.headers["content-type"].startswith("text/plain")
     assert c.get("/reports/align/plot.png").content == PNG  # a symlink that stays inside is served
+    align = c.get("/reports/align/").text  # samples.md is the page; the plots it does not name follow it
+    assert "<h1>Alignment</h1>" in align
+    assert '<h2>Plots</h2><p><img src="frontier.png" alt="frontier.png"></p><p><img src="plot.png"' in align
     assert c.get("/reports/lineage/missing.png").status_code == 404
     assert c.get("/reports/plain/").status_code == 404  # a folder without report.md
 
@@ -131,6 +140,10 @@ def test_names_and_contents_from_runs_are_escaped(served, runs):
     assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
     assert "<title>&lt;img src=x onerror=alert(1)&gt;</title>" in page.text
     assert "<code>&lt;script&gt;alert(1)&lt;/script&gt;/report.md</code>" in page.text
+    quoted = "%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.png"  # a file named like an <img> tag
+    assert f'<img src="{quoted}" alt="&lt;img src=x onerror' in page.text
+    png = c.get(f"/reports/%3Cscript%3Ealert%281%29%3C/script%3E/{quoted}")
+    assert png.status_code == 200 and png.content == PNG
 
 
 def test_markdown_rendering_escapes_html_and_drops_unsafe_links():
