@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -41,6 +42,7 @@ from lmlab.serve.protocol import (
     completion_logprobs,
     error_body,
 )
+from lmlab.serve.reports import mount_reports
 from lmlab.serve.tool_calls import ToolStream, plan_tools, split_answer
 
 log = logging.getLogger("lmlab.serve")
@@ -66,6 +68,7 @@ class Served:
     name: str
     api_key: str | None = None
     created: int = 0
+    runs: Path | None = None
 
 
 def create_app(served: Served) -> FastAPI:
@@ -107,6 +110,8 @@ def create_app(served: Served) -> FastAPI:
         if scheme.lower() != "bearer" or not right:
             raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
+
+    mount_reports(app, served.runs, auth)
 
     def piece(token: int) -> str:
         return tok.decode([token])
