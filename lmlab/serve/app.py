@@ -69,6 +69,7 @@ class Served:
     api_key: str | None = None
     created: int = 0
     runs: Path | None = None
+    card: dict[str, Any] | None = None  # the model card (serve/cards.py), shown in /v1/models
 
 
 def create_app(served: Served) -> FastAPI:
@@ -206,8 +207,11 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/v1/models", dependencies=[Depends(auth)])
     async def models() -> Any:
-        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
-                                            "owned_by": "lmlab", "max_model_len": engine.block_size}]}
+        entry = {"id": served.name, "object": "model", "created": created, "owned_by": "lmlab",
+                 "max_model_len": engine.block_size}
+        if served.card is not None:
+            entry["lmlab"] = served.card  # the model card: family, parameters, tokenizer, training figures
+        return {"object": "list", "data": [entry]}
 
     @app.get("/metrics", dependencies=[Depends(auth)])
     async def metrics() -> Any:
