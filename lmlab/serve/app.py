@@ -2,8 +2,9 @@
 
 Routes: ``GET /health`` (public), ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (streaming as Server-Sent Events ending with ``data: [DONE]``),
-``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (vLLM's) and ``GET /metrics``
-(Prometheus text). With an API key every route but ``/health`` wants
+``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (vLLM's), ``GET /metrics``
+(Prometheus text), and ``GET /reports`` + ``/reports/{path}`` (the runs' reports, with ``--runs``;
+:mod:`lmlab.serve.reports`). With an API key every route but ``/health`` wants
 ``Authorization: Bearer KEY``. Every error reaches the
 client as OpenAI's error JSON (400 bad request, 401 key, 404 unknown model or route, 429 queue
 full, 500 the model failed), never as a traceback.
