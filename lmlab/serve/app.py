@@ -32,6 +32,7 @@ from lmlab.data.chat import CHAT_TEMPLATE, IM_END, encode_chat
 from lmlab.errors import LmlabError
 from lmlab.generate.text import prompt_ids
 from lmlab.serve.engine import Engine, Event, Output, QueueFull, SamplingParams
+from lmlab.serve.pool import ModelPool, ModelSpec
 from lmlab.serve.protocol import (
     MAX_STOP,
     ChatRequest,
@@ -60,23 +61,51 @@ class ApiError(Exception):
 
 
 @dataclass
-class Served:
-    """What the server serves: the running engine, its tokenizer, the model's name and the API key
-    (None: no key needed)."""
+class Model:
+    """One loaded model behind the API: its running engine, tokenizer, served name and card."""
 
     engine: Engine
     tokenizer: Any
     name: str
+    card: dict[str, Any] | None = None  # serve/cards.py: family, parameters, training figures
+
+    def stop(self) -> None:
+        """Stop the engine (the pool unloads the model)."""
+        self.engine.stop()
+
+
+@dataclass
+class Served:
+    """What the server serves: a :class:`~lmlab.serve.pool.ModelPool` of models by name, the API key
+    (None: no key needed) and the runs folder of ``/reports``. One model already running can be
+    given as ``engine``, ``tokenizer``, ``name`` (and ``card``): the pool is made of it."""
+
+    engine: Engine | None = None
+    tokenizer: Any = None
+    name: str = ""
     api_key: str | None = None
     created: int = 0
     runs: Path | None = None
-    card: dict[str, Any] | None = None  # the model card (serve/cards.py), shown in /v1/models
+    card: dict[str, Any] | None = None
+    pool: ModelPool | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool is None:
+            if self.engine is None:
+                raise ValueError("Served needs a pool or a running engine")
+            one = Model(self.engine, self.tokenizer, self.name, self.card)
+            self.pool = ModelPool([ModelSpec(self.name, Path(self.name))], lambda _: one, max_loaded=1)
+            self.pool.get(self.name)
+
+    def stop(self) -> None:
+        """Stop every loaded model's engine."""
+        self.pool.stop()
 
 
 def create_app(served: Served) -> FastAPI:
-    """Return the FastAPI app serving ``served`` (its engine must be started)."""
+    """Return the FastAPI app serving ``served`` (its models are loaded on demand by its pool)."""
     app = FastAPI(title="lmlab", docs_url=None, redoc_url=None, openapi_url=None)
-    engine, tok = served.engine, served.tokenizer
+    pool = served.pool
     created = served.created or int(time.time())
 
     @app.exception_handler(ApiError)
@@ -115,16 +144,34 @@ def create_app(served: Served) -> FastAPI:
 
     mount_reports(app, served.runs, auth)
 
-    def piece(token: int) -> str:
-        return tok.decode([token])
+    def load_model(name: str | None) -> Model:
+        """The model ``name`` (the only one when None), loaded if it is not."""
+        if name is None or name == "":
+            if len(pool.names) != 1:
+                raise ApiError(400, f"give model: one of {', '.join(pool.names)}", "model")
+            name = pool.names[0]
+        if name not in pool.specs:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves "
+                                f"{', '.join(repr(n) for n in pool.names)}", "model", "model_not_found")
+        try:
+            return pool.get(name)
+        except Exception as e:  # the pool keeps the error; the other models go on
+            raise ApiError(503, f"the model {name!r} could not be loaded: {e}", "model",
+                           "model_load_failed") from None
 
-    def check(body: _Common) -> None:
-        check_name(body.model)
+    async def model_for(name: str | None) -> Model:
+        if name in pool.loaded():
+            return load_model(name)
+        return await asyncio.to_thread(load_model, name)  # loading takes seconds: not on the event loop
+
+    async def check(body: _Common) -> Model:
+        m = await model_for(body.model)
         bad = body.unsupported()
         if bad:
             raise ApiError(400, f"{bad} is not supported by this server; leave it unset", bad)
         if len(body.stops()) > MAX_STOP:
             raise ApiError(400, f"stop has {len(body.stops())} strings; give at most {MAX_STOP}", "stop")
+        return m
 
     def params(body: _Common, max_tokens: int, logprobs: int | None, echo_logprobs: int | None,
                stop_ids: list[int], choice: int) -> SamplingParams:
@@ -135,7 +182,7 @@ def create_app(served: Served) -> FastAPI:
                               stop_ids=stop_ids + list(body.stop_token_ids or []), logprobs=logprobs,
                               prompt_logprobs=echo_logprobs, ignore_eos=body.ignore_eos)
 
-    def submit(items: list[tuple[list[int], SamplingParams]]
+    def submit(engine: Engine, items: list[tuple[list[int], SamplingParams]]
                ) -> tuple[asyncio.Queue, list[Any]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -200,34 +247,45 @@ def create_app(served: Served) -> FastAPI:
             raise ApiError(500, failed[0])
         return outs
 
+    def loaded() -> list[Model]:
+        return list(pool.in_memory().values())
+
     @app.get("/health")
     async def health() -> Any:
-        if not engine.alive:
+        models = loaded()
+        if any(not m.engine.alive for m in models):
             return JSONResponse(error_body("the engine is not running", "server_error"), status_code=503)
-        return {"status": "ok", **engine.load()}
+        loads = [m.engine.load() for m in models]
+        return {"status": "ok", "running": sum(x["running"] for x in loads),
+                "waiting": sum(x["waiting"] for x in loads), "loaded": [m.name for m in models]}
 
     @app.get("/v1/models", dependencies=[Depends(auth)])
     async def models() -> Any:
-        entry = {"id": served.name, "object": "model", "created": created, "owned_by": "lmlab",
-                 "max_model_len": engine.block_size}
-        if served.card is not None:
-            entry["lmlab"] = served.card  # the model card: family, parameters, tokenizer, training figures
-        return {"object": "list", "data": [entry]}
+        now = {m.name: m for m in loaded()}
+        data = []
+        for name, spec in pool.specs.items():
+            entry: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "lmlab"}
+            m = now.get(name)
+            if m is not None:
+                entry["max_model_len"] = m.engine.block_size
+            card = m.card if m is not None else unloaded_card(spec.path)
+            if card is not None:  # the model card: family, parameters, tokenizer, training figures
+                entry["lmlab"] = {**card, "loaded": m is not None, "error": pool.errors.get(name)}
+            data.append(entry)
+        return {"object": "list", "data": data}
 
     @app.get("/metrics", dependencies=[Depends(auth)])
     async def metrics() -> Any:
-        load = engine.load()
-        return PlainTextResponse(engine.metrics.render(load["running"], load["waiting"]),
-                                 media_type="text/plain; version=0.0.4")
-
-    def check_name(name: str | None) -> None:
-        if name is not None and name != served.name:
-            raise ApiError(404, f"the model {name!r} does not exist; this server serves {served.name!r}",
-                           "model", "model_not_found")
+        texts = {}
+        for m in loaded():
+            load = m.engine.load()
+            texts[m.name] = m.engine.metrics.render(load["running"], load["waiting"])
+        return PlainTextResponse(merge_metrics(texts), media_type="text/plain; version=0.0.4")
 
     @app.post("/tokenize", dependencies=[Depends(auth)])
     async def tokenize(body: TokenizeRequest) -> Any:
-        check_name(body.model)
+        m = await model_for(body.model)
+        engine, tok = m.engine, m.tokenizer
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "give either prompt (a string) or messages (a conversation)", "prompt")
         try:
@@ -241,7 +299,8 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/detokenize", dependencies=[Depends(auth)])
     async def detokenize(body: DetokenizeRequest) -> Any:
-        check_name(body.model)
+        m = await model_for(body.model)
+        engine, tok = m.engine, m.tokenizer
         bad = [t for t in body.tokens if not 0 <= t < engine.vocab_size]
         if bad:
             raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{engine.vocab_size - 1})",
@@ -249,7 +308,9 @@ def create_app(served: Served) -> FastAPI:
         return {"prompt": tok.decode(body.tokens)}
 
     @app.get("/tokenizer_info", dependencies=[Depends(auth)])
-    async def tokenizer_info() -> Any:
+    async def tokenizer_info(model: str | None = None) -> Any:
+        m = await model_for(model)
+        engine, tok = m.engine, m.tokenizer
         eos = min(engine.eos_ids) if engine.eos_ids else None
         return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": engine.block_size,
                 "vocab_size": engine.vocab_size, "eos_token_id": eos,
@@ -258,7 +319,12 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        check(body)
+        m = await check(body)
+        engine, tok = m.engine, m.tokenizer
+
+        def piece(token: int) -> str:
+            return tok.decode([token])
+
         eos = engine.eos_ids
         raw = body.prompt
         if isinstance(raw, str):
@@ -276,7 +342,7 @@ def create_app(served: Served) -> FastAPI:
         echo_lp = body.logprobs if body.echo and body.logprobs is not None else None
         items = [(ids, params(body, max_tokens, body.logprobs, echo_lp, [], j))
                  for ids in prompts for j in range(n)]
-        queue, reqs = submit(items)
+        queue, reqs = submit(engine, items)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def echo_part(k: int, out: Output) -> tuple[str, list]:
@@ -300,7 +366,7 @@ def create_app(served: Served) -> FastAPI:
                 choices.append({"index": idx, "text": head + out.text,
                                 "logprobs": choice_logprobs(k, out, entries),
                                 "finish_reason": out.finish_reason})
-            return {"id": rid, "object": "text_completion", "created": now, "model": served.name,
+            return {"id": rid, "object": "text_completion", "created": now, "model": m.name,
                     "choices": choices,
                     "usage": usage(sum(len(p) for p in prompts), sum(len(o.tokens) for o in outs))}
 
@@ -311,7 +377,7 @@ def create_app(served: Served) -> FastAPI:
             offsets = [0] * len(reqs)
 
             def chunk(idx: int, text: str, lp: dict | None, reason: str | None) -> str:
-                return sse({"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                return sse({"id": rid, "object": "text_completion", "created": now, "model": m.name,
                             "choices": [{"index": idx, "text": text, "logprobs": lp,
                                          "finish_reason": reason}]})
 
@@ -335,7 +401,7 @@ def create_app(served: Served) -> FastAPI:
                 else:
                     yield sse(error_body(ev.message or "the model failed", "server_error"))
             if include_usage:
-                yield sse({"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                yield sse({"id": rid, "object": "text_completion", "created": now, "model": m.name,
                            "choices": [], "usage": usage(sum(len(p) for p in prompts), made)})
             yield "data: [DONE]\n\n"
 
@@ -343,7 +409,7 @@ def create_app(served: Served) -> FastAPI:
             # the prompt text still comes first: send it before the engine's events
             async def with_echo() -> AsyncIterator[str]:
                 for idx in range(len(reqs)):
-                    yield sse({"id": rid, "object": "text_completion", "created": now, "model": served.name,
+                    yield sse({"id": rid, "object": "text_completion", "created": now, "model": m.name,
                                "choices": [{"index": idx, "text": texts[idx // n], "logprobs": None,
                                             "finish_reason": None}]})
                 async for s in stream():
@@ -353,15 +419,20 @@ def create_app(served: Served) -> FastAPI:
 
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        check(body)
+        m = await check(body)
+        engine, tok = m.engine, m.tokenizer
+
+        def piece(token: int) -> str:
+            return tok.decode([token])
+
         messages = []
-        for i, m in enumerate(body.messages):
-            content = m.get("content") if isinstance(m, dict) else None
+        for i, msg in enumerate(body.messages):
+            content = msg.get("content") if isinstance(msg, dict) else None
             if isinstance(content, list):  # content parts: the text ones, joined
                 content = "".join(p.get("text", "") for p in content
                                   if isinstance(p, dict) and p.get("type") == "text")
-            message = {"role": m.get("role") if isinstance(m, dict) else None, "content": content}
-            calls = m.get("tool_calls") if isinstance(m, dict) else None
+            message = {"role": msg.get("role") if isinstance(msg, dict) else None, "content": content}
+            calls = msg.get("tool_calls") if isinstance(msg, dict) else None
             if calls:
                 message["tool_calls"] = calls
             messages.append(message)
@@ -384,7 +455,7 @@ def create_app(served: Served) -> FastAPI:
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         end = tok.token_to_id(IM_END)
         items = [(ids, params(body, max_tokens, logprobs, None, [end], j)) for j in range(body.n)]
-        queue, reqs = submit(items)
+        queue, reqs = submit(engine, items)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         if not body.stream:
@@ -398,13 +469,13 @@ def create_app(served: Served) -> FastAPI:
                 lp = chat_logprobs(out.logprobs, piece) if logprobs is not None else None
                 choices.append({"index": j, "message": message, "logprobs": lp,
                                 "finish_reason": "tool_calls" if calls else out.finish_reason})
-            return {"id": rid, "object": "chat.completion", "created": now, "model": served.name,
+            return {"id": rid, "object": "chat.completion", "created": now, "model": m.name,
                     "choices": choices, "usage": usage(len(ids), sum(len(o.tokens) for o in outs))}
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         def chunk(j: int, delta: dict[str, Any], lp: dict | None, reason: str | None) -> str:
-            return sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": served.name,
+            return sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": m.name,
                         "choices": [{"index": j, "delta": delta, "logprobs": lp, "finish_reason": reason}]})
 
         async def stream() -> AsyncIterator[str]:
@@ -430,7 +501,7 @@ def create_app(served: Served) -> FastAPI:
                 elif ev.kind == "error":
                     yield sse(error_body(ev.message or "the model failed", "server_error"))
             if include_usage:
-                yield sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": served.name,
+                yield sse({"id": rid, "object": "chat.completion.chunk", "created": now, "model": m.name,
                            "choices": [], "usage": usage(len(ids), made)})
             yield "data: [DONE]\n\n"
 
@@ -438,3 +509,37 @@ def create_app(served: Served) -> FastAPI:
 
     return app
 
+
+def unloaded_card(path: Path) -> dict[str, Any] | None:
+    """The card of a model not in memory, from its run's files (None when they say nothing)."""
+    from lmlab.serve.cards import model_card
+
+    folder = path if path.is_dir() else path.parent
+    return model_card(folder) if folder.exists() else None
+
+
+def merge_metrics(texts: dict[str, str]) -> str:
+    """Join the Prometheus texts of several models into one: each family's HELP and TYPE once, every
+    sample labelled with its ``model`` (one model: its text unchanged)."""
+    if len(texts) <= 1:
+        return next(iter(texts.values()), "")
+    families: dict[str, list[str]] = {}
+    order: list[str] = []
+    for name, text in texts.items():
+        family = ""
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                family = line.split()[2]
+                if family not in families:
+                    families[family] = [line]
+                    order.append(family)
+            elif line.startswith("# TYPE "):
+                if line not in families[family]:
+                    families[family].append(line)
+            elif line:
+                metric, _, value = line.rpartition(" ")
+                label = f'model="{name}"'
+                metric = (metric.replace("{", "{" + label + ",", 1) if "{" in metric
+                          else f"{metric}{{{label}}}")
+                families[family].append(f"{metric} {value}")
+    return "\n".join(line for f in order for line in families[f]) + "\n"

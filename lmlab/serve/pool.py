@@ -93,17 +93,21 @@ class ModelPool:
     """The served models by name; at most ``max_loaded`` in memory (least recently used unloaded).
 
     ``load(spec)`` returns a loaded model (anything with a ``stop()`` that frees it); :meth:`get`
-    returns it, loading it first when needed. Loading happens under the pool's lock, one model at
-    a time, so two requests for the same model load it once.
+    returns it, loading it first when needed. A model ``busy(model)`` says is answering requests is
+    not unloaded: the least recently used idle one is, and with none idle the pool goes over
+    ``max_loaded`` for a while rather than cut requests off (until the next load). Loading happens
+    under the pool's lock, one model at a time, so two requests for the same model load it once.
     """
 
-    def __init__(self, specs: Sequence[ModelSpec], load: Callable[[ModelSpec], Any], max_loaded: int = 2):
+    def __init__(self, specs: Sequence[ModelSpec], load: Callable[[ModelSpec], Any], max_loaded: int = 2,
+                 busy: Callable[[Any], bool] = lambda _: False):
         if not specs:
             raise LmlabError("no model to serve; give --ckpt RUN (repeatable, NAME=RUN) or --runs DIR")
         if max_loaded < 1:
             raise LmlabError(f"--max-loaded {max_loaded} must be at least 1")
         self.specs = {s.name: s for s in specs}
         self._load = load
+        self._busy = busy
         self.max_loaded = max_loaded
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -120,6 +124,11 @@ class ModelPool:
         with self._lock:
             return list(self._loaded)
 
+    def in_memory(self) -> dict[str, Any]:
+        """The models in memory by name, least recently used first (looking does not count as a use)."""
+        with self._lock:
+            return dict(self._loaded)
+
     def get(self, name: str) -> Any:
         """Return the loaded model ``name`` (loading it, and unloading the least recently used one if
         the pool is full); raise KeyError for a name not served, and the load's own error (kept in
@@ -130,8 +139,10 @@ class ModelPool:
                 self._loaded.move_to_end(name)
                 return self._loaded[name]
             while len(self._loaded) >= self.max_loaded:
-                _, old = self._loaded.popitem(last=False)
-                old.stop()
+                idle = [n for n, m in self._loaded.items() if not self._busy(m)]
+                if not idle:  # every model is answering someone: go over the limit rather than cut them off
+                    break
+                self._loaded.pop(idle[0]).stop()
                 self.unloads += 1
             try:
                 model = self._load(spec)

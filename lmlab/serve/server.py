@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from lmlab.config import Precision, arg
 from lmlab.errors import LmlabError
+from lmlab.serve.pool import ModelPool, ModelSpec, check_name, discover_runs, parse_models
 
 if TYPE_CHECKING:
-    from lmlab.serve.app import Served
+    from lmlab.serve.app import Model, Served
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOADING = "the model is loading; retry in a moment"
@@ -29,7 +30,8 @@ LOADING = "the model is loading; retry in a moment"
 
 @dataclass
 class ServeConfig:
-    ckpt: Path | None = arg(None, "run folder, model.safetensors, or Hugging Face model folder (a decoder)")
+    ckpt: list[str] = arg([], "the models: RUN or NAME=RUN (a run folder, model.safetensors or Hugging Face "
+                              "folder of a decoder); repeat --ckpt for several")
     host: str = arg("127.0.0.1", "address to listen on (without an API key only loopback is allowed)")
     port: int = arg(8000, "port to listen on")
     api_key: str | None = arg(None, "clients must send 'Authorization: Bearer KEY' (default: $LMLAB_API_KEY)")
@@ -39,8 +41,9 @@ class ServeConfig:
     max_queue: int = arg(64, "requests that may wait for a place in the batch; more get HTTP 429")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: Precision = arg("auto", "model dtype (auto: as stored)")
-    runs: Path | None = arg(None, "a folder of runs whose reports (report.md, samples.md and their plots) "
-                                  "are browsable at /reports")
+    runs: Path | None = arg(None, "a folder of runs: every run in it is served (unless --ckpt names the "
+                                  "models) and its reports are browsable at /reports")
+    max_loaded: int = arg(2, "models in memory at once; the least recently used is unloaded to load another")
 
 
 class Loading:
@@ -76,7 +79,7 @@ class Loading:
             return
         with self._lock:
             if self._stopped:  # the server stopped while the model loaded
-                served.engine.stop()
+                served.stop()
             else:
                 self.served, self.app = served, app
         self.done.set()
@@ -87,7 +90,7 @@ class Loading:
             self._stopped = True
             served = self.served
         if served is not None:
-            served.engine.stop()
+            served.stop()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         app = self.app
@@ -116,8 +119,10 @@ class Running:
 
     @property
     def engine(self) -> Any:
-        """The running engine (None until the model is loaded)."""
-        return self.loading.served.engine if self.loading.served is not None else None
+        """The engine of the first model in memory (None until one is loaded)."""
+        served = self.loading.served
+        models = list(served.pool.in_memory().values()) if served is not None else []
+        return models[0].engine if models else None
 
     def stop(self) -> None:
         """Stop the HTTP server and the engine."""
@@ -131,46 +136,65 @@ def api_key(cfg: ServeConfig) -> str | None:
     return cfg.api_key or os.environ.get("LMLAB_API_KEY") or None
 
 
-def served_name(cfg: ServeConfig) -> str:
-    """The model name clients ask for: ``--served-name``, else the checkpoint's folder name."""
-    folder = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
-    return cfg.served_name or folder.resolve().name
+def model_specs(cfg: ServeConfig) -> list[ModelSpec]:
+    """The served models: the ``--ckpt`` items (one bare RUN takes ``--served-name``), else every
+    run under ``--runs`` (LmlabError when there are none, or a checkpoint is missing)."""
+    items = [str(cfg.ckpt)] if isinstance(cfg.ckpt, (str, Path)) else [str(c) for c in cfg.ckpt or []]
+    if items:
+        specs = parse_models(items)
+        if cfg.served_name:
+            if len(specs) > 1:
+                raise LmlabError("--served-name names one model; name several with --ckpt NAME=RUN")
+            specs = [ModelSpec(check_name(cfg.served_name, "--served-name"), specs[0].path)]
+        return specs
+    if cfg.runs is None:
+        raise LmlabError("give --ckpt RUN (a run folder or a Hugging Face folder; NAME=RUN, repeatable) "
+                         "or --runs DIR")
+    return discover_runs(Path(cfg.runs))
 
 
-def check(cfg: ServeConfig) -> None:
-    """Check the settings that need no loading (LmlabError naming the problem and the fix)."""
-    if cfg.ckpt is None:
-        raise LmlabError("give --ckpt RUN (a run folder or a Hugging Face folder)")
-    if not Path(cfg.ckpt).exists():
-        raise LmlabError(f"{cfg.ckpt} does not exist; give a run directory, a model.safetensors or a "
-                         "Hugging Face folder")
+def check(cfg: ServeConfig) -> list[ModelSpec]:
+    """Check the settings that need no loading (LmlabError naming the problem and the fix); return the
+    models to serve."""
     if cfg.runs is not None and not Path(cfg.runs).is_dir():
         raise LmlabError(f"--runs {cfg.runs} is not a folder; give the folder your runs were written to")
     if cfg.max_batch < 1 or cfg.max_queue < 0:
         raise LmlabError(f"--max-batch ({cfg.max_batch}) must be >= 1 and --max-queue ({cfg.max_queue}) >= 0")
+    if cfg.max_loaded < 1:
+        raise LmlabError(f"--max-loaded {cfg.max_loaded} must be at least 1")
+    return model_specs(cfg)
+
+
+def load_model(spec: ModelSpec, cfg: ServeConfig) -> Model:
+    """Load ``spec``'s checkpoint and start its engine (LmlabError when it is not a decoder with a
+    tokenizer)."""
+    from lmlab.device import resolve_device
+    from lmlab.loader import eos_ids, load_model_any, load_tokenizer_any
+    from lmlab.serve.app import Model
+    from lmlab.serve.cards import model_card
+    from lmlab.serve.engine import Engine
+
+    tokenizer = load_tokenizer_any(spec.path)
+    if tokenizer is None:
+        raise LmlabError(f"no tokenizer.json beside {spec.path}; copy the tokenizer the model was trained "
+                         "with there")
+    model = load_model_any(spec.path, resolve_device(cfg.device), cfg.dtype)
+    engine = Engine(model, tokenizer, eos_ids(spec.path, tokenizer), cfg.max_batch, cfg.max_queue).start()
+    folder = spec.path if spec.path.is_dir() else spec.path.parent
+    return Model(engine, tokenizer, spec.name, model_card(folder, model))
 
 
 def build(cfg: ServeConfig) -> Served:
-    """Load ``cfg.ckpt``, start its engine and return the :class:`~lmlab.serve.app.Served` (LmlabError
-    when the checkpoint is not a decoder with a tokenizer, or the settings are bad)."""
-    from lmlab.device import resolve_device
-    from lmlab.loader import eos_ids, load_model_any, load_tokenizer_any
+    """Return the :class:`~lmlab.serve.app.Served` of ``cfg``: its models in a pool that loads them on
+    demand, the first one loaded now, so that a checkpoint that does not load is reported at start
+    (LmlabError when it is not a decoder with a tokenizer, or the settings are bad)."""
     from lmlab.serve.app import Served
-    from lmlab.serve.engine import Engine
 
-    check(cfg)
-    tokenizer = load_tokenizer_any(cfg.ckpt)
-    if tokenizer is None:
-        raise LmlabError(f"no tokenizer.json beside {cfg.ckpt}; copy the tokenizer the model was trained "
-                         "with there")
-    model = load_model_any(cfg.ckpt, resolve_device(cfg.device), cfg.dtype)
-    engine = Engine(model, tokenizer, eos_ids(cfg.ckpt, tokenizer), cfg.max_batch, cfg.max_queue).start()
-    from lmlab.serve.cards import model_card
-
-    folder = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
-    runs = Path(cfg.runs) if cfg.runs else None
-    card = model_card(folder, model)
-    return Served(engine, tokenizer, served_name(cfg), api_key(cfg), runs=runs, card=card)
+    specs = check(cfg)
+    pool = ModelPool(specs, lambda spec: load_model(spec, cfg), cfg.max_loaded,
+                     busy=lambda m: any(m.engine.load().values()))
+    pool.get(specs[0].name)
+    return Served(api_key=api_key(cfg), runs=Path(cfg.runs) if cfg.runs else None, pool=pool)
 
 
 def start_server(served: Served | Callable[[], Served], host: str = "127.0.0.1", port: int = 0) -> Running:
@@ -207,7 +231,8 @@ def serve(cfg: ServeConfig) -> None:
     serve until Ctrl-C; a checkpoint that does not load stops the server with its error (raised)."""
     import uvicorn
 
-    check(cfg)
+    specs = check(cfg)
+    names = ", ".join(repr(sp.name) for sp in specs)
     key, host = api_key(cfg), cfg.host
     if key is None and host not in LOOPBACK:
         print(f"no API key (--api-key or LMLAB_API_KEY): listening on 127.0.0.1 only, not {host}",
@@ -217,15 +242,19 @@ def serve(cfg: ServeConfig) -> None:
 
     def load() -> Served:
         served = build(cfg)
-        print(f"loaded {cfg.ckpt} in {time.perf_counter() - t0:.1f} s; ready", file=sys.stderr, flush=True)
+        took = time.perf_counter() - t0
+        print(f"loaded {specs[0].path} in {took:.1f} s; ready", file=sys.stderr, flush=True)
         return served
 
     loading = Loading(load)
     server = uvicorn.Server(uvicorn.Config(loading, host=host, port=cfg.port, log_level="warning",
                                            lifespan="off"))
-    print(f"serving {served_name(cfg)!r} on http://{host}:{cfg.port}/v1 "
+    more = (f"; the others load when first asked for, at most {cfg.max_loaded} at once"
+            if len(specs) > 1 else "")
+    print(f"serving {names} on http://{host}:{cfg.port}/v1 "
           f"({'API key required' if key else 'no API key'}; batch {cfg.max_batch}, queue {cfg.max_queue}); "
-          "loading the model, /health answers 503 until it is ready", file=sys.stderr, flush=True)
+          f"loading {specs[0].name!r}, /health answers 503 until it is ready{more}",
+          file=sys.stderr, flush=True)
     loading.start(on_error=lambda: setattr(server, "should_exit", True))
     try:
         server.run()

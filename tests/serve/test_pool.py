@@ -110,3 +110,16 @@ def test_bad_pool_settings_are_one_line():
         ModelPool([], lambda s: None)
     with pytest.raises(LmlabError, match="--max-loaded 0"):
         ModelPool([ModelSpec("a", Path("a"))], lambda s: None, max_loaded=0)
+
+
+def test_a_busy_model_is_not_unloaded():
+    log: list = []
+    busy = {"a"}
+    specs = [ModelSpec(n, Path(n)) for n in ("a", "b", "c")]
+    pool = ModelPool(specs, lambda s: Fake(s.name, log), max_loaded=2, busy=lambda m: m.name in busy)
+    pool.get("a"), pool.get("b"), pool.get("c")
+    assert pool.loaded() == ["a", "c"] and ("stop", "a") not in log  # b was the idle one
+    busy.add("c")
+    pool.get("b")  # a and c both answering: over the limit for a while
+    assert pool.loaded() == ["a", "c", "b"]
+    assert ("stop", "a") not in log and ("stop", "c") not in log

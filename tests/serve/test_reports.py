@@ -43,7 +43,7 @@ def served(run_dir):
 
     s = build(ServeConfig(ckpt=run_dir, api_key=API_KEY, served_name=NAME))
     yield s
-    s.engine.stop()
+    s.stop()
 
 
 @pytest.fixture
