@@ -17,7 +17,7 @@ from tests.serve.conftest import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 NAME = "tiny"
-STEP_S = 0.01
+STEP_S = {"now": 0.01}  # the sleep of each forward pass; the Stop tests raise it (see ``slow_steps``)
 
 
 def missing() -> str | None:
@@ -44,13 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory):
     """The :class:`~lmlab.serve.app.Served` of a tiny run (block 512, no API key) whose every forward
-    pass sleeps :data:`STEP_S`."""
+    pass sleeps ``STEP_S["now"]`` seconds."""
     from lmlab.serve.server import ServeConfig, build
 
     run = make_run(tmp_path_factory.mktemp("browser-run"), block_size=512)
     served = build(ServeConfig(ckpt=run, api_key=None, served_name=NAME))
-    served.engine.model.register_forward_pre_hook(lambda *_: time.sleep(STEP_S))
+    served.engine.model.register_forward_pre_hook(lambda *_: time.sleep(STEP_S["now"]))
     return served
+
+
+@pytest.fixture
+def slow_steps() -> Iterator[None]:
+    """50 ms a decode step during the test: the tiny model's greedy answers (about 100 tokens) then
+    last seconds, so Stop surely comes before their end."""
+    STEP_S["now"] = 0.05
+    yield
+    STEP_S["now"] = 0.01
 
 
 @pytest.fixture(scope="session")

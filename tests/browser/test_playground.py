@@ -70,8 +70,8 @@ def test_two_columns_stream_tokens_and_screenshot(page, server, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_stop_cancels_every_stream_and_frees_the_slots(page, server):
-    send(page, "Once upon a time", max_tokens=400, temperature=1.0)
+def test_stop_cancels_every_stream_and_frees_the_slots(page, server, slow_steps):
+    send(page, "Once upon a time", max_tokens=400)
     page.wait_for_function("(() => { const c = [...document.querySelectorAll('.column')];"
                            " return c.length === 2 && c.every(x => Number(x.dataset.tokens) >= 3); })()",
                            timeout=20_000)
@@ -84,8 +84,8 @@ def test_stop_cancels_every_stream_and_frees_the_slots(page, server):
     assert all(3 <= c < 400 for c in counts), counts
 
 
-def test_escape_stops_too(page, server):
-    send(page, "Once upon a time", mode="completion", max_tokens=400, temperature=1.0, second=None)
+def test_escape_stops_too(page, server, slow_steps):
+    send(page, "Once upon a time", mode="completion", max_tokens=400, second=None)
     page.wait_for_function("Number(document.querySelector('.column')?.dataset.tokens || 0) >= 3",
                            timeout=20_000)
     page.keyboard.press("Escape")
@@ -204,3 +204,16 @@ def test_generated_markup_and_its_alternatives_show_as_text(page):
     assert [json.loads(t) for t in page.locator("#tooltip td:not(.p)").all_inner_texts()] == markup
     assert page.dialogs == []
     assert page.locator("img, b, #columns script, #tooltip script").count() == 0
+
+
+def test_closing_the_tab_cancels_its_streams(browser, server, slow_steps):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('model-0').value !== ''", timeout=10_000)
+    send(page, "Once upon a time", max_tokens=400)
+    page.wait_for_function("Number(document.querySelector('.column')?.dataset.tokens || 0) >= 3",
+                           timeout=20_000)
+    assert server.engine.load()["running"] == 2
+    context.close()
+    assert wait_idle(server.engine) == {"running": 0, "waiting": 0}

@@ -68,7 +68,7 @@ async function loadModels() {
     return;
   }
   const body = await resp.json();
-  state.models = (body.data || []).map((m) => m);
+  state.models = body.data || [];
   for (let i = 0; i < 4; i++) {
     const select = $("model-" + i);
     const before = select.value;
