@@ -217,3 +217,39 @@ def test_closing_the_tab_cancels_its_streams(browser, server, slow_steps):
     assert server.engine.load()["running"] == 2
     context.close()
     assert wait_idle(server.engine) == {"running": 0, "waiting": 0}
+
+
+def test_the_controls_make_the_request(page):
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.method == "POST" else None)
+    page.fill("#system", "You are terse.")
+    page.fill("#top-p", "0.9")
+    page.fill("#top-k", "7")
+    page.fill("#seed", "3")
+    page.fill("#stop", r"\n\n | END")
+    send(page, "Hi", second=None, max_tokens=5, temperature=0.7)
+    wait_states(page, "done", n=1)
+    assert bodies == [{"model": NAME, "stream": True, "logprobs": True, "top_logprobs": 5,
+                       "messages": [{"role": "system", "content": "You are terse."},
+                                    {"role": "user", "content": "Hi"}],
+                       "temperature": 0.7, "top_p": 0.9, "top_k": 7, "max_tokens": 5, "seed": 3,
+                       "stop": ["\n\n", "END"]}]
+    bodies.clear()
+    send(page, "Hi", mode="completion", second=None, max_tokens=5)
+    wait_states(page, "done", n=1)
+    assert bodies[0]["prompt"] == "Hi" and bodies[0]["logprobs"] == 5 and "messages" not in bodies[0]
+
+
+def test_model_cards_show_as_text(page, server):
+    """The model card of ``/v1/models``'s ``lmlab`` object shows under each column's name, escaped."""
+    card = {"family": "<b>llama</b>", "parameters": 12345, "context": 512, "tokenizer": "char",
+            "training_tokens": 1000, "val_bpb": 2.5, "loaded": False}
+    models = {"object": "list", "data": [{"id": NAME, "object": "model", "lmlab": card}]}
+    page.route("**/v1/models", lambda route: route.fulfill(status=200, json=models))
+    page.click("#load-models")
+    send(page, "Hi", second=None, max_tokens=3)
+    wait_states(page, "done", n=1)
+    text = page.inner_text(".column .card")
+    assert text.startswith("<b>llama</b> · 12345 params · 512 context · char · 1000 training tokens"
+                           " · 2.5 val bpb")
+    assert "not loaded" in text and page.locator(".column b").count() == 0
