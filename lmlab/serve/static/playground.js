@@ -193,7 +193,10 @@ function addToken(col, text, logprob, alternatives) {
 
 function noteToken(col, logprob) {
   const now = performance.now();
-  if (col.tFirst === null) col.tFirst = now;
+  if (col.tFirst === null) {
+    col.tFirst = now;
+    col.root.dataset.ttft = (now - col.t0).toFixed(1);
+  }
   col.tLast = now;
   col.count += 1;
   if (logprob !== null && logprob !== undefined) {
