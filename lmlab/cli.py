@@ -203,11 +203,13 @@ def _run(name: str, rest: list[str]) -> int:
     func = _load(COMMANDS[name][0])
     first = next(iter(inspect.signature(func).parameters))
     cfg_cls = typing.get_type_hints(func)[first]
+    more = [w for w in COMMANDS if w.startswith(name + " ")]  # `icl` is also `icl emergence`'s group
+    also = "related commands: " + ", ".join(f"'lmlab {w}'" for w in more) + "\n" if more else ""
     parser = argparse.ArgumentParser(
         prog=f"lmlab {name}",
         description=inspect.getdoc(func),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="--debug (anywhere on the command line) prints the traceback of an error",
+        epilog=also + "--debug (anywhere on the command line) prints the traceback of an error",
     )
     add_config_arguments(parser, cfg_cls)
     ns = parser.parse_args(rest)

@@ -31,3 +31,9 @@ def test_group_help_and_unknown_commands(capsys):
 def test_version(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("lmlab ")
+
+
+def test_a_command_that_is_also_a_group_names_its_related_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["icl", "--help"])
+    assert "related commands: 'lmlab icl emergence', 'lmlab icl induction'" in capsys.readouterr().out

@@ -2,8 +2,9 @@
 
 Routes: ``GET /health`` (public), ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (streaming as Server-Sent Events ending with ``data: [DONE]``),
-``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (vLLM's) and ``GET /metrics``
-(Prometheus text), and the browser playground at ``/`` (public, see
+``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (vLLM's), ``GET /metrics``
+(Prometheus text), ``GET /reports`` + ``/reports/{path}`` (the runs' reports, with ``--runs``;
+:mod:`lmlab.serve.reports`) and the browser playground at ``/`` (public, see
 :mod:`lmlab.serve.playground`). With an API key every route but ``/health`` and the playground wants
 ``Authorization: Bearer KEY``. Every error reaches the
 client as OpenAI's error JSON (400 bad request, 401 key, 404 unknown model or route, 429 queue
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -43,6 +45,7 @@ from lmlab.serve.protocol import (
     completion_logprobs,
     error_body,
 )
+from lmlab.serve.reports import mount_reports
 from lmlab.serve.tool_calls import ToolStream, plan_tools, split_answer
 
 log = logging.getLogger("lmlab.serve")
@@ -68,6 +71,8 @@ class Served:
     name: str
     api_key: str | None = None
     created: int = 0
+    runs: Path | None = None
+    card: dict[str, Any] | None = None  # the model card (serve/cards.py), shown in /v1/models
 
 
 def create_app(served: Served) -> FastAPI:
@@ -109,6 +114,8 @@ def create_app(served: Served) -> FastAPI:
         if scheme.lower() != "bearer" or not right:
             raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
+
+    mount_reports(app, served.runs, auth)
 
     def piece(token: int) -> str:
         return tok.decode([token])
@@ -203,8 +210,11 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/v1/models", dependencies=[Depends(auth)])
     async def models() -> Any:
-        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
-                                            "owned_by": "lmlab", "max_model_len": engine.block_size}]}
+        entry = {"id": served.name, "object": "model", "created": created, "owned_by": "lmlab",
+                 "max_model_len": engine.block_size}
+        if served.card is not None:
+            entry["lmlab"] = served.card  # the model card: family, parameters, tokenizer, training figures
+        return {"object": "list", "data": [entry]}
 
     @app.get("/metrics", dependencies=[Depends(auth)])
     async def metrics() -> Any:

@@ -39,6 +39,8 @@ class ServeConfig:
     max_queue: int = arg(64, "requests that may wait for a place in the batch; more get HTTP 429")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
     dtype: Precision = arg("auto", "model dtype (auto: as stored)")
+    runs: Path | None = arg(None, "a folder of runs whose reports (report.md, samples.md and their plots) "
+                                  "are browsable at /reports")
 
 
 class Loading:
@@ -142,6 +144,8 @@ def check(cfg: ServeConfig) -> None:
     if not Path(cfg.ckpt).exists():
         raise LmlabError(f"{cfg.ckpt} does not exist; give a run directory, a model.safetensors or a "
                          "Hugging Face folder")
+    if cfg.runs is not None and not Path(cfg.runs).is_dir():
+        raise LmlabError(f"--runs {cfg.runs} is not a folder; give the folder your runs were written to")
     if cfg.max_batch < 1 or cfg.max_queue < 0:
         raise LmlabError(f"--max-batch ({cfg.max_batch}) must be >= 1 and --max-queue ({cfg.max_queue}) >= 0")
 
@@ -161,7 +165,12 @@ def build(cfg: ServeConfig) -> Served:
                          "with there")
     model = load_model_any(cfg.ckpt, resolve_device(cfg.device), cfg.dtype)
     engine = Engine(model, tokenizer, eos_ids(cfg.ckpt, tokenizer), cfg.max_batch, cfg.max_queue).start()
-    return Served(engine, tokenizer, served_name(cfg), api_key(cfg))
+    from lmlab.serve.cards import model_card
+
+    folder = Path(cfg.ckpt) if Path(cfg.ckpt).is_dir() else Path(cfg.ckpt).parent
+    runs = Path(cfg.runs) if cfg.runs else None
+    card = model_card(folder, model)
+    return Served(engine, tokenizer, served_name(cfg), api_key(cfg), runs=runs, card=card)
 
 
 def start_server(served: Served | Callable[[], Served], host: str = "127.0.0.1", port: int = 0) -> Running:

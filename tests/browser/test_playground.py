@@ -242,14 +242,15 @@ def test_the_controls_make_the_request(page):
 
 def test_model_cards_show_as_text(page, server):
     """The model card of ``/v1/models``'s ``lmlab`` object shows under each column's name, escaped."""
-    card = {"family": "<b>llama</b>", "parameters": 12345, "context": 512, "tokenizer": "char",
-            "training_tokens": 1000, "val_bpb": 2.5, "loaded": False}
+    card = {"family": "<b>llama</b>", "parameters": 12345, "context": 512,
+            "tokenizer": {"kind": "<i>char</i>", "vocab_size": 97}, "training_tokens": 1000000,
+            "val_bpb": 2.5, "loaded": False}
     models = {"object": "list", "data": [{"id": NAME, "object": "model", "lmlab": card}]}
     page.route("**/v1/models", lambda route: route.fulfill(status=200, json=models))
     page.click("#load-models")
     send(page, "Hi", second=None, max_tokens=3)
     wait_states(page, "done", n=1)
     text = page.inner_text(".column .card")
-    assert text.startswith("<b>llama</b> · 12345 params · 512 context · char · 1000 training tokens"
-                           " · 2.5 val bpb")
-    assert "not loaded" in text and page.locator(".column b").count() == 0
+    assert text.startswith("<b>llama</b> · 12.3k params · 512 context · <i>char</i> tokenizer (97 tokens)"
+                           " · 1.00M training tokens · 2.500 val bpb")
+    assert "not loaded" in text and page.locator(".column b, .column i").count() == 0

@@ -23,10 +23,14 @@ def greedy_text(loaded, prompt: str, n: int) -> str:
     return generate_text(model, tok, prompt, n, eos_id=tok.eot_id, temperature=0)[0].text
 
 
-def test_health_is_public_and_models_lists_the_served_name(server, client):
+def test_health_is_public_and_models_lists_the_served_name_with_its_card(server, client, loaded):
     r = httpx.get(server.url + "/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
-    assert [m.id for m in client.models.list().data] == [NAME]
+    (model,) = client.models.list().data
+    assert model.id == NAME
+    card = model.model_extra["lmlab"]  # the model card, from the run's files
+    assert card["family"] == "llama" and card["parameters"] == sum(p.numel() for p in loaded[0].parameters())
+    assert card["tokenizer"]["vocab_size"] == loaded[1].vocab_size
 
 
 def test_completion_equals_lmlab_generate(client, loaded):

@@ -23,6 +23,13 @@ def test_serve_refuses_a_missing_checkpoint(cli, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_serve_refuses_a_runs_folder_that_is_not_one(run_dir, tmp_path, capsys):
+    from lmlab.cli import main
+
+    assert main(["serve", "--ckpt", str(run_dir), "--runs", str(tmp_path / "nothing")]) == 2
+    assert "--runs" in capsys.readouterr().err
+
+
 def test_serve_starts_answers_and_binds_loopback_without_a_key(run_dir):
     port = free_port()
     env = {**os.environ, "LMLAB_API_KEY": ""}

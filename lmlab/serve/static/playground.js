@@ -82,6 +82,26 @@ async function loadModels() {
   if (!state.models.length) setNotice("the server lists no models");
 }
 
+// A number as 1.2k, 3.4M, 5.6B.
+function compact(n) {
+  if (typeof n !== "number") return String(n);
+  for (const [size, unit] of [[1e9, "B"], [1e6, "M"], [1e3, "k"]]) {
+    if (Math.abs(n) >= size) return (n / size).toPrecision(3) + unit;
+  }
+  return String(n);
+}
+
+function cardValue(key, value) {
+  if (key === "tokenizer" && typeof value === "object") {
+    const size = value.vocab_size !== undefined ? ` (${compact(value.vocab_size)} tokens)` : "";
+    return `${value.kind ?? "?"} tokenizer${size}`;
+  }
+  if (typeof value === "object") return JSON.stringify(value);
+  if (key === "val_bpb" && typeof value === "number") return value.toFixed(3);
+  return compact(value);
+}
+
+// The model card of /v1/models's "lmlab" object, one line.
 function card(id) {
   const m = state.models.find((x) => String(x.id) === id);
   const c = m && m.lmlab;
@@ -90,7 +110,7 @@ function card(id) {
   const show = { family: "", parameters: " params", context: " context", tokenizer: "",
                  training_tokens: " training tokens", val_bpb: " val bpb" };
   for (const [k, suffix] of Object.entries(show)) {
-    if (c[k] !== undefined && c[k] !== null) parts.push(String(c[k]) + suffix);
+    if (c[k] !== undefined && c[k] !== null) parts.push(cardValue(k, c[k]) + suffix);
   }
   if (c.loaded === false) parts.push("not loaded: loads on first use");
   return parts.join(" · ");

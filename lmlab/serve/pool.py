@@ -1,0 +1,149 @@
+"""Several models behind one server: which checkpoints are served under which names, and which of
+them are in memory.
+
+:func:`parse_models` reads ``--ckpt NAME=RUN`` items (a bare ``RUN`` is named after its folder) and
+:func:`discover_runs` finds every run folder under ``--runs DIR`` that holds a model and a
+tokenizer. A :class:`ModelPool` loads a model the first time a request names it, keeps at most
+``max_loaded`` in memory and unloads the least recently used one to make room (it is reloaded when
+asked for again); a model that fails to load reports its error to the requests that asked for it
+and is tried again on the next request, while the others go on.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MODEL_FILES = ("model.safetensors", "config.json")  # an lmlab run, or a Hugging Face folder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A served model: the name clients ask for and the checkpoint it loads."""
+
+    name: str
+    path: Path
+
+
+def check_name(name: str, where: str) -> str:
+    """Return ``name`` if it can be a served model name, else raise LmlabError naming ``where``."""
+    if not _NAME.match(name):
+        raise LmlabError(f"{where}: the model name {name!r} must start with a letter or digit and hold only "
+                         "letters, digits and . _ : - (at most 128)")
+    return name
+
+
+def parse_models(items: Sequence[str]) -> list[ModelSpec]:
+    """Return the models of ``--ckpt`` items ``NAME=RUN`` or ``RUN`` (named after the run's folder);
+    raise LmlabError for a missing checkpoint or a name given twice."""
+    specs: list[ModelSpec] = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or "/" in name:  # a bare path (which may itself hold '=' after a '/')
+            name, path = "", item
+        p = Path(path)
+        if not p.exists():
+            raise LmlabError(f"--ckpt {item}: {p} does not exist; give a run folder, a model.safetensors or "
+                             "a Hugging Face folder")
+        folder = p if p.is_dir() else p.parent
+        specs.append(ModelSpec(check_name(name or folder.resolve().name, f"--ckpt {item}"), p))
+    return _unique(specs)
+
+
+def discover_runs(root: Path) -> list[ModelSpec]:
+    """Return a model for every folder under ``root`` (at any depth, sorted) that holds a model file
+    (``model.safetensors`` or a Hugging Face ``config.json`` with weights) and a ``tokenizer.json``,
+    named by its path relative to ``root`` with '/' written as '.'; raise LmlabError when there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LmlabError(f"--runs {root} is not a folder; give the folder your runs are in")
+    specs = []
+    for tok in sorted(root.rglob("tokenizer.json")):
+        folder = tok.parent
+        if not any((folder / f).is_file() for f in MODEL_FILES):
+            continue
+        rel = folder.relative_to(root)
+        name = ".".join(rel.parts) if rel.parts else root.resolve().name
+        specs.append(ModelSpec(check_name(name, f"--runs {root}"), folder))
+    if not specs:
+        raise LmlabError(f"no run under {root} holds a model.safetensors (or config.json) and a "
+                         "tokenizer.json; give the folder lmlab's runs were written to")
+    return _unique(specs)
+
+
+def _unique(specs: list[ModelSpec]) -> list[ModelSpec]:
+    seen: dict[str, Path] = {}
+    for s in specs:
+        if s.name in seen:
+            raise LmlabError(f"two models are named {s.name!r} ({seen[s.name]} and {s.path}); name them "
+                             "with --ckpt NAME=RUN")
+        seen[s.name] = s.path
+    return specs
+
+
+class ModelPool:
+    """The served models by name; at most ``max_loaded`` in memory (least recently used unloaded).
+
+    ``load(spec)`` returns a loaded model (anything with a ``stop()`` that frees it); :meth:`get`
+    returns it, loading it first when needed. Loading happens under the pool's lock, one model at
+    a time, so two requests for the same model load it once.
+    """
+
+    def __init__(self, specs: Sequence[ModelSpec], load: Callable[[ModelSpec], Any], max_loaded: int = 2):
+        if not specs:
+            raise LmlabError("no model to serve; give --ckpt RUN (repeatable, NAME=RUN) or --runs DIR")
+        if max_loaded < 1:
+            raise LmlabError(f"--max-loaded {max_loaded} must be at least 1")
+        self.specs = {s.name: s for s in specs}
+        self._load = load
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.errors: dict[str, str] = {}  # the last load error of each model that failed
+        self.unloads = 0
+
+    @property
+    def names(self) -> list[str]:
+        """Every served model's name, in the order given."""
+        return list(self.specs)
+
+    def loaded(self) -> list[str]:
+        """The names of the models in memory, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def get(self, name: str) -> Any:
+        """Return the loaded model ``name`` (loading it, and unloading the least recently used one if
+        the pool is full); raise KeyError for a name not served, and the load's own error (kept in
+        :attr:`errors`) when it fails."""
+        spec = self.specs[name]
+        with self._lock:
+            if name in self._loaded:
+                self._loaded.move_to_end(name)
+                return self._loaded[name]
+            while len(self._loaded) >= self.max_loaded:
+                _, old = self._loaded.popitem(last=False)
+                old.stop()
+                self.unloads += 1
+            try:
+                model = self._load(spec)
+            except Exception as e:
+                self.errors[name] = str(e) or type(e).__name__
+                raise
+            self.errors.pop(name, None)
+            self._loaded[name] = model
+            return model
+
+    def stop(self) -> None:
+        """Unload every model."""
+        with self._lock:
+            while self._loaded:
+                self._loaded.popitem(last=False)[1].stop()
