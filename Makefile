@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU wheel; GPU users: install a CUDA torch into .venv first, then `make setup TORCH=`.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow test-browser lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Only the playground's tests in real Chromium (Debian's chromium package, /usr/bin/chromium, driven by
+# playwright; nothing downloads a browser). Without Chromium they skip with the reason.
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m browser tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check lmlab tests benchmarks

@@ -3,8 +3,9 @@
 Routes: ``GET /health`` (public), ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (streaming as Server-Sent Events ending with ``data: [DONE]``),
 ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info`` (vLLM's), ``GET /metrics``
-(Prometheus text), and ``GET /reports`` + ``/reports/{path}`` (the runs' reports, with ``--runs``;
-:mod:`lmlab.serve.reports`). With an API key every route but ``/health`` wants
+(Prometheus text), ``GET /reports`` + ``/reports/{path}`` (the runs' reports, with ``--runs``;
+:mod:`lmlab.serve.reports`) and the browser playground at ``/`` (public, see
+:mod:`lmlab.serve.playground`). With an API key every route but ``/health`` and the playground wants
 ``Authorization: Bearer KEY``. Every error reaches the
 client as OpenAI's error JSON (400 bad request, 401 key, 404 unknown model or route, 429 queue
 full, 500 the model failed), never as a traceback.
@@ -32,6 +33,7 @@ from lmlab.data.chat import CHAT_TEMPLATE, IM_END, encode_chat
 from lmlab.errors import LmlabError
 from lmlab.generate.text import prompt_ids
 from lmlab.serve.engine import Engine, Event, Output, QueueFull, SamplingParams
+from lmlab.serve.playground import mount_playground
 from lmlab.serve.pool import ModelPool, ModelSpec
 from lmlab.serve.protocol import (
     MAX_STOP,
@@ -507,6 +509,7 @@ def create_app(served: Served) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    mount_playground(app)
     return app
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_NAME = re.compile(r"^[^\s\x00-\x1f\x7f/][^\x00-\x1f\x7f]{0,126}(?<!\s)$")  # printable, no '/' first
 MODEL_FILES = ("model.safetensors", "config.json")  # an lmlab run, or a Hugging Face folder
 
 
@@ -36,8 +36,8 @@ class ModelSpec:
 def check_name(name: str, where: str) -> str:
     """Return ``name`` if it can be a served model name, else raise LmlabError naming ``where``."""
     if not _NAME.match(name):
-        raise LmlabError(f"{where}: the model name {name!r} must start with a letter or digit and hold only "
-                         "letters, digits and . _ : - (at most 128)")
+        raise LmlabError(f"{where}: the model name {name!r} must be 1-127 printable characters, not starting "
+                         "with '/' or a space (pages show every name as text)")
     return name
 
 

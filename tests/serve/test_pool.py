@@ -28,8 +28,9 @@ def test_ckpt_items_name_models(tmp_path):
         parse_models([str(b), f"llama={a}"])
     with pytest.raises(LmlabError, match="does not exist"):
         parse_models([f"x={tmp_path / 'nope'}"])
-    with pytest.raises(LmlabError, match="must start with a letter"):
-        parse_models([f"<script>={a}"])
+    assert parse_models([f"<img src=x onerror=alert(1)>={a}"])[0].name == "<img src=x onerror=alert(1)>"
+    with pytest.raises(LmlabError, match="printable characters"):
+        parse_models([f" x={a}"])
 
 
 def test_runs_folder_finds_every_model_at_any_depth(tmp_path):

@@ -1,0 +1,37 @@
+"""The playground's routes (no browser): ``/`` and ``/static/...`` are public even with an API key, the
+API is not, and nothing outside the static folder can be read through them."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+import pytest
+
+
+def get(server, path: str, headers: dict | None = None) -> tuple[int, str, bytes]:
+    """GET the raw ``path`` (sent as is, not normalised); return status, content type and body."""
+    conn = http.client.HTTPConnection(urlsplit(server.url).netloc, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("content-type", ""), resp.read()
+    finally:
+        conn.close()
+
+
+def test_the_page_and_its_assets_need_no_key(server):
+    status, kind, body = get(server, "/")
+    assert status == 200 and kind.startswith("text/html")
+    assert b"/static/playground.js" in body and b"/static/playground.css" in body
+    status, kind, body = get(server, "/static/playground.js")
+    assert status == 200 and "javascript" in kind and b"textContent" in body
+    assert get(server, "/static/playground.css")[0] == 200
+    assert get(server, "/v1/models")[0] == 401  # the API still wants the key
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/..%2fapp.py", "/static/%2e%2e/app.py",
+                                  "/static//etc/passwd", "/static/nothing.js"])
+def test_nothing_outside_the_static_folder(server, path):
+    status, _, body = get(server, path)
+    assert status == 404 and b"create_app" not in body and b"root:" not in body
