@@ -46,9 +46,14 @@ def parse_models(items: Sequence[str]) -> list[ModelSpec]:
     raise LmlabError for a missing checkpoint or a name given twice."""
     specs: list[ModelSpec] = []
     for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or "/" in name:  # a bare path (which may itself hold '=' after a '/')
+        # NAME=RUN splits at the first '=' after which an existing path follows (names and paths may
+        # both hold '='); an item that exists as a path, or has no '=', is a bare RUN
+        cuts = [i for i, c in enumerate(item) if c == "="]
+        cut = next((i for i in cuts if Path(item[i + 1:]).exists()), cuts[0] if cuts else None)
+        if Path(item).exists() or cut is None or cut == 0:
             name, path = "", item
+        else:
+            name, path = item[:cut], item[cut + 1:]
         p = Path(path)
         if not p.exists():
             raise LmlabError(f"--ckpt {item}: {p} does not exist; give a run folder, a model.safetensors or "
