@@ -89,7 +89,7 @@ def title_of(report: Path) -> str:
                 if line.startswith("# "):
                     return line[2:].strip()
     except OSError:
-        pass  # an unreadable report is still listed, under its folder's name
+        pass  # an unreadable report is still listed (by its folder, without a title)
     return ""
 
 
