@@ -272,7 +272,8 @@ def create_app(served: Served) -> FastAPI:
                 entry["max_model_len"] = m.engine.block_size
             card = m.card if m is not None else unloaded_card(spec.path)
             if card is not None:  # the model card: family, parameters, tokenizer, training figures
-                entry["lmlab"] = {**card, "loaded": m is not None, "error": pool.errors.get(name)}
+                entry["lmlab"] = {**card, "loaded": m is not None, "evicted": name in pool.evicted,
+                                  "error": pool.errors.get(name)}
             data.append(entry)
         return {"object": "list", "data": data}
 

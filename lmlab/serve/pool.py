@@ -5,8 +5,9 @@ them are in memory.
 :func:`discover_runs` finds every run folder under ``--runs DIR`` that holds a model and a
 tokenizer. A :class:`ModelPool` loads a model the first time a request names it, keeps at most
 ``max_loaded`` in memory and unloads the least recently used one to make room (it is reloaded when
-asked for again); a model that fails to load reports its error to the requests that asked for it
-and is tried again on the next request, while the others go on.
+asked for again, and listed in :attr:`ModelPool.evicted` until then); a model that fails to load
+reports its error to the requests that asked for it and is tried again on the next request, while the
+others go on.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class ModelPool:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.errors: dict[str, str] = {}  # the last load error of each model that failed
+        self.evicted: set[str] = set()  # the models unloaded to make room (until they are loaded again)
         self.unloads = 0
 
     @property
@@ -148,6 +150,7 @@ class ModelPool:
                 if not idle:  # every model is answering someone: go over the limit rather than cut them off
                     break
                 self._loaded.pop(idle[0]).stop()
+                self.evicted.add(idle[0])
                 self.unloads += 1
             try:
                 model = self._load(spec)
@@ -155,6 +158,7 @@ class ModelPool:
                 self.errors[name] = str(e) or type(e).__name__
                 raise
             self.errors.pop(name, None)
+            self.evicted.discard(name)
             self._loaded[name] = model
             return model
 

@@ -63,8 +63,9 @@ def test_least_recently_used_model_is_unloaded_and_reloaded_on_demand():
     assert pool.names == ["a", "b", "c"] and pool.loaded() == []
     pool.get("a"), pool.get("b"), pool.get("a"), pool.get("c")
     assert pool.loaded() == ["a", "c"] and ("stop", "b") in log and pool.unloads == 1
+    assert pool.evicted == {"b"}  # unloaded to make room: the page says so while it reloads
     pool.get("b")
-    assert pool.loaded() == ["c", "b"] and log.count(("load", "b")) == 2
+    assert pool.loaded() == ["c", "b"] and log.count(("load", "b")) == 2 and pool.evicted == {"a"}
     with pytest.raises(KeyError):
         pool.get("zzz")
     pool.stop()
