@@ -161,7 +161,7 @@ def open_page(browser, url: str, ready: str = "document.getElementById('model-0'
               **context_args):
     """A fresh page on the playground at ``url``, once the JavaScript ``ready`` is true (by default: its
     model list is loaded); ``page.dialogs`` collects every dialog (alert, confirm, prompt) it opened."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_args)
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context_args})
     pg = context.new_page()
     pg.dialogs = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))

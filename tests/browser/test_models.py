@@ -1,5 +1,7 @@
 """Models the server unloaded (``--max-loaded``) in the page: a column whose model is not in memory
-says it is loading, and why, until the answer starts; then the model cards are listed again."""
+says it is loading, and why, until the answer starts; then the model cards are listed again. Two
+columns on a server with room for one model both answer (the model one loads is not unloaded for the
+other before its request reached the engine)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ def one_at_a_time(runs) -> Iterator:
     running.stop()
 
 
-def ask(page, model: str) -> None:
-    """Send "Hi" to ``model`` alone and wait for its answer, checking the loading notice it shows."""
+def ask(page, model: str, second: str = "") -> None:
+    """Send "Hi" to ``model`` (and ``second`` in a second column)."""
     page.select_option("#model-0", model)
-    page.select_option("#model-1", "")
+    page.select_option("#model-1", second)
     page.fill("#max-tokens", "4")
     page.fill("#prompt", "Hi")
     page.press("#prompt", "Enter")
@@ -50,6 +52,16 @@ def test_a_model_not_in_memory_shows_a_loading_notice_and_its_card_is_refreshed(
         assert "not loaded (unloaded to free memory)" in page.inner_text(".column .card")
         page.wait_for_function("document.querySelector('.column').dataset.state === 'done'", timeout=20_000)
         page.wait_for_function("!document.querySelector('.column .card').textContent.includes('not loaded')")
-        assert page.locator(".column .tok").count() >= 1 and page.dialogs == []
+        assert page.locator(".column .tok").count() >= 1
+
+        ask(page, GPT, LLAMA)  # the second column's model was unloaded for gpt: it loads while gpt answers
+        second = page.locator(".column >> nth=1")
+        second.locator(".loading").wait_for(state="visible", timeout=5_000)
+        assert second.locator(".loading").inner_text() == f"loading {LLAMA} (unloaded to free memory)…"
+        assert page.locator(".column >> nth=0 >> .loading").count() == 0
+        page.wait_for_function("[...document.querySelectorAll('.column')].every(c => c.dataset.state === "
+                               "'done') && ![...document.querySelectorAll('.column .card')]"
+                               ".some(c => c.textContent.includes('not loaded'))", timeout=20_000)
+        assert page.locator(".column .loading").count() == 0 and page.dialogs == []
     finally:
         page.context.close()

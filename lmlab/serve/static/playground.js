@@ -142,8 +142,9 @@ function card(id) {
     if (c[k] !== undefined && c[k] !== null) parts.push(cardValue(k, c[k]) + suffix);
   }
   if (c.loaded === false) {
-    parts.push(c.evicted ? "not loaded (unloaded to free memory): loads on first use"
-                         : "not loaded: loads on first use");
+    if (c.error) parts.push("not loaded: its last load failed");
+    else if (c.evicted) parts.push("not loaded (unloaded to free memory): loads on first use");
+    else parts.push("not loaded: loads on first use");
   }
   return parts.join(" · ");
 }
