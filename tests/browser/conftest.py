@@ -160,8 +160,11 @@ def browser() -> Iterator:
 def open_page(browser, url: str, ready: str = "document.getElementById('model-0').value !== ''",
               **context_args):
     """A fresh page on the playground at ``url``, once the JavaScript ``ready`` is true (by default: its
-    model list is loaded); ``page.dialogs`` collects every dialog (alert, confirm, prompt) it opened."""
-    context = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, **context_args})
+    model list is loaded); ``page.dialogs`` collects every dialog (alert, confirm, prompt) it opened.
+    The page's Content-Security-Policy is bypassed (playwright's ``wait_for_function`` evaluates its
+    strings in the page); test_csp.py drives the page under it."""
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 800}, "bypass_csp": True,
+                                     **context_args})
     pg = context.new_page()
     pg.dialogs = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))

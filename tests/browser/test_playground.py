@@ -150,7 +150,7 @@ def test_a_failing_model_shows_its_error_while_the_other_goes_on(page):
 def test_api_key_is_asked_for_and_kept_in_page_memory(browser, server, served):
     served.api_key = "sk-browser"
     try:
-        context = browser.new_context()
+        context = browser.new_context(bypass_csp=True)  # see open_page
         page = context.new_page()
         sent = []
         page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
@@ -224,7 +224,7 @@ def test_generated_markup_and_its_alternatives_show_as_text(page):
 
 
 def test_closing_the_tab_cancels_its_streams(browser, server, slow_steps):
-    context = browser.new_context()
+    context = browser.new_context(bypass_csp=True)  # see open_page
     page = context.new_page()
     page.goto(server.url + "/")
     page.wait_for_function("document.getElementById('model-0').value !== ''", timeout=10_000)

@@ -539,8 +539,8 @@ function hideTooltip() { $("tooltip").hidden = true; }
 
 // ---- reports ----------------------------------------------------------------------------------
 // /reports and /reports/{path} are fetched with the key (when one is set) and shown in this page. The
-// server's HTML is parsed inert (DOMParser runs no script and loads nothing) and rebuilt element by
-// element from a short list of tags, text as text: nothing from a report can run. Links to other
+// server's HTML is parsed inert (a template's content runs no script and loads nothing) and rebuilt
+// element by element from a short list of tags, text as text: nothing from a report can run. Links to other
 // reports open here; the plots are fetched with the key and shown from blob: URLs.
 
 const REPORT_TAGS = new Set(["h1", "h2", "h3", "h4", "h5", "h6", "p", "ul", "ol", "li", "table", "thead",
@@ -632,9 +632,13 @@ async function openReport(path) {
     }
     const type = resp.headers.get("content-type") || "";
     if (type.startsWith("text/html")) {
-      const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+      // parsed into an inert template (no script runs, nothing loads, and unlike DOMParser the
+      // page's CSP sees none of the report's inline styles); only its rebuilt copy enters the page
+      const inert = document.createElement("template");
+      inert.innerHTML = await resp.text();
+      const doc = inert.content;
       const base = new URL(doc.querySelector("base")?.getAttribute("href") || path, window.location.origin);
-      box.replaceChildren(...[...doc.body.childNodes].map((n) => rebuild(n, base)).filter(Boolean));
+      box.replaceChildren(...[...doc.childNodes].map((n) => rebuild(n, base)).filter(Boolean));
       await loadReportImages(box);
     } else if (type.startsWith("image/")) {
       const img = el("img");
