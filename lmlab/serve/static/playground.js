@@ -257,8 +257,8 @@ function makeColumn(model, index, own) {
   return col;
 }
 
-// The server answered (the model is in memory now, or failed to load): drop the loading notice and
-// list the models again so the cards say which are loaded.
+// The server answered (the model is in memory now, or failed to load), or the request ended before:
+// drop the loading notice and list the models again so the cards say which are loaded.
 function answered(col) {
   if (!col.loading) return;
   col.loading.remove();
@@ -372,6 +372,7 @@ async function runColumn(col, path, body, onChoice, signal) {
     col.status.textContent = "done" + (col.finish ? ` (${col.finish})` : "");
     col.root.dataset.state = "done";
   } catch (e) {
+    answered(col);  // stopped (or failed) before the answer: the notice goes too
     if (e.name === "AbortError") {
       col.status.textContent = "stopped";
       col.root.dataset.state = "stopped";
@@ -431,6 +432,7 @@ async function scoreColumn(col, text, signal) {
     col.status.textContent = "scored";
     col.root.dataset.state = "done";
   } catch (e) {
+    answered(col);
     const stopped = e.name === "AbortError";
     col.status.textContent = stopped ? "stopped" : "failed";
     col.root.dataset.state = stopped ? "stopped" : "error";
