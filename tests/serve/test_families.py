@@ -136,14 +136,15 @@ def test_streamed_text_equals_generate_text(client, loaded, name):
     assert "".join(pieces) == want and len([p for p in pieces if p]) > 1
 
 
-@pytest.mark.parametrize("name", SEQUENCE)
+@pytest.mark.parametrize("name", [*SEQUENCE, "elmo"])
 def test_echo_logprobs_equal_a_direct_forward(client, loaded, name):
     model, tok = loaded[name]
     r = client.completions.create(model=name, prompt="Hamlet: to be", max_tokens=3, temperature=0, echo=True,
                                   logprobs=2)
     ids = tok.encode("Hamlet: to be")
     with torch.no_grad():
-        lp = model(torch.tensor([ids]))[0].float().log_softmax(-1)
+        x = torch.tensor([ids])
+        lp = (model.forward_lm(x)[0] if name == "elmo" else model(x))[0].float().log_softmax(-1)
     got = r.choices[0].logprobs.token_logprobs
     assert got[0] is None
     for i, t in enumerate(ids[1:]):
@@ -216,3 +217,62 @@ def test_a_model_that_cannot_generate_is_refused_in_one_line(tmp_path):
     with pytest.raises(LmlabError) as e:
         build(ServeConfig(ckpt=[str(run)]))
     assert "fill-mask" in str(e.value) and "\n" not in str(e.value)
+
+
+class Bigram:
+    """A SequenceLM that is no torch module: log-probabilities from a table of bigrams, -inf for
+    the tokens that never follow (as the token n-gram's logits)."""
+
+    vocab_size, block_size, device = 12, None, torch.device("cpu")
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.table = torch.randn(self.vocab_size, self.vocab_size, generator=g)
+        self.table[:, ::3] = -math.inf  # every third token never follows
+        self.table = self.table.log_softmax(-1)
+
+    def start(self, prompt: list[int]) -> BigramStepper:
+        return BigramStepper(self, prompt[-1])
+
+    def prompt_logits(self, prompt: list[int]) -> torch.Tensor:
+        return self.table[torch.tensor(prompt)]
+
+
+class BigramStepper:
+    def __init__(self, lm: Bigram, last: int):
+        self.lm, self.last = lm, last
+
+    def prefill(self) -> torch.Tensor:
+        return self.lm.table[self.last][None]
+
+    def step(self, token: int) -> torch.Tensor:
+        self.last = token
+        return self.prefill()
+
+
+class _Chars:
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(97 + i) for i in ids)
+
+
+def test_any_sequence_lm_is_served_greedy_sampled_and_echoed():
+    lm = Bigram()
+    engine = Engine(lm, _Chars(), max_batch=2).start()
+    try:
+        prompts = [[1], [4, 2], [5, 7, 8]]
+        outs = run_all(engine, prompts, [SamplingParams(max_tokens=6 + i, temperature=0) for i in range(3)])
+        sampled = engine.generate([1], SamplingParams(max_tokens=30, temperature=1.0, seed=3), timeout=30)
+        echo = engine.generate([4, 2, 5], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1,
+                                                         logprobs=1), timeout=30)
+    finally:
+        engine.stop()
+    for p, o in zip(prompts, outs):
+        want, last = [], p[-1]
+        for _ in range(len(o.tokens)):
+            last = int(lm.table[last].argmax())
+            want.append(last)
+        assert o.tokens == want and len(want) == 6 + prompts.index(p)
+    assert all(t % 3 for t in sampled.tokens)  # a token of probability 0 is never drawn
+    assert [e.logprob for e in echo.prompt_logprobs[1:]] == pytest.approx([lm.table[4, 2].item(),
+                                                                         lm.table[2, 5].item()], abs=1e-6)
+    assert echo.logprobs[0].logprob == pytest.approx(lm.table[5].max().item())
