@@ -128,7 +128,8 @@ def write_report(path: Path, results: list[dict[str, Any]], settings: dict[str, 
             "",
             f"Chosen: order {ngram['order']}, {ngram['smoothing']} smoothing, by bits per byte on the last "
             f"10% of the training split (fitted on the rest), then refitted on all of it in "
-            f"{ngram['fit_seconds']:.1f} s. Its params column counts stored n-grams. Tried "
+            f"{ngram['fit_seconds']:.1f} s and saved as ngram/model.arpa (which `lmlab serve` serves) in "
+            f"{ngram['save_seconds']:.1f} s. Its params column counts stored n-grams. Tried "
             f"(order/smoothing dev bpb): {tried}.",
             "",
         ]
