@@ -1,10 +1,11 @@
 """The two ways the serving :class:`~lmlab.serve.engine.Engine` runs its batch of requests.
 
-Both answer the same three calls of the scheduler: ``prefill(prompt, scores)`` reads one newcomer's
-prompt alone (its logits, and a state to admit), ``admit(state)`` gives it the next row,
+Both answer the same calls of the scheduler: ``check(prompt, max_tokens, prompt_logprobs)`` refuses
+what the model cannot do before a request is queued, ``prefill(prompt, scores)`` reads one
+newcomer's prompt alone (its logits, and a state to admit), ``admit(state)`` gives it the next row,
 ``step(tokens)`` appends each running row's last token and returns the ``(n, V)`` logits after it,
 ``remove(i)`` frees row ``i`` by moving the last row into it (so the running rows are always
-``0..n-1``).
+``0..n-1``) and ``clear()`` forgets them all (after a failed step).
 
 * :class:`SlotBatch`, for Transformer decoders: every running request owns one slot (a batch row)
   of one cache the model allocates itself (``model.new_kv_cache(max_batch, block_size)``), with its
@@ -205,9 +206,9 @@ def backend_for(model: Any, max_batch: int) -> SlotBatch | SequenceBatch:
     else :class:`SequenceBatch` (a torch model through :func:`~lmlab.generate.sequence.sequence_lm`:
     LmlabError naming the problem for one that cannot generate)."""
     if not isinstance(model, nn.Module):
-        if not all(hasattr(model, a) for a in ("start", "prompt_logits", "vocab_size", "block_size")):
-            raise LmlabError(f"the server runs lmlab models and sequence models (start, prompt_logits); "
-                             f"a {type(model).__name__} is neither")
+        if not isinstance(model, SequenceLM):
+            raise LmlabError(f"the server runs lmlab models and SequenceLMs (vocab_size, block_size, device, "
+                             f"start, prompt_logits); a {type(model).__name__} is neither")
         return SequenceBatch(model)
     if family(model) == "decoder" and getattr(model.config, "attn", "mha") != "infini":
         return SlotBatch(model, max_batch)
