@@ -68,7 +68,7 @@ def align_frontier(cfg: FrontierConfig) -> int:
     """The reward-vs-KL frontier: sample each --policies NAME=RUN on held-out prompts, score the
     responses with --reward, estimate KL(policy || --ref) from the samples' log-probs, and add
     best-of-n from the reference (analytic KL log n - (n-1)/n). Writes OUT/frontier.json,
-    frontier.png (the DPO paper's figure 2) and samples.md. E.g.:
+    frontier.png (the DPO paper's figure 2), samples.md and report.md (the table and the plot). E.g.:
 
       lmlab align frontier --ref runs/sft --reward runs/rm --policies ppo=runs/ppo,dpo=runs/dpo \\
           --best-of 1,4,16 --out runs/frontier
@@ -80,7 +80,7 @@ def align_frontier(cfg: FrontierConfig) -> int:
     print(f"{'policy':<18} {'reward':>14} {'KL (nats)':>16} {'length':>7}")
     for r in rows:
         print(f"{r.name:<18} {r.score:>8.3f} ± {r.score_se:.3f} {r.kl:>8.3f} {r.kl_kind:>8} {r.length:>7.1f}")
-    print(f"wrote {cfg.out}/frontier.json, frontier.png, samples.md")
+    print(f"wrote {cfg.out}/frontier.json, frontier.png, samples.md, report.md")
     return 0
 def reward_train(cfg: RewardConfig) -> int:
     """Train a reward model: a scalar head (init std 1/sqrt(d+1), bias 0, no dropout) on the last real
