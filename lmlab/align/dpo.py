@@ -328,8 +328,7 @@ def dpo(cfg: DPOConfig) -> DPOResult:
                     last=pick(rows[-1]) if rows else {},
                     val={k[4:]: v for k, v in rec.items() if k.startswith("val_")},
                     interrupted=result.interrupted)
-    curves = plot_curves(books, [("loss", ("loss", "val_loss")), ("accuracy", ("accuracy", "val_accuracy")),
-                                 ("reward margin", ("margins", "val_margins"))], out / CURVES)
+    curves = plot_curves(books, [("loss", ("loss", "val_loss"))], out / CURVES)
     name = "DPO" if cfg.loss == "sigmoid" else "IPO"
     write_run_report(
         out, f"{name} on preference pairs", f"{name} trained {inline_code(cfg.ckpt)} ({cfg.method}) on the "

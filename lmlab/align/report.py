@@ -48,7 +48,10 @@ def plot_curves(metrics_dir: Path, panels: Sequence[tuple[str, Sequence[str]]], 
     series = [(t, s) for t, s in series if s]
     if not series:
         return None
-    fig, axes = figure(len(series), width=4.2, height=3.2)
+    # fixed margins: matplotlib's constrained layout would double the cost of a run's last step
+    width = 4.2 * len(series)
+    fig, axes = figure(len(series), width=4.2, height=3.2, layout=None)
+    fig.subplots_adjust(left=0.65 / width, right=1 - 0.15 / width, bottom=0.15, top=0.9, wspace=0.3)
     for ax, (title, lines) in zip(axes, series):
         for key, pts in lines.items():
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 12 else None,

@@ -306,8 +306,7 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
         val={k[4:]: v for k, v in rec.items() if k.startswith("val_")},
         test=figures("test"), interrupted=result.interrupted)
     write_json(out / RESULTS, {**dataclasses.asdict(res), "data": cfg.data})
-    curves = plot_curves(out, [("loss", ("loss", "val_loss")),
-                               ("pairwise accuracy", ("accuracy", "val_accuracy"))], out / CURVES)
+    curves = plot_curves(out, [("pairwise accuracy", ("accuracy", "val_accuracy"))], out / CURVES)
     write_run_report(
         out, "Reward model", f"A Bradley-Terry reward model (a scalar head on the last token) trained from "
         f"{inline_code(cfg.ckpt)} on the preference pairs of {inline_code(cfg.data)}. Accuracy is the share "

@@ -512,8 +512,8 @@ def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
                      elapsed_s=round(elapsed, 2), first_score=rows[0]["score"] if rows else None,
                      last_score=last.get("score"), last_kl=last.get("kl"), beta=last.get("beta"),
                      value_init=value_init, interrupted=result.interrupted)
-    curves = plot_curves(books, [("reward model score", ("score",)), ("KL to the reference (nats)", ("kl",)),
-                                 ("response length (tokens)", ("response_length",))], out / CURVES)
+    curves = plot_curves(books, [("reward model score", ("score",)), ("KL to the reference (nats)", ("kl",))],
+                         out / CURVES)
     first = rows[0] if rows else {}
     write_run_report(
         out, f"RLHF ({cfg.algo.upper()})",
