@@ -424,9 +424,10 @@ def sweep(cfg: SweepConfig) -> int:
     --eval-tokens validation windows as every other run and a row (name, N = total
     parameters, D = trained tokens, C = f D, loss = validation nats/token, budget,
     N_nonembedding, flops_per_token, C_6ND, steps, seconds, val_bpb, ...) is appended
-    to SWEEP/runs.csv. Rerunning the same command skips finished runs and resumes an
-    interrupted one; new budgets or sizes extend the sweep. Pairs whose budget buys less
-    than one step are skipped. Fit the table with 'lmlab scaling fit SWEEP'.
+    to SWEEP/runs.csv; when every run is done SWEEP/report.md shows the settings and the
+    table. Rerunning the same command skips finished runs and resumes an interrupted one;
+    new budgets or sizes extend the sweep. Pairs whose budget buys less than one step are
+    skipped. Fit the table with 'lmlab scaling fit SWEEP'.
 
     Examples:
       lmlab scaling sweep --data data/shk --budgets 3e12,1e13 --sizes 32,48,64,96 --dry-run

@@ -505,5 +505,6 @@ def run_sweep(cfg: SweepConfig) -> int:
         bpb = f"{float(r['val_bpb']):.4f}" if r.get("val_bpb") else "-"
         print(f"  {r['name']:<18}{int(r['N']):>10,}{int(r['D']):>10,}{float(r['C']):>10.3g}"
               f"{float(r['loss']):>8.4f}{bpb:>10}")
-    print(f"fit scaling laws with: lmlab scaling fit {out} --approach 2   (or 1, 3, kaplan)")
+    print(f"wrote {out / 'report.md'}; fit scaling laws with: lmlab scaling fit {out} --approach 2   "
+          "(or 1, 3, kaplan)")
     return 0

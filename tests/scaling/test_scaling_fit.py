@@ -149,15 +149,25 @@ def test_kaplan_recovers_eq_1_5_constants():
     assert r.params["alpha_N"].value == pytest.approx(0.076, abs=0.01)
 
 
-def test_plots_for_envelope_and_kaplan_fits(tmp_path):
+def test_plots_and_reports_for_envelope_and_kaplan_fits(tmp_path):
     from lmlab.scaling.plots import write_plots
+    from lmlab.scaling.report import write_fit_report
 
     table = isoflop_runs(noise=0.003, seed=8, jitter=True, sizes=8)
-    paths = write_plots(fit_approach1(table), tmp_path / "a1")
-    paths += write_plots(fit_kaplan(table), tmp_path / "k")
+    a1, kaplan = fit_approach1(table), fit_kaplan(table)
+    paths = write_plots(a1, tmp_path / "a1")
+    paths += write_plots(kaplan, tmp_path / "k")
     assert [p.name for p in paths] == ["frontier.png", "allocation.png", "frontier.png", "contours.png",
                                        "kaplan.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 10_000 for p in paths)
+    # report.md: Kaplan's laws have no allocation and say so; approach 1's comes from its power laws
+    text = write_fit_report(tmp_path / "k", kaplan, table, None, paths[2:], {}).read_text()
+    assert "give no allocation" in text and "](kaplan.png)" in text
+    assert {r["constant"] for r in tables(text)["constant"]} == set(kaplan.params)
+    optimum = optimum_at(a1, 1e21)
+    text = write_fit_report(tmp_path / "a1", a1, table, optimum, paths[:2], {}).read_text()
+    allocation = {r["quantity"]: r["value"] for r in tables(text)["quantity"]}
+    assert f"({optimum['n_tokens']:,.0f})" in allocation["D_opt (tokens)"]
 
 
 def test_read_runs_defaults_compute_and_ignores_case_and_extra_columns(tmp_path):
