@@ -31,7 +31,8 @@ def sft(cfg: SFTConfig) -> int:
     continue text). --pack fills rows of up to --max-len tokens with several conversations (less
     padding; a row's later conversations see its earlier ones, as HF's simple packing). One
     conversation in ten is held out and scored (val_loss in metrics.jsonl). Writes OUT/config.yaml,
-    model.safetensors, tokenizer.json, metrics.jsonl and state/ (exact --resume). E.g.:
+    model.safetensors, tokenizer.json, metrics.jsonl, state/ (exact --resume) and report.md (settings,
+    final figures, the loss curve in curves.png). E.g.:
 
       lmlab data instructions --out runs/data/instructions
       lmlab sft --ckpt runs/llama --data runs/data/instructions/train.jsonl --out runs/llama-sft --epochs 2
@@ -68,7 +69,7 @@ def align_frontier(cfg: FrontierConfig) -> int:
     """The reward-vs-KL frontier: sample each --policies NAME=RUN on held-out prompts, score the
     responses with --reward, estimate KL(policy || --ref) from the samples' log-probs, and add
     best-of-n from the reference (analytic KL log n - (n-1)/n). Writes OUT/frontier.json,
-    frontier.png (the DPO paper's figure 2) and samples.md. E.g.:
+    frontier.png (the DPO paper's figure 2), samples.md and report.md (the table and the plot). E.g.:
 
       lmlab align frontier --ref runs/sft --reward runs/rm --policies ppo=runs/ppo,dpo=runs/dpo \\
           --best-of 1,4,16 --out runs/frontier
@@ -80,7 +81,7 @@ def align_frontier(cfg: FrontierConfig) -> int:
     print(f"{'policy':<18} {'reward':>14} {'KL (nats)':>16} {'length':>7}")
     for r in rows:
         print(f"{r.name:<18} {r.score:>8.3f} ± {r.score_se:.3f} {r.kl:>8.3f} {r.kl_kind:>8} {r.length:>7.1f}")
-    print(f"wrote {cfg.out}/frontier.json, frontier.png, samples.md")
+    print(f"wrote {cfg.out}/frontier.json, frontier.png, samples.md, report.md")
     return 0
 def reward_train(cfg: RewardConfig) -> int:
     """Train a reward model: a scalar head (init std 1/sqrt(d+1), bias 0, no dropout) on the last real
@@ -93,7 +94,7 @@ def reward_train(cfg: RewardConfig) -> int:
     positive one chosen. The model reads prompt text + response (+ end-of-text). Validation: pairwise
     accuracy on the validation pairs (val_accuracy in metrics.jsonl); at the end the test pairs are
     scored too. Writes OUT/config.yaml, model.safetensors, tokenizer.json, metrics.jsonl,
-    results.json, state/. E.g.:
+    results.json, state/ and report.md (settings, the figures per split, curves.png). E.g.:
 
       lmlab reward train --ckpt runs/llama --data sentiment-movies --out runs/rm --epochs 1 --lr 1e-4
     """
@@ -147,7 +148,8 @@ def dpo(cfg: DPOConfig) -> int:
     --data as for 'lmlab reward train' (a JSONL of prompt/chosen/rejected, or rated data's human
     pairs); --template plain lays a pair out as end-of-text + prompt + response + end-of-text, chat as
     a user turn and the assistant's response closed by <|im_end|>. --method lora trains LoRA adapters
-    (--r, --alpha, --targets) and merges them into OUT/model.safetensors at the end. E.g.:
+    (--r, --alpha, --targets) and merges them into OUT/model.safetensors at the end. OUT/report.md
+    shows the settings, these figures at the first and last step and on validation, and curves.png. E.g.:
 
       lmlab dpo --ckpt runs/sft --data pairs.jsonl --out runs/dpo --beta 0.1 --lr 5e-6 --epochs 1
     """
@@ -181,7 +183,8 @@ def rlhf(cfg: RLHFConfig) -> int:
     metrics.jsonl logs score, kl, beta, entropy, clipfrac, approx_kl, value_loss, response_length.
     --method lora trains LoRA adapters on the policy (the value model in full) and merges them at the
     end. Writes OUT/model.safetensors (the policy), value.safetensors, tokenizer.json, config.yaml,
-    metrics.jsonl, state/ (exact --resume; with --method lora the last two in OUT/train). E.g.:
+    metrics.jsonl, state/ (exact --resume; with --method lora the last two in OUT/train) and
+    report.md (settings, first and last rollout, score and KL curves in curves.png). E.g.:
 
       lmlab rlhf --algo ppo --policy runs/sft --reward runs/rm --prompts reviews:sentiment-movies \\
           --out runs/ppo --beta 0.05 --rollouts 50 --lr 1e-5

@@ -224,11 +224,13 @@ def dpo(cfg: DPOConfig) -> DPOResult:
     module docstring). Bad input raises LmlabError naming the file and line."""
     from lmlab.align.preferences import PairBatches, load_pairs
     from lmlab.align.prompts import check_template
+    from lmlab.align.report import CURVES, plot_curves, run_settings, write_run_report
     from lmlab.align.reward import _check_out, steps_for
     from lmlab.align.sequences import Joined, no_dropout, sequence_logprobs
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.fileio import write_bytes
     from lmlab.loader import load
+    from lmlab.markdown import inline_code
     from lmlab.models.registry import save_model
     from lmlab.train import checkpoint as ckpt
     from lmlab.train.log import read_metrics
@@ -320,9 +322,23 @@ def dpo(cfg: DPOConfig) -> DPOResult:
     keep = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy")
     pick = lambda r: {k: round(float(r[k]), 6) for k in keep if k in r}  # noqa: E731
     rec = result.last_record
-    return DPOResult(out=str(out), step=result.step,
-                     elapsed_s=round(result.elapsed or time.perf_counter() - t0, 2),
-                     pairs={s: len(p) for s, p in splits.items()}, first=pick(rows[0]) if rows else {},
-                     last=pick(rows[-1]) if rows else {},
-                     val={k[4:]: v for k, v in rec.items() if k.startswith("val_")},
-                     interrupted=result.interrupted)
+    res = DPOResult(out=str(out), step=result.step,
+                    elapsed_s=round(result.elapsed or time.perf_counter() - t0, 2),
+                    pairs={s: len(p) for s, p in splits.items()}, first=pick(rows[0]) if rows else {},
+                    last=pick(rows[-1]) if rows else {},
+                    val={k[4:]: v for k, v in rec.items() if k.startswith("val_")},
+                    interrupted=result.interrupted)
+    curves = plot_curves(books, [("loss", ("loss", "val_loss"))], out / CURVES)
+    name = "DPO" if cfg.loss == "sigmoid" else "IPO"
+    write_run_report(
+        out, f"{name} on preference pairs", f"{name} trained {inline_code(cfg.ckpt)} ({cfg.method}) on the "
+        f"pairs of {inline_code(cfg.data)} against itself as the frozen reference. Rewards are the implicit "
+        "beta (log pi - log pi_ref) of each response; the margin is chosen - rejected, the accuracy the "
+        "share of pairs whose chosen response has the higher reward.",
+        run_settings(cfg, "ckpt", "data", "loss", "beta", "label_smoothing", "length_normalize", "template",
+                     "method", "batch_size"),
+        {"first step": res.first, "last step": res.last,
+         f"validation ({res.pairs['validation']} pairs)": {k.replace("rewards_", "rewards/"): v
+                                                           for k, v in res.val.items()}},
+        curves, res.interrupted)
+    return res

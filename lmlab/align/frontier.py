@@ -6,7 +6,8 @@ held-out prompts and scored by the reward model; the KL is the Monte-Carlo estim
 ``E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)]`` summed over the response's tokens. Best-of-n
 from the reference is scored the same way, with its analytic KL ``log n - (n - 1) / n``
 (Stiennon et al. 2020; an upper bound that is tight for continuous rewards). Writes
-``frontier.json`` (one row per policy or n), ``frontier.png`` and ``samples.md``.
+``frontier.json`` (one row per policy or n), ``frontier.png``, ``samples.md`` and ``report.md`` (the
+table, the plot and a link to the samples).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class FrontierConfig:
     batch_size: int = arg(64, "prompts per sampling batch")
     seed: int = arg(0, "seed of the sampling")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
-    out: Path | None = arg(None, "folder for frontier.json, frontier.png, samples.md and config.yaml")
+    out: Path | None = arg(None, "folder for frontier.json, frontier.png, samples.md, report.md and "
+                                 "config.yaml")
     json: bool = arg(False, "print the rows as one JSON object")
 
 
@@ -78,6 +80,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     )
     from lmlab.align.preferences import prompt_text
     from lmlab.align.prompts import encode_prompt, read_prompts
+    from lmlab.align.report import frontier_report
     from lmlab.align.reward import load_scorer
     from lmlab.align.rollout import pad_id_for
     from lmlab.align.sequences import join, sequence_logprobs
@@ -155,6 +158,7 @@ def frontier(cfg: FrontierConfig) -> list[FrontierRow]:
     write_json(out / "frontier.json", {"rows": [asdict(r) for r in result]})
     plot_frontier(result, out / "frontier.png")
     _write_samples(result, out / "samples.md")
+    frontier_report(out, result, cfg, "frontier.png", "samples.md")
     return result
 
 
@@ -191,10 +195,12 @@ def plot_frontier(rows: list[FrontierRow], path: Path) -> Path:
 
 def _write_samples(rows: list[FrontierRow], path: Path) -> None:
     from lmlab.fileio import write_text
+    from lmlab.markdown import escape
 
     lines = ["# Samples per policy (held-out prompts)", ""]
     for r in rows:
-        lines += [f"## {r.name} (reward {r.score:.3f}, KL {r.kl:.2f} {r.kl_kind})", ""]
-        lines += [f"- *{e['prompt']}* → {e['response'].strip()} ({e['score']})" for e in r.examples]
+        lines += [f"## {escape(r.name)} (reward {r.score:.3f}, KL {r.kl:.2f} {r.kl_kind})", ""]
+        # generated text is escaped, so a response's * or # reads as written
+        lines += [f"- *{escape(e['prompt'])}* → {escape(e['response'])} ({e['score']})" for e in r.examples]
         lines.append("")
     write_text(path, "\n".join(lines))

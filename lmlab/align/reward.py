@@ -216,10 +216,12 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
     from lmlab.adapt.examples import pad_batch
     from lmlab.adapt.predict import pad_id_of
     from lmlab.align.preferences import PairBatches, full_text, load_pairs
+    from lmlab.align.report import CURVES, plot_curves, run_settings, write_run_report
     from lmlab.align.sequences import no_dropout
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.fileio import write_bytes, write_json
     from lmlab.loader import load
+    from lmlab.markdown import inline_code
     from lmlab.models.heads import classifier_for
     from lmlab.models.registry import save_model
     from lmlab.train import checkpoint as ckpt
@@ -304,6 +306,16 @@ def train_reward(cfg: RewardConfig) -> RewardResult:
         val={k[4:]: v for k, v in rec.items() if k.startswith("val_")},
         test=figures("test"), interrupted=result.interrupted)
     write_json(out / RESULTS, {**dataclasses.asdict(res), "data": cfg.data})
+    curves = plot_curves(out, [("pairwise accuracy", ("accuracy", "val_accuracy"))], out / CURVES)
+    write_run_report(
+        out, "Reward model", f"A Bradley-Terry reward model (a scalar head on the last token) trained from "
+        f"{inline_code(cfg.ckpt)} on the preference pairs of {inline_code(cfg.data)}. Accuracy is the share "
+        "of pairs whose chosen response it scores higher; the reward gap is the mean chosen - rejected "
+        "score.",
+        run_settings(cfg, "ckpt", "data", "batch_size", "max_len", "margin", "margin_loss"),
+        {"training": {"pairs": res.pairs["train"], "first loss": res.first_loss, "steps": res.step},
+         "validation": {"pairs": res.pairs["validation"], **res.val},
+         "test": {"pairs": res.pairs["test"], **res.test}}, curves, res.interrupted)
     return res
 
 

@@ -432,10 +432,12 @@ def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
     """Train ``cfg.policy`` with PPO or GRPO against ``cfg.reward`` (or ``scorer``, any object with
     ``name`` and ``score_pairs(prompts, responses) -> (B,)``); return the result. Bad input raises
     LmlabError."""
+    from lmlab.align.report import CURVES, plot_curves, run_settings, write_run_report
     from lmlab.align.reward import load_scorer
     from lmlab.device import resolve_device, resolve_precision
     from lmlab.fileio import write_bytes
     from lmlab.loader import load
+    from lmlab.markdown import inline_code
     from lmlab.train import checkpoint as ckpt
     from lmlab.train.log import read_metrics
     from lmlab.train.loop import Trainer, TrainSettings
@@ -506,7 +508,23 @@ def rlhf(cfg: RLHFConfig, scorer: Scorer | None = None) -> RLHFResult:
     rows = [r for r in read_metrics(books) if "score" in r]
     elapsed = result.elapsed or time.perf_counter() - t0
     last = rows[-1] if rows else {}
-    return RLHFResult(out=str(out), algo=cfg.algo, step=result.step, rollouts=batches.rollout,
-                      elapsed_s=round(elapsed, 2), first_score=rows[0]["score"] if rows else None,
-                      last_score=last.get("score"), last_kl=last.get("kl"), beta=last.get("beta"),
-                      value_init=value_init, interrupted=result.interrupted)
+    res = RLHFResult(out=str(out), algo=cfg.algo, step=result.step, rollouts=batches.rollout,
+                     elapsed_s=round(elapsed, 2), first_score=rows[0]["score"] if rows else None,
+                     last_score=last.get("score"), last_kl=last.get("kl"), beta=last.get("beta"),
+                     value_init=value_init, interrupted=result.interrupted)
+    curves = plot_curves(books, [("reward model score", ("score",)), ("KL to the reference (nats)", ("kl",))],
+                         out / CURVES)
+    first = rows[0] if rows else {}
+    write_run_report(
+        out, f"RLHF ({cfg.algo.upper()})",
+        f"{cfg.algo.upper()} trained {inline_code(cfg.policy)} ({cfg.method}) to raise the score of "
+        f"{inline_code(cfg.reward or scorer.name)} on prompts from {inline_code(cfg.prompts)}, "
+        "less beta times the KL to the starting policy. Score, KL (nats per response) and beta are the "
+        "means of a rollout batch.",
+        run_settings(cfg, "policy", "reward", "prompts", "rollouts", "batch_size", "minibatch_size",
+                     "ppo_epochs", "beta", "target_kl", "temperature", "max_new_tokens", "method",
+                     "value_init"),
+        {"first rollout": {"score": res.first_score, "kl": first.get("kl"), "beta": first.get("beta")},
+         f"last rollout ({res.rollouts})": {"score": res.last_score, "kl": res.last_kl, "beta": res.beta}},
+        curves, res.interrupted)
+    return res

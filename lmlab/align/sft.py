@@ -211,8 +211,10 @@ def sft(cfg: SFTConfig, saved_config: Any = None) -> SFTResult:
     import torch
 
     from lmlab.adapt.examples import ExampleBatches
+    from lmlab.align.report import CURVES, plot_curves, run_settings, write_run_report
     from lmlab.device import autocast, resolve_device, resolve_precision
     from lmlab.fileio import write_bytes
+    from lmlab.markdown import inline_code
     from lmlab.models.registry import save_model
     from lmlab.train import checkpoint as ckpt
     from lmlab.train.loop import Trainer, TrainSettings
@@ -275,7 +277,17 @@ def sft(cfg: SFTConfig, saved_config: Any = None) -> SFTResult:
 
     losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
     elapsed = result.elapsed or time.perf_counter() - t0
-    return SFTResult(out=str(out), step=result.step, elapsed_s=round(elapsed, 2),
-                     train_conversations=n_train, val_conversations=len(vx), train_rows=len(x),
-                     first_loss=round(losses[0], 6) if losses else None,
-                     val_loss=result.last_record.get("val_loss"), interrupted=result.interrupted)
+    res = SFTResult(out=str(out), step=result.step, elapsed_s=round(elapsed, 2),
+                    train_conversations=n_train, val_conversations=len(vx), train_rows=len(x),
+                    first_loss=round(losses[0], 6) if losses else None,
+                    val_loss=result.last_record.get("val_loss"), interrupted=result.interrupted)
+    write_run_report(
+        out, "Supervised fine-tuning", f"{inline_code(cfg.ckpt)} fine-tuned on the conversations of "
+        f"{inline_code(cfg.data)}, the loss (nats per token) only on what the assistant wrote; one "
+        f"conversation in {VAL_SHARE} is held out for the validation loss.",
+        run_settings(cfg, "ckpt", "data", "template", "pack", "batch_size", "max_len"),
+        {"training": {"conversations": n_train, "rows": len(x), "first loss": res.first_loss,
+                      "steps": res.step},
+         "validation": {"conversations": len(vx), "loss": res.val_loss}},
+        plot_curves(out, [("loss", ("loss", "val_loss"))], out / CURVES), res.interrupted)
+    return res

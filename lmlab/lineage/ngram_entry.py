@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from lmlab.generate.sampling import process_logits, select_next
 from lmlab.ngram.model import (
-    BOS_ID,
-    EOS_ID,
     NgramModel,
     corpus_from_ids,
     score_token_ids,
     train_ngram,
 )
+from lmlab.ngram.token_lm import TokenNgramLM
 
 
 @dataclass
@@ -72,29 +73,19 @@ def search_ngram(train: np.ndarray, eot_id: int, bytes_per_token: float, orders:
                        candidates)
 
 
-def sample_ngram(model: NgramModel, prompt_ids: list[int], eot_id: int, max_new_tokens: int,
-                 seed: int = 0, temperature: float = 1.0) -> list[int]:
-    """Continue ``prompt_ids`` (prepared-data token ids) by sampling the model; return the new ids.
-
-    The history starts at <s> (a document start); sampling stops at end-of-text. Ids the
-    model never saw enter the history as <unk>.
-    """
-    rng = np.random.default_rng(seed)
-    index = model.index
-    history = [BOS_ID] + [index.get(str(i), 0) for i in prompt_ids if i != eot_id]
+def sample_ngram(lm: TokenNgramLM, prompt_ids: list[int], max_new_tokens: int, seed: int = 0,
+                 temperature: float = 1.0, top_k: int | None = None) -> list[int]:
+    """Continue ``prompt_ids`` (prepared-data token ids) by sampling ``lm`` with the decoders'
+    sampling rules (temperature, 0 = greedy; top-k); return the new ids, up to the first end-of-text."""
+    generator = torch.Generator().manual_seed(seed)
+    stepper = lm.start(prompt_ids)
+    logits = stepper.prefill()
     out: list[int] = []
     for _ in range(max_new_tokens):
-        p = model.distribution(history)
-        if temperature != 1.0:
-            p = np.power(p, 1.0 / temperature)
-        total = p.sum()
-        if not total > 0:
+        logits = process_logits(logits, temperature=temperature, top_k=top_k)
+        token = int(select_next(logits, temperature, generator)[0])
+        if token == lm.eot_id:
             break
-        w = int(rng.choice(model.V, p=p / total))
-        if w == EOS_ID:
-            break
-        word = model.vocab[w]
-        if word.isdigit():  # <unk> has no token to print; it stays in the history only
-            out.append(int(word))
-        history.append(w)
+        out.append(token)
+        logits = stepper.step(token)
     return out

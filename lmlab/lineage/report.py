@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.fileio import write_text
+from lmlab.markdown import code_block, table
 from lmlab.plotting import figure, save_png
 
 COLUMNS = ("model", "params", "train s", "tokens seen", "train FLOPs", "val bpb", "val ppl/token")
@@ -37,10 +38,7 @@ def text_table(results: list[dict[str, Any]]) -> str:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
-    head = "| " + " | ".join(COLUMNS) + " |"
-    rule = "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"
-    body = ["| " + " | ".join(r) + " |" for r in table_rows(results)]
-    return "\n".join([head, rule, *body])
+    return table(COLUMNS, table_rows(results))
 
 
 def plot_curves(results: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -128,13 +126,14 @@ def write_report(path: Path, results: list[dict[str, Any]], settings: dict[str, 
             "",
             f"Chosen: order {ngram['order']}, {ngram['smoothing']} smoothing, by bits per byte on the last "
             f"10% of the training split (fitted on the rest), then refitted on all of it in "
-            f"{ngram['fit_seconds']:.1f} s. Its params column counts stored n-grams. Tried "
+            f"{ngram['fit_seconds']:.1f} s and saved as ngram/model.arpa (which `lmlab serve` serves) in "
+            f"{ngram['save_seconds']:.1f} s. Its params column counts stored n-grams. Tried "
             f"(order/smoothing dev bpb): {tried}.",
             "",
         ]
     lines += ["## Samples", "", f"Prompt: {settings['prompt']!r}; temperature {settings['temperature']}, "
               f"top-k {settings['top_k']}, seed {settings['seed']}.", ""]
     for r in results:
-        lines += [f"**{r['label']}**", "", "```text", settings["prompt"] + r["sample"], "```", ""]
+        lines += [f"**{r['label']}**", "", code_block(settings["prompt"] + r["sample"]), ""]
     write_text(path, "\n".join(lines))
     return path

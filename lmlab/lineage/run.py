@@ -5,7 +5,8 @@ order and smoothing), Bengio's NPLM, an LSTM, a GPT-2 style and a LLaMA style
 Transformer. Each neural model trains under the same budget (tokens, FLOPs or seconds:
 :mod:`lmlab.lineage.budget`) by calling :func:`lmlab.train.pretrain.pretrain`; all are
 scored on the whole validation split. The run folder gets results.json, lineage.png,
-report.md, config.yaml, the prepared data and each model's run.
+report.md, config.yaml, the prepared data and each model's run (the n-gram's in ``ngram/``:
+model.arpa, tokenizer.json and ngram.json, which ``lmlab serve`` reads).
 
 The run is built in a temporary folder beside OUT and renamed into place only when it is
 whole, so a failure, Ctrl-C or kill never leaves a half-written run, nor destroys the
@@ -174,25 +175,32 @@ def _plan(cfg: LineageConfig, entry: Entry, vocab_size: int, budget: Budget) -> 
     return _Plan(fpt, per_step, budget.steps(entry.name, fpt, per_step) if budget.work else None)
 
 
-def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry, budget: Budget) -> dict[str, Any]:
+def _ngram(cfg: LineageConfig, data, tokenizer, entry: Entry, budget: Budget,
+           run_dir: Path) -> dict[str, Any]:
     from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
     from lmlab.ngram.model import score_token_ids
+    from lmlab.ngram.token_lm import TokenNgramLM, save_token_ngram
 
     # Counting has no gradient budget: under a work budget the search tries every candidate.
     limit = budget.value if budget.kind == "seconds" else math.inf
     found = search_ngram(data.train, data.eot_id, data.bytes_per_token("train"), cfg.ngram_orders,
                          cfg.ngram_smoothings, limit)
     summary = score_token_ids(found.model, data.val, data.eot_id).summary(data.meta["splits"]["val"]["bytes"])
+    lm = TokenNgramLM(found.model, data.eot_id, data.vocab_size)
+    t0 = time.perf_counter()
+    save_token_ngram(run_dir, lm, data.dir / "tokenizer.json", val_bpb=summary["bits_per_byte"],
+                     training_tokens=int(len(data.train)))
+    save_seconds = time.perf_counter() - t0
     prompt_ids = tokenizer.encode(cfg.prompt) if cfg.prompt else []
-    sample = tokenizer.decode(sample_ngram(found.model, prompt_ids, data.eot_id, cfg.sample_tokens,
-                                           seed=cfg.seed, temperature=cfg.temperature))
+    sample = tokenizer.decode(sample_ngram(lm, prompt_ids, cfg.sample_tokens, seed=cfg.seed,
+                                           temperature=cfg.temperature, top_k=cfg.top_k))
     return {
         "name": entry.name, "label": entry.label, "params": sum(found.model.ngram_counts()),
         "train_seconds": round(found.seconds, 2), "tokens_seen": int(len(data.train)), "train_flops": None,
         "val_bpb": summary["bits_per_byte"], "val_ppl": summary["perplexity"],
         "val_loss": summary["nats_per_token"], "curve": [],
         "order": found.order, "smoothing": found.smoothing, "fit_seconds": round(found.fit_seconds, 2),
-        "search": found.candidates, "sample": sample,
+        "save_seconds": round(save_seconds, 2), "search": found.candidates, "sample": sample,
     }
 
 
@@ -328,7 +336,7 @@ def _build(cfg: LineageConfig, entries: list[Entry], budget: Budget, work: Path,
             r = _neural(cfg, data, data_dir, entry, work / entry.name, device, budget, plan)
         else:
             say(f"[lineage] {entry.label}")
-            r = _ngram(cfg, data, tokenizer, entry, budget)
+            r = _ngram(cfg, data, tokenizer, entry, budget, work / entry.name)
         results.append(r)
         say(f"[lineage] {entry.name}: val bpb {r['val_bpb']:.4f}, ppl {r['val_ppl']:.2f}")
     settings = {

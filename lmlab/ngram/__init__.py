@@ -3,5 +3,7 @@
 ``counts``: word streams and vectorised n-gram counting; ``smoothing``: mle, add-k,
 Good-Turing, Katz, Witten-Bell, Kneser-Ney and modified Kneser-Ney; ``model``: the
 backoff model, scoring, sampling and ``train_ngram``; ``arpa``: ARPA read/write
-(KenLM-compatible); ``commands``: ``lmlab ngram train|eval|generate``.
+(KenLM-compatible); ``token_lm``: an n-gram over token ids as a sequence model over a
+tokenizer's vocabulary (what ``lmlab lineage`` saves and ``lmlab serve`` serves);
+``commands``: ``lmlab ngram train|eval|generate``.
 """

@@ -76,6 +76,25 @@ def write_arpa(model: NgramModel, path: str | os.PathLike, bar=None) -> None:
         f.write("\n\\end\\\n")
 
 
+def read_arpa_counts(path: str | os.PathLike) -> list[int] | None:
+    """The n-gram counts per order in the ``\\data\\`` header of an ARPA file (the rest is not
+    read); None when the file is missing or its header is not one."""
+    counts: list[int] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                s = line.strip()
+                if s == "\\data\\" and not counts:
+                    continue
+                m = _COUNT.match(s)
+                if m is None or int(m.group(1)) != len(counts) + 1:
+                    break
+                counts.append(int(m.group(2)))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return counts or None
+
+
 class _Irregular(Exception):
     """The fast parser met something it does not handle; the line-by-line parser takes over."""
 

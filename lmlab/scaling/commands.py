@@ -118,14 +118,16 @@ def fit(cfg: FitConfig) -> None:
     envelope of loss vs compute; 2 fits a parabola in log N per compute budget and power
     laws through the valleys; 3 fits L = E + A/N^alpha + B/D^beta (Huber loss on log loss,
     L-BFGS from a grid, bootstrap intervals). kaplan fits Kaplan et al.'s L(N), L(D) and
-    L(N, D). Prints the constants with 95% intervals and writes OUT/fit.json, the plots
-    and OUT/config.yaml. A fit that does not converge is an error, not a result.
+    L(N, D). Prints the constants with 95% intervals and writes OUT/fit.json, the plots,
+    OUT/report.md (runs, constants, allocation, plots) and OUT/config.yaml. A fit that does
+    not converge is an error, not a result.
 
     Example:
       lmlab scaling fit runs/sweep --approach 2
     """
     from lmlab.fileio import write_json
     from lmlab.scaling.fit import optimum_at, read_runs, run_fit
+    from lmlab.scaling.report import TITLES, write_fit_report
 
     if cfg.source is None:
         raise LmlabError("give SOURCE: a CSV with columns N,D,loss[,C] or a sweep folder holding runs.csv")
@@ -150,12 +152,16 @@ def fit(cfg: FitConfig) -> None:
     record = result.as_dict() | {"source": table.source, "optimum_at_max_compute": optimum, "plots": plots}
     write_json(out / "fit.json", record)
     save_config(cfg, out / "config.yaml")
+    options = {"N column": cfg.n_column, "loss column": cfg.loss_column}
+    if approach == "2":
+        options["IsoFLOP group width (decades of compute)"] = cfg.group_tol
+    if approach == "3":
+        options |= {"starting grid": cfg.grid, "bootstrap resamples": cfg.bootstrap, "seed": cfg.seed}
+    write_fit_report(out, result, table, optimum, [Path(p) for p in plots], options)
     if cfg.json:
         print(json.dumps(record | {"out": str(out)}))
         return
-    title = {"1": "Approach 1 (envelope of loss vs compute)", "2": "Approach 2 (IsoFLOP profiles)",
-             "3": "Approach 3 (parametric loss)", "kaplan": "Kaplan et al. power laws"}[approach]
-    print(f"{title} on {len(table)} runs from {table.source}")
+    print(f"{TITLES[approach]} on {len(table)} runs from {table.source}")
     print(f"  {result.formula}")
     width = max(len(k) for k in result.params)
     for name, est in result.params.items():
@@ -168,8 +174,8 @@ def fit(cfg: FitConfig) -> None:
         print(line + (f", loss {optimum['loss']:.4g}" if "loss" in optimum else ""))
     for note in result.notes:
         print(f"  note: {note}")
-    print(f"wrote {out / 'fit.json'}" + (f" and {len(plots)} plots: {', '.join(Path(p).name for p in plots)}"
-                                        if plots else ""))
+    print(f"wrote {out / 'fit.json'}, {out / 'report.md'}"
+          + (f" and {len(plots)} plots: {', '.join(Path(p).name for p in plots)}" if plots else ""))
 
 
 @dataclass
@@ -418,9 +424,10 @@ def sweep(cfg: SweepConfig) -> int:
     --eval-tokens validation windows as every other run and a row (name, N = total
     parameters, D = trained tokens, C = f D, loss = validation nats/token, budget,
     N_nonembedding, flops_per_token, C_6ND, steps, seconds, val_bpb, ...) is appended
-    to SWEEP/runs.csv. Rerunning the same command skips finished runs and resumes an
-    interrupted one; new budgets or sizes extend the sweep. Pairs whose budget buys less
-    than one step are skipped. Fit the table with 'lmlab scaling fit SWEEP'.
+    to SWEEP/runs.csv; when every run is done SWEEP/report.md shows the settings and the
+    table. Rerunning the same command skips finished runs and resumes an interrupted one;
+    new budgets or sizes extend the sweep. Pairs whose budget buys less than one step are
+    skipped. Fit the table with 'lmlab scaling fit SWEEP'.
 
     Examples:
       lmlab scaling sweep --data data/shk --budgets 3e12,1e13 --sizes 32,48,64,96 --dry-run

@@ -415,14 +415,29 @@ def print_grid(grid: Grid, flops: str) -> None:
               "budgets or lower --batch-size so IsoFLOP groups stay tight")
 
 
+def report_settings(cfg: SweepConfig) -> dict[str, Any]:
+    """The settings of a sweep that its report lists: what every run trains and how it is scored."""
+    o = cfg.optim
+    return {"data": cfg.data, "family": cfg.family,
+            "budgets (FLOPs)": ", ".join(f"{b:.3g}" for b in cfg.budgets),
+            "sizes": ", ".join(str(s) for s in cfg.sizes), "head dim": cfg.head_dim,
+            "d_model per layer": cfg.aspect, "FLOP count": cfg.flops, "block size": cfg.block_size,
+            "batch size": cfg.batch_size,
+            "learning rate": f"{o.lr:g} to {o.min_lr:g}, warmup {o.warmup_fraction:g} of each run",
+            "validation tokens": cfg.eval_tokens, "vocabulary": cfg.vocab_size, "seed": cfg.seed,
+            "precision": cfg.precision, "device": cfg.device}
+
+
 def run_sweep(cfg: SweepConfig) -> int:
     """Plan and train the sweep ``cfg`` (or only print the grid with ``dry_run``); return an exit status.
 
-    Writes SWEEP/config.yaml, SWEEP/runs/<name>/ (an ``lmlab pretrain`` run folder each) and
-    appends one row per finished, evaluated run to SWEEP/runs.csv (rewritten atomically).
+    Writes SWEEP/config.yaml, SWEEP/runs/<name>/ (an ``lmlab pretrain`` run folder each), appends
+    one row per finished, evaluated run to SWEEP/runs.csv (rewritten atomically) and, once every
+    run is done, SWEEP/report.md (settings and the table).
     Returns 130 when a run was interrupted (rerun the same command to resume it).
     """
     from lmlab.config import save_config
+    from lmlab.scaling.report import write_sweep_report
 
     vocab = resolve_vocab(cfg)
     grid = plan_from_config(cfg, vocab)
@@ -479,6 +494,7 @@ def run_sweep(cfg: SweepConfig) -> int:
             print(f"{head}: {what}{took}; val loss {loss:.4f} nats/token{extra}", flush=True)
     by_name = {r["name"]: r for r in read_rows(csv_path)}
     table = [by_name[r.name] for r in grid.runs if r.name in by_name]
+    write_sweep_report(out, report_settings(resolved), table, grid.skipped)
     if cfg.json:
         print(json.dumps({"out": str(out), "runs_csv": str(csv_path), **report, "runs": table}))
         return 0
@@ -489,5 +505,6 @@ def run_sweep(cfg: SweepConfig) -> int:
         bpb = f"{float(r['val_bpb']):.4f}" if r.get("val_bpb") else "-"
         print(f"  {r['name']:<18}{int(r['N']):>10,}{int(r['D']):>10,}{float(r['C']):>10.3g}"
               f"{float(r['loss']):>8.4f}{bpb:>10}")
-    print(f"fit scaling laws with: lmlab scaling fit {out} --approach 2   (or 1, 3, kaplan)")
+    print(f"wrote {out / 'report.md'}; fit scaling laws with: lmlab scaling fit {out} --approach 2   "
+          "(or 1, 3, kaplan)")
     return 0

@@ -462,9 +462,8 @@ def create_app(served: Served) -> FastAPI:
             raise ApiError(400, str(e), "messages") from None
         if plan.prefill:  # the answer starts inside a call: encode it with the prompt, as one text
             ids = ids + list(tok.hf.encode(plan.prefill, add_special_tokens=False).ids)
-        room = engine.block_size - len(ids)
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        max_tokens = asked if asked is not None else max(room, 0)
+        max_tokens = asked if asked is not None else engine.room(len(ids))
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         end = tok.token_to_id(IM_END)
         items = [(ids, params(body, max_tokens, logprobs, None, [end], j)) for j in range(body.n)]

@@ -8,6 +8,9 @@ decoder's block_size, the NPLM's n-1; None for recurrent models, which take any 
 ``tokenizer`` (``{"kind", "vocab_size"}``), ``training_tokens`` (tokens this run trained on: the
 count in its last checkpoint's trainer state, else the last ``tokens`` count in metrics.jsonl) and
 ``val_bpb`` (the last validation bits per byte in metrics.jsonl).
+A token n-gram run (``ngram.json``, :mod:`lmlab.ngram.token_lm`) has family ``n-gram (order N,
+smoothing)``, arch ``ngram``, its stored n-grams as parameters, context N-1, and training_tokens
+and val_bpb from ngram.json.
 Any figure the files do not record is None.
 """
 
@@ -27,7 +30,11 @@ from lmlab.models.io import WEIGHTS
 def model_card(run_dir: Path, model: Any = None) -> dict[str, Any]:
     """Return the card of the model in ``run_dir`` (see the module doc); ``model``, when already
     loaded, gives the parameter count (else it is summed from the weight file's header)."""
+    from lmlab.ngram.token_lm import is_token_ngram_run
+
     run_dir = Path(run_dir)
+    if is_token_ngram_run(run_dir):
+        return _ngram_card(run_dir, model)
     card: dict[str, Any] = {"family": None, "arch": None, "preset": _preset(run_dir), "parameters": None,
                             "context": None, "tokenizer": _tokenizer(run_dir), "training_tokens": None,
                             "val_bpb": None}
@@ -41,6 +48,41 @@ def model_card(run_dir: Path, model: Any = None) -> dict[str, Any]:
     if final is not None:  # metrics.jsonl logs tokens every log_interval steps, not at the last one
         card["training_tokens"] = final
     return card
+
+
+def _ngram_card(run_dir: Path, model: Any = None) -> dict[str, Any]:
+    """The card of a token n-gram run; ``model`` (a TokenNgramLM), when loaded, gives the n-gram count
+    (else the ARPA file's header does)."""
+    from lmlab.ngram.arpa import read_arpa_counts
+    from lmlab.ngram.token_lm import ARPA, META
+
+    meta = _read_json(run_dir / META)
+    meta = meta if isinstance(meta, dict) else {}
+    order, smoothing = _number(meta.get("order")), meta.get("smoothing")
+    if model is not None and hasattr(model, "model"):
+        counts = model.model.ngram_counts()
+        order = model.order
+    else:
+        counts = read_arpa_counts(run_dir / ARPA)
+    order = int(order) if order is not None else (len(counts) if counts else None)
+    if order is None:
+        family = "n-gram"
+    elif isinstance(smoothing, str) and smoothing:
+        family = f"n-gram (order {order}, {smoothing})"
+    else:
+        family = f"n-gram (order {order})"
+    tokens, bpb = _number(meta.get("training_tokens")), _number(meta.get("val_bpb"))
+    return {"family": family, "arch": "ngram", "preset": None, "parameters": sum(counts) if counts else None,
+            "context": order - 1 if order is not None else None, "tokenizer": _tokenizer(run_dir),
+            "training_tokens": int(tokens) if tokens is not None else None,
+            "val_bpb": float(bpb) if bpb is not None else None}
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` when it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def decoder_family(values: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ from lmlab.serve.server import serve as run_server
 
 
 def serve(cfg: ServeConfig) -> int:
-    """Serve a decoder over an OpenAI-compatible HTTP API (FastAPI + uvicorn) with continuous batching:
+    """Serve language models over an OpenAI-compatible HTTP API (FastAPI + uvicorn) with continuous
+    batching (Transformer decoders share a KV cache; RNN/LSTM/GRU, NPLM, ELMo, Infini-attention and
+    encoder-decoder runs decode one state per request; a BERT encoder is refused):
     GET /health, GET /v1/models, POST /v1/completions (prompt strings or token ids, n, stop, seed,
     logprobs, echo with the prompt's log-probs, stream), POST /v1/chat/completions (the ChatML
     template, stops at <|im_end|>, stream), POST /tokenize, POST /detokenize, GET /tokenizer_info and

@@ -1,16 +1,14 @@
-"""Continuous batching for a Transformer decoder (Orca, vLLM): one scheduler thread that, between
-decode steps, admits waiting requests (prefill) and drops the finished and the cancelled ones.
+"""Continuous batching (Orca, vLLM): one scheduler thread that, between decode steps, admits
+waiting requests (each prefilled alone) and drops the finished and the cancelled ones.
 
-Every running request owns one slot (a batch row) of one cache the model allocates itself
-(``model.new_kv_cache(max_batch, block_size)``), with its own length: its keys sit at positions
-``0..length-1`` exactly as in a solo run, a decode step writes each row's new key at that row's own
-length (:class:`SlotCache`), and a padding mask hides the columns past it. A newcomer is prefilled
-alone, as :func:`lmlab.generate.decode` prefills it, and its keys are copied into a free slot; a
-finished request's slot is refilled by moving the last running row into it, so the running rows are
-always slots ``0..n-1`` and a step reads plain views, with no gather. Each row's logits equal its
-solo run's, so greedy output does not depend on what else runs. Tokens are chosen with
-:func:`lmlab.generate.process_logits` / :func:`lmlab.generate.select_next`, a seeded request with
-its own ``torch.Generator``; text and stop strings with :class:`lmlab.generate.StopStrings`.
+The batch itself is a backend (:mod:`lmlab.serve.backends`): a Transformer decoder's requests
+share one KV cache, a slot (row) each, stepped by one forward; every other model that generates
+(recurrent LMs, the NPLM, ELMo, Infini-attention decoders, encoder-decoders, any
+:class:`~lmlab.generate.sequence.SequenceLM` such as the token n-gram) keeps one decode state per
+request. Either way each row's logits equal its solo run's, so greedy output does not depend on
+what else runs. Tokens are chosen with :func:`lmlab.generate.process_logits` /
+:func:`lmlab.generate.select_next`, a seeded request with its own ``torch.Generator``; text and
+stop strings with :class:`lmlab.generate.StopStrings`.
 """
 
 from __future__ import annotations
@@ -25,15 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generate.sampling import check_settings, process_logits, select_next
-from lmlab.generate.steps import context_limit, family
 from lmlab.generate.text import StopStrings
-from lmlab.nn.attention import KVCache
-from lmlab.nn.linear import use_gemv_layout
-from lmlab.nn.mla import MLACache
+from lmlab.serve.backends import backend_for
 from lmlab.serve.metrics import Metrics
 
 log = logging.getLogger("lmlab.serve")
@@ -134,83 +128,6 @@ class Output:
         return False
 
 
-class SlotCache:
-    """The engine's batch cache: one slot (row) per running request of a cache made by the model
-    (:class:`~lmlab.nn.attention.KVCache` or :class:`~lmlab.nn.mla.MLACache`), each row with its own
-    length. Given to the model as its ``kv_cache`` for a step of rows ``0..n-1`` (after
-    :meth:`prepare`): each row writes its new position at its own length and the step reads views of
-    the first ``span`` positions, the longest row's; :attr:`mask` hides every row's columns past its
-    own length."""
-
-    def __init__(self, store: KVCache | MLACache):
-        if isinstance(store, KVCache):
-            self.tensors, self.seq_dim = (store.k, store.v), 3  # (layer, B, H, L, D)
-        elif isinstance(store, MLACache):
-            self.tensors, self.seq_dim = (store.latent,), 2  # (layer, B, L, C)
-        else:
-            raise LmlabError(f"the server batches models with a KVCache or an MLACache, not a "
-                             f"{type(store).__name__}")
-        self.store = store
-        self.lengths = [0] * self.tensors[0].shape[1]
-        self.n = self.span = 0
-        self.rows = self.positions = self.mask = None
-
-    @property
-    def max_len(self) -> int:
-        """Positions each slot holds."""
-        return self.store.max_len
-
-    @property
-    def length(self) -> int:
-        """The decoder's ``start``: the key positions of a step are ``0..span-1``."""
-        return self.span - 1
-
-    @length.setter
-    def length(self, value: int) -> None:
-        # The decoder sets cache.length after each step as if every row had one length; here each
-        # slot keeps its own, advanced by advance(), so the decoder's assignment is ignored on purpose.
-        del value
-
-    def prepare(self, n: int) -> None:
-        """Set up a decode step of slots ``0..n-1`` (position ids, mask, the span to read)."""
-        device = self.tensors[0].device
-        self.n = n
-        self.positions = torch.tensor(self.lengths[:n], device=device)
-        self.span = int(max(self.lengths[:n])) + 1
-        self.rows = torch.arange(n, device=device)
-        self.mask = torch.arange(self.span, device=device)[None, :] <= self.positions[:, None]
-
-    def update(self, layer: int, *new: torch.Tensor) -> Any:
-        """Write each row's new position (``new``: the cache's tensors for one position a row) at its
-        own length; return views of the first ``span`` positions of rows ``0..n-1``."""
-        sd = self.seq_dim - 1
-        out = []
-        for t, x in zip(self.tensors, new):
-            view = t[layer]
-            view.movedim(sd, 1)[self.rows, self.positions] = x.movedim(sd, 1)[:, 0]
-            out.append(view.narrow(0, 0, self.n).narrow(sd, 0, self.span))
-        return out[0] if len(out) == 1 else tuple(out)
-
-    def advance(self) -> None:
-        """Count the position each running row just wrote."""
-        for i in range(self.n):
-            self.lengths[i] += 1
-
-    def load(self, slot: int, cache: KVCache | MLACache, length: int) -> None:
-        """Copy the first ``length`` positions of a one-row ``cache`` (a prefill) into ``slot``."""
-        src = (cache.k, cache.v) if isinstance(cache, KVCache) else (cache.latent,)
-        for t, s in zip(self.tensors, src):
-            t[:, slot].narrow(self.seq_dim - 1, 0, length).copy_(s[:, 0].narrow(self.seq_dim - 1, 0, length))
-        self.lengths[slot] = length
-
-    def move(self, src: int, dst: int) -> None:
-        """Move slot ``src``'s positions into slot ``dst`` (a finished request's)."""
-        n = self.lengths[src]
-        for t in self.tensors:
-            t[:, dst].narrow(self.seq_dim - 1, 0, n).copy_(t[:, src].narrow(self.seq_dim - 1, 0, n))
-        self.lengths[dst] = n
-
-
 @dataclass
 class _Running:
     """A request in the batch: the token it chose last (fed at the next step) and its text so far."""
@@ -225,7 +142,9 @@ class _Running:
 
 
 class Engine:
-    """Serve ``model`` (a Transformer :class:`~lmlab.models.decoder.Decoder`) to many requests at once.
+    """Serve ``model`` to many requests at once: any lmlab model that generates (a Transformer
+    decoder is batched in KV-cache slots, the others one decode state per request) or a
+    :class:`~lmlab.generate.sequence.SequenceLM`.
 
     ``eos_ids`` end every request (the tokenizer's end-of-text); ``max_batch`` requests run together,
     ``max_queue`` more may wait (then :meth:`submit` raises :class:`QueueFull`);
@@ -233,22 +152,17 @@ class Engine:
     newcomers do not stall the running ones for long. :meth:`start` runs the scheduler thread.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, eos_ids: Sequence[int] = (), max_batch: int = 32,
+    def __init__(self, model: Any, tokenizer: Any, eos_ids: Sequence[int] = (), max_batch: int = 32,
                  max_queue: int = 64, prefill_tokens: int = 512):
-        if family(model) != "decoder" or getattr(model.config, "attn", "mha") == "infini":
-            raise LmlabError(f"the server runs Transformer decoders (GPT-2, LLaMA, MQA/GQA, MLA); this model "
-                             f"is a {type(model).__name__}"
-                             + (" with Infini-attention" if family(model) == "decoder" else ""))
         if max_batch < 1 or max_queue < 0:
             raise LmlabError(f"max_batch={max_batch} must be >= 1 and max_queue={max_queue} >= 0")
-        self.model, self.tokenizer = model.eval(), tokenizer
-        use_gemv_layout(model)  # as lmlab.generate.decode lays out an inference model
-        self.block_size = context_limit(model)
-        self.vocab_size = model.config.vocab_size
+        self.backend = backend_for(model, max_batch)
+        self.model, self.tokenizer = self.backend.model, tokenizer
+        self.block_size: int | None = self.backend.block_size  # None: no context limit
+        self.vocab_size = self.backend.vocab_size
         self.eos_ids = {int(e) for e in eos_ids}
         self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.device = next(model.parameters()).device
-        self.slots = SlotCache(model.new_kv_cache(max_batch, self.block_size))
+        self.device = self.backend.device
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[_Running] = []
         self._cv = threading.Condition()
@@ -279,6 +193,16 @@ class Engine:
         """True while the scheduler thread runs."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def slots(self) -> Any:
+        """A Transformer decoder's :class:`~lmlab.serve.backends.SlotCache` (None for other models)."""
+        return getattr(self.backend, "slots", None)
+
+    def room(self, prompt_tokens: int, default: int = 256) -> int:
+        """The most new tokens after a prompt of ``prompt_tokens``: what is left of the context, or
+        ``default`` for a model without a context limit."""
+        return default if self.block_size is None else max(self.block_size - prompt_tokens, 0)
+
     def load(self) -> dict[str, int]:
         """Return the number of running and waiting requests."""
         with self._cv:
@@ -287,7 +211,7 @@ class Engine:
     def check(self, prompt: Sequence[int], params: SamplingParams) -> list[int]:
         """Return ``prompt`` as a list of ints after checking it and ``params`` (LmlabError naming the
         problem: empty prompt, ids outside the vocabulary, prompt + max_tokens beyond the context,
-        bad sampling settings)."""
+        bad sampling settings, what the model cannot do, such as an encoder-decoder's prompt logprobs)."""
         ids = [int(t) for t in prompt]
         if not ids:
             raise LmlabError("the prompt is empty; give at least one token")
@@ -296,10 +220,11 @@ class Engine:
             raise LmlabError(f"token id {bad[0]} is outside the model's vocabulary "
                              f"(0..{self.vocab_size - 1})")
         check_settings(params.max_tokens, params.temperature, params.top_k, params.top_p, 1.0)
-        if len(ids) + params.max_tokens > self.block_size:
+        if self.block_size is not None and len(ids) + params.max_tokens > self.block_size:
             raise LmlabError(f"the prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                              f"model's context of {self.block_size} tokens; shorten the prompt or lower "
                              "max_tokens")
+        self.backend.check(ids, params.max_tokens, params.prompt_logprobs is not None)
         return ids
 
     def submit(self, items: Sequence[tuple[Sequence[int], SamplingParams, Callable[[Event], None]]]
@@ -392,19 +317,17 @@ class Engine:
             self._emit(req, Event("error", message=message))
 
     def _admit(self, req: Request) -> None:
-        """Prefill ``req`` alone, report its prompt logprobs, choose its first token and give it a slot."""
+        """Prefill ``req`` alone, report its prompt logprobs, choose its first token and give it a row."""
         if req.cancelled:
             self._finish(req, "cancelled")
             return
         p = req.params
         try:
-            ids = torch.tensor([req.prompt], device=self.device)
-            cache = self.model.new_kv_cache(1, len(req.prompt))
-            logits = self.model(ids, kv_cache=cache, last_only=p.prompt_logprobs is None)
+            scored, last, state = self.backend.prefill(req.prompt, p.prompt_logprobs is not None)
             with self.metrics.lock:
                 self.metrics.prompt_tokens += len(req.prompt)
             if p.prompt_logprobs is not None:
-                lp = logits[0, :-1].float().log_softmax(-1)
+                lp = scored[:-1].float().log_softmax(-1)
                 entries = [None] + [_logprob(lp[i], t, p.prompt_logprobs)
                                     for i, t in enumerate(req.prompt[1:])]
                 self._emit(req, Event("prompt", prompt_logprobs=entries))
@@ -416,12 +339,11 @@ class Engine:
                 generator = torch.Generator(device=self.device).manual_seed(p.seed)
             ends = (set() if p.ignore_eos else self.eos_ids) | {int(t) for t in p.stop_ids}
             run = _Running(req, StopStrings(self.tokenizer, p.stop), ends, generator)
-            ended = self._choose([run], logits[:, -1])
+            ended = self._choose([run], last)
             if ended:
                 self._finish(req, ended[0][1])
                 return
-            slot = len(self._running)
-            self.slots.load(slot, cache, len(req.prompt))
+            self.backend.admit(state)
             self._running.append(run)
         except Exception as e:
             log.exception("request %d failed in prefill", req.id)
@@ -435,22 +357,16 @@ class Engine:
                 self._finish(req, "cancelled")
 
     def _remove(self, i: int) -> None:
-        """Free slot ``i``: the last running row moves into it."""
-        last = len(self._running) - 1
-        if i != last:
-            self.slots.move(last, i)
-            self._running[i] = self._running[last]
+        """Free row ``i``: the last running row moves into it."""
+        self.backend.remove(i)
+        self._running[i] = self._running[-1]
         self._running.pop()
 
     def _step(self) -> None:
         """One decode step of every running request; finished ones leave the batch."""
         n = len(self._running)
         try:
-            self.slots.prepare(n)
-            tokens = torch.tensor([r.last for r in self._running], device=self.device)
-            logits = self.model(tokens[:, None], kv_cache=self.slots, positions=self.slots.positions[:, None],
-                                attention_mask=self.slots.mask)[:, -1]
-            self.slots.advance()
+            logits = self.backend.step([r.last for r in self._running])
             with self.metrics.lock:
                 self.metrics.batch_size.observe(n)
         except Exception as e:
@@ -458,6 +374,7 @@ class Engine:
             for r in self._running:
                 self._fail(r.req, f"the model failed on this request ({type(e).__name__})")
             self._running.clear()
+            self.backend.clear()
             return
         # a request leaves the batch before it reports its end: a client that has its answer is no
         # longer counted as running

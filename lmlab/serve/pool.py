@@ -23,7 +23,8 @@ from typing import Any
 from lmlab.errors import LmlabError
 
 _NAME = re.compile(r"^[^\s\x00-\x1f\x7f/][^\x00-\x1f\x7f]{0,126}(?<!\s)$")  # printable, no '/' first
-MODEL_FILES = ("model.safetensors", "config.json")  # an lmlab run, or a Hugging Face folder
+# an lmlab run, a Hugging Face folder, or a token n-gram run (lmlab.ngram.token_lm)
+MODEL_FILES = ("model.safetensors", "config.json", "ngram.json")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def parse_models(items: Sequence[str]) -> list[ModelSpec]:
 
 def discover_runs(root: Path) -> list[ModelSpec]:
     """Return a model for every folder under ``root`` (at any depth, sorted) that holds a model file
-    (``model.safetensors`` or a Hugging Face ``config.json`` with weights) and a ``tokenizer.json``,
+    (``model.safetensors``, a Hugging Face ``config.json`` with weights or a token n-gram's
+    ``ngram.json``) and a ``tokenizer.json``,
     named by its path relative to ``root`` with '/' written as '.'; raise LmlabError when there is none."""
     root = Path(root)
     if not root.is_dir():

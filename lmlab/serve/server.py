@@ -1,4 +1,4 @@
-"""``lmlab serve``: bind the port, load the decoder in the background and run the API under uvicorn.
+"""``lmlab serve``: bind the port, load the models in the background and run the API under uvicorn.
 
 The server listens before the model is loaded: until it is, every route (``/health`` included)
 answers 503 with OpenAI's error JSON, so a client or a load balancer can tell "loading" from "down".
@@ -31,7 +31,8 @@ LOADING = "the model is loading; retry in a moment"
 @dataclass
 class ServeConfig:
     ckpt: list[str] = arg([], "the models: RUN or NAME=RUN (a run folder, model.safetensors or Hugging Face "
-                              "folder of a decoder); repeat --ckpt for several")
+                              "folder of any model that generates, or a lineage RUN/ngram folder); repeat "
+                              "--ckpt for several")
     host: str = arg("127.0.0.1", "address to listen on (without an API key only loopback is allowed)")
     port: int = arg(8000, "port to listen on")
     api_key: str | None = arg(None, "clients must send 'Authorization: Bearer KEY' (default: $LMLAB_API_KEY)")
@@ -166,10 +167,14 @@ def check(cfg: ServeConfig) -> list[ModelSpec]:
 
 
 def load_model(spec: ModelSpec, cfg: ServeConfig) -> Model:
-    """Load ``spec``'s checkpoint and start its engine (LmlabError when it is not a decoder with a
-    tokenizer)."""
+    """Load ``spec``'s checkpoint and start its engine (LmlabError when it has no tokenizer or the model
+    cannot generate, such as a BERT encoder). Any family that generates is served: Transformer
+    decoders batched in KV-cache slots, the others (RNN/LSTM/GRU, NPLM, ELMo, Infini-attention,
+    encoder-decoders, the lineage's token n-gram) one decode state per request."""
     from lmlab.device import resolve_device
+    from lmlab.generate.steps import family
     from lmlab.loader import eos_ids, load_model_any, load_tokenizer_any
+    from lmlab.ngram.token_lm import is_token_ngram_run, load_token_ngram
     from lmlab.serve.app import Model
     from lmlab.serve.cards import model_card
     from lmlab.serve.engine import Engine
@@ -178,16 +183,22 @@ def load_model(spec: ModelSpec, cfg: ServeConfig) -> Model:
     if tokenizer is None:
         raise LmlabError(f"no tokenizer.json beside {spec.path}; copy the tokenizer the model was trained "
                          "with there")
-    model = load_model_any(spec.path, resolve_device(cfg.device), cfg.dtype)
-    engine = Engine(model, tokenizer, eos_ids(spec.path, tokenizer), cfg.max_batch, cfg.max_queue).start()
     folder = spec.path if spec.path.is_dir() else spec.path.parent
+    ends = eos_ids(spec.path, tokenizer)
+    if is_token_ngram_run(folder):  # the lineage's token n-gram (RUN/ngram), on the cpu
+        model = load_token_ngram(folder)
+    else:
+        model = load_model_any(spec.path, resolve_device(cfg.device), cfg.dtype)
+        if family(model) == "encdec":  # a target ends at end-of-sequence, as lmlab.generate.decode ends it
+            ends.append(model.config.eos_token_id)
+    engine = Engine(model, tokenizer, ends, cfg.max_batch, cfg.max_queue).start()
     return Model(engine, tokenizer, spec.name, model_card(folder, model))
 
 
 def build(cfg: ServeConfig) -> Served:
     """Return the :class:`~lmlab.serve.app.Served` of ``cfg``: its models in a pool that loads them on
     demand, the first one loaded now, so that a checkpoint that does not load is reported at start
-    (LmlabError when it is not a decoder with a tokenizer, or the settings are bad)."""
+    (LmlabError when it cannot generate or has no tokenizer, or the settings are bad)."""
     from lmlab.serve.app import Served
 
     specs = check(cfg)

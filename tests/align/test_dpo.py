@@ -21,6 +21,7 @@ from lmlab.align.sequences import sequence_logprobs
 from lmlab.cli import main
 from lmlab.errors import LmlabError
 from tests.align.conftest import assert_resume_is_exact
+from tests.markdown_tables import tables
 
 FAST = ["--precision", "fp32", "--device", "cpu", "--no-progress", "--warmup-steps", "0",
         "--warmup-fraction", "0"]
@@ -109,6 +110,14 @@ def test_dpo_starts_at_ln2_and_accuracy_and_margin_rise(tiny_base, pairs, tmp_pa
     assert val[-1]["val_margins"] > val[0]["val_margins"] > 0 and val[-1]["val_accuracy"] >= 0.9
     assert val[-1]["val_loss"] < 0.5 * math.log(2)
     assert r["last"]["rewards/chosen"] > 0 > r["last"]["rewards/rejected"]
+    report = (out / "report.md").read_text()  # the figures of --json, the settings and the curves
+    results = {row["metric"].replace("\\", ""): row for row in tables(report)["metric"]}
+    val = f"validation ({r['pairs']['validation']} pairs)"
+    for key in ("loss", "accuracy", "margins"):
+        assert float(results[key][val]) == pytest.approx(r["val"][key], abs=1e-4)
+        assert float(results[key]["last step"]) == pytest.approx(r["last"][key], abs=1e-4)
+    assert float(results["loss"]["first step"]) == pytest.approx(math.log(2), abs=1e-4)
+    assert "- beta: `0.5`" in report and "](curves.png)" in report and (out / "curves.png").is_file()
     for name in ("config.yaml", "model.safetensors", "tokenizer.json", REFERENCE):
         assert (out / name).is_file()
     policy, tok = lmlab.load(str(out))

@@ -19,6 +19,7 @@ from lmlab.errors import LmlabError
 from lmlab.models.heads import classifier_for
 from lmlab.models.registry import save_model
 from tests.align.conftest import make_tiny_base
+from tests.markdown_tables import tables
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,15 @@ def test_frontier_kl_and_best_of_n(runs, capsys):
     assert rows["best-of-4"]["kl_kind"] == "analytic"
     assert (out / "frontier.png").stat().st_size > 0 and "best-of-4" in (out / "samples.md").read_text()
     assert json.loads((out / "frontier.json").read_text())["rows"][0]["name"] == "best-of-1"
+    # report.md: one row per policy with the figures of --json, the plot and the samples beside it
+    report = (out / "report.md").read_text()
+    table = {r["policy"]: r for r in tables(report)["policy"]}
+    assert list(table) == list(rows)
+    for name, r in rows.items():
+        assert float(table[name]["mean reward"]) == pytest.approx(r["score"], abs=1e-4)
+        assert float(table[name]["KL (nats)"]) == pytest.approx(r["kl"], abs=1e-4)
+        assert table[name]["KL from"] == r["kl_kind"] and int(table[name]["samples"]) == r["samples"]
+    assert "](frontier.png)" in report and "](samples.md)" in report
 
 
 def test_frontier_bad_policy_spec(runs, capsys):

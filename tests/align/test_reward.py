@@ -20,6 +20,7 @@ from lmlab.errors import LmlabError
 from lmlab.models.heads import classifier_for
 from tests.align.conftest import assert_resume_is_exact
 from tests.labelled_fixtures import FILLER, NEGATIVE, POSITIVE, fake_sentiment_archive
+from tests.markdown_tables import tables
 
 FAST = ["--precision", "fp32", "--device", "cpu", "--no-progress"]
 
@@ -110,8 +111,15 @@ def test_reward_model_beats_chance_on_held_out_human_pairs(trained_rm, reviews, 
     assert r["val"]["accuracy"] >= 0.7 and r["test"]["accuracy"] >= 0.7
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] and "val_accuracy" in rows[-1] and "accuracy" in rows[0]
-    for name in ("config.yaml", "model.safetensors", "tokenizer.json", "results.json"):
+    for name in ("config.yaml", "model.safetensors", "tokenizer.json", "results.json", "curves.png"):
         assert (out / name).is_file()
+    report = (out / "report.md").read_text()  # the figures of --json per split, and the curves
+    results = {row["metric"].replace("\\", ""): row for row in tables(report)["metric"]}
+    for split, key in (("validation", "val"), ("test", "test")):
+        assert int(results["pairs"][split]) == r["pairs"][split]
+        for name in ("accuracy", "loss", "reward_gap"):
+            assert float(results[name][split]) == pytest.approx(r[key][name], abs=1e-4)
+    assert "](curves.png)" in report
     assert main(["reward", "score", "--ckpt", str(out), "--data", "sentiment-movies", "--pairs",
                  "--split", "test", "--device", "cpu", "--json"]) == 0
     scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

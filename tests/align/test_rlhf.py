@@ -19,6 +19,7 @@ from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
 from tests.align.tiny_policies import ShareOfA, tiny_policy
+from tests.markdown_tables import tables
 
 FAST = ["--precision", "fp32", "--device", "cpu", "--no-progress"]
 
@@ -136,6 +137,10 @@ def test_cli_writes_a_loadable_policy_and_resumes_exactly(tmp_path, capsys, one_
     assert type(model).__name__ == "Decoder" and tok.vocab_size == model.config.vocab_size
     betas = sorted({x["beta"] for x in _metrics(full)})
     assert len(betas) == 3  # the adaptive controller moved beta after each rollout
+    results = {row["metric"]: row for row in tables((full / "report.md").read_text())["metric"]}
+    last = results["score"]["last rollout (3)"], results["kl"]["last rollout (3)"]
+    assert tuple(map(float, last)) == pytest.approx((r["last_score"], r["last_kl"]), abs=1e-4)
+    assert float(results["score"]["first rollout"]) == pytest.approx(r["first_score"], abs=1e-4)
 
     part = tmp_path / "part"
     assert main(_cli_args(part, "--target-kl", "0.5", "--kl-horizon", "16", "--stop-at-step", "6")) == 0

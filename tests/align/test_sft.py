@@ -18,6 +18,7 @@ from lmlab.data.tokenizers import train_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models.registry import build_model, get_preset, save_model
 from tests.align.conftest import assert_resume_is_exact
+from tests.markdown_tables import tables
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models; a shared CPU
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
@@ -59,6 +60,13 @@ def test_sft_learns_the_answer_and_to_end_the_turn(base, tmp_path, capsys):
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["step"] == 150 and r["val_conversations"] > 0
     assert r["val_loss"] < 0.5 * r["first_loss"]
+    report = (out / "report.md").read_text()  # the figures of --json, the settings and the loss curve
+    results = {row["metric"]: row for row in tables(report)["metric"]}
+    assert float(results["loss"]["validation"]) == pytest.approx(r["val_loss"], abs=1e-4)
+    assert float(results["first loss"]["training"]) == pytest.approx(r["first_loss"], abs=1e-4)
+    assert int(results["conversations"]["validation"]) == r["val_conversations"]
+    assert "- max steps: `150`" in report and "](curves.png)" in report
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     model, tok = lmlab.load(str(out))
     end = tok.token_to_id(IM_END)
     hits = 0

@@ -18,6 +18,7 @@ import yaml
 
 from lmlab.lineage.ngram_entry import sample_ngram, search_ngram
 from lmlab.ngram.model import corpus_from_ids, train_ngram
+from lmlab.ngram.token_lm import TokenNgramLM
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,16 @@ def test_lineage_token_budget_end_to_end(token_run) -> None:
     ngram = result["models"][0]
     assert len(ngram["search"]) == 8  # a work budget does not cut the search short: 2 orders x 4 smoothings
     assert ngram["train_flops"] is None
+    # the chosen n-gram is saved as a run the server loads, its sample drawn from that same model
+    from lmlab.ngram.token_lm import load_token_ngram
+
+    card = json.loads((out / "ngram" / "ngram.json").read_text())
+    assert (card["order"], card["smoothing"], card["val_bpb"]) == (ngram["order"], ngram["smoothing"],
+                                                                    ngram["val_bpb"])
+    assert (out / "ngram" / "tokenizer.json").read_bytes() == (out / "data" / "tokenizer.json").read_bytes()
+    lm = load_token_ngram(out / "ngram")
+    assert sum(lm.model.ngram_counts()) == ngram["params"]
+    assert lm.vocab_size == result["settings"]["vocab_size"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["settings"]["eval_stride"] == 16  # half the block: every token has 16+ tokens of context
     for m in saved["models"][1:]:  # curves against FLOPs at 1/3, 2/3 and all of the steps
@@ -91,6 +102,7 @@ def test_lineage_token_budget_end_to_end(token_run) -> None:
     report = (out / "report.md").read_text()
     assert "| model |" in report and "lineage.png" in report and "the king" in report
     assert "sliding by 16" in report and "7,680 training tokens" in report
+    assert "saved as ngram/model.arpa" in report
     # A second run into the same folder is refused without --overwrite.
     again = lineage_cli("--corpus", out.parent / "nothing.txt", "--budget-tokens", TOKENS, "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
@@ -301,5 +313,14 @@ def test_ngram_search_stops_at_the_budget_after_one_candidate() -> None:
 def test_sample_ngram_follows_a_deterministic_chain() -> None:
     ids = np.array([5, 6, 7, 8] * 200 + [0])
     model = train_ngram(corpus_from_ids(ids, 0), 3, "mkn", discount_fallback=True)
-    new = sample_ngram(model, [5, 6], 0, 8, seed=0, temperature=0.05)
+    lm = TokenNgramLM(model, 0, 10)
+    new = sample_ngram(lm, [5, 6], 8, seed=0, temperature=0.05)
     assert new == [7, 8, 5, 6, 7, 8, 5, 6]
+    assert sample_ngram(lm, [5, 6], 8, temperature=0) == new  # temperature 0: greedy
+    assert sample_ngram(lm, [5, 6], 8, temperature=50, top_k=1) == new  # top-k 1: greedy too
+    # an end-of-text in the prompt starts a new document, which the chain always opens with 5
+    assert sample_ngram(lm, [5, 6, 0], 2, temperature=0) == [5, 6]
+    # sampling stops at end-of-text: a chain that always ends after 3 4
+    short = TokenNgramLM(train_ngram(corpus_from_ids(np.array([3, 4, 0] * 50), 0), 2, "mkn",
+                                     discount_fallback=True), 0, 10)
+    assert sample_ngram(short, [3], 5, temperature=0) == [4]

@@ -24,6 +24,7 @@ from lmlab.scaling.fit import (
     read_runs,
 )
 from lmlab.scaling.laws import HOFFMANN_EXACT, KAPLAN
+from tests.markdown_tables import tables
 
 LAW = HOFFMANN_EXACT  # alpha != beta, so a fit that swaps N and D fails the checks below
 BUDGETS = np.logspace(18, 21, 6)
@@ -148,15 +149,25 @@ def test_kaplan_recovers_eq_1_5_constants():
     assert r.params["alpha_N"].value == pytest.approx(0.076, abs=0.01)
 
 
-def test_plots_for_envelope_and_kaplan_fits(tmp_path):
+def test_plots_and_reports_for_envelope_and_kaplan_fits(tmp_path):
     from lmlab.scaling.plots import write_plots
+    from lmlab.scaling.report import write_fit_report
 
     table = isoflop_runs(noise=0.003, seed=8, jitter=True, sizes=8)
-    paths = write_plots(fit_approach1(table), tmp_path / "a1")
-    paths += write_plots(fit_kaplan(table), tmp_path / "k")
+    a1, kaplan = fit_approach1(table), fit_kaplan(table)
+    paths = write_plots(a1, tmp_path / "a1")
+    paths += write_plots(kaplan, tmp_path / "k")
     assert [p.name for p in paths] == ["frontier.png", "allocation.png", "frontier.png", "contours.png",
                                        "kaplan.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size > 10_000 for p in paths)
+    # report.md: Kaplan's laws have no allocation and say so; approach 1's comes from its power laws
+    text = write_fit_report(tmp_path / "k", kaplan, table, None, paths[2:], {}).read_text()
+    assert "give no allocation" in text and "](kaplan.png)" in text
+    assert {r["constant"] for r in tables(text)["constant"]} == set(kaplan.params)
+    optimum = optimum_at(a1, 1e21)
+    text = write_fit_report(tmp_path / "a1", a1, table, optimum, paths[:2], {}).read_text()
+    allocation = {r["quantity"]: r["value"] for r in tables(text)["quantity"]}
+    assert f"({optimum['n_tokens']:,.0f})" in allocation["D_opt (tokens)"]
 
 
 def test_read_runs_defaults_compute_and_ignores_case_and_extra_columns(tmp_path):
@@ -212,6 +223,22 @@ def test_fit_cli_approach2_writes_json_plots_and_config(tmp_path, capsys):
     assert sorted(Path(p).name for p in res["plots"]) == ["allocation.png", "frontier.png", "isoflops.png"]
     for p in res["plots"]:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # report.md: the fitted constants and the allocation as --json has them, the plots by relative path
+    report = (out / "report.md").read_text()
+    found = tables(report)
+    constants = {r["constant"].replace("\\", ""): r for r in found["constant"]}
+    assert set(constants) == set(res["params"])
+    for name, est in res["params"].items():
+        assert float(constants[name]["value"]) == pytest.approx(est["value"], rel=1e-3)
+        lo, hi = (float(x) for x in constants[name]["95% interval"].strip("[]").split(", "))
+        assert (lo, hi) == pytest.approx(tuple(est["ci95"]), rel=1e-3)
+    allocation = {r["quantity"]: r["value"] for r in found["quantity"]}
+    optimum = res["optimum_at_max_compute"]
+    assert float(allocation["tokens per parameter"]) == pytest.approx(optimum["tokens_per_param"], abs=0.01)
+    assert f"({optimum['n_params']:,.0f})" in allocation["N_opt (parameters)"]
+    assert len(found["N (parameters)"]) == 60
+    for p in res["plots"]:
+        assert f"]({Path(p).name})" in report
 
 
 def test_fit_cli_approach3_text_and_default_out(tmp_path, capsys):
@@ -220,7 +247,12 @@ def test_fit_cli_approach3_text_and_default_out(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Approach 3" in text and "95% CI" in text and "alpha" in text
     out = tmp_path / "fit-3"
-    assert {p.name for p in out.iterdir()} >= {"fit.json", "config.yaml", "contours.png", "isoflops.png"}
+    assert {p.name for p in out.iterdir()} >= {"fit.json", "config.yaml", "contours.png", "isoflops.png",
+                                               "report.md"}
+    fit = json.loads((out / "fit.json").read_text())
+    allocation = {r["quantity"]: r["value"] for r in tables((out / "report.md").read_text())["quantity"]}
+    assert float(allocation["predicted loss (nats/token)"]) == pytest.approx(
+        fit["optimum_at_max_compute"]["loss"], abs=1e-4)
 
 
 def test_fit_cli_errors(tmp_path, capsys):

@@ -18,6 +18,7 @@ from lmlab.errors import LmlabError
 from lmlab.models import Decoder, load_model
 from lmlab.scaling.flops import count_params, train_flops_per_token
 from lmlab.scaling.sweep import COLUMNS, SweepConfig, budget_tag, family_config, plan_grid, pretrain_config
+from tests.markdown_tables import tables
 
 # 2 budgets x 2 sizes of a llama-style family with 8-wide heads: about 110 training steps in all.
 TINY = ["--budgets", "2e8,6e8", "--sizes", "16,32", "--head-dim", "8", "--block-size", "32",
@@ -162,6 +163,14 @@ def test_sweep_trains_the_grid_and_writes_runs_csv(sweep, char_data):
         assert steps[-1] <= int(r["steps"])
     by = {r["name"]: float(r["loss"]) for r in rows}
     assert by["C6e8-d16"] < by["C2e8-d16"] and by["C6e8-d32"] < by["C2e8-d32"]  # more compute, lower loss
+    report = (out / "report.md").read_text()  # the table of runs.csv, the settings and the fit command
+    shown = tables(report)["run"]
+    assert [r["run"].strip("`") for r in shown] == [r["name"] for r in rows]
+    for s, r in zip(shown, rows):
+        assert int(s["N"].replace(",", "")) == int(r["N"]) and int(s["D"].replace(",", "")) == int(r["D"])
+        assert float(s["val loss"]) == pytest.approx(float(r["loss"]), abs=1e-4)
+        assert float(s["bits/byte"]) == pytest.approx(float(r["val_bpb"]), abs=1e-4)
+    assert "- budgets (FLOPs): `2e+08, 6e+08`" in report and f"lmlab scaling fit {out}" in report
 
 
 def test_rerun_skips_finished_runs(sweep, char_data, capsys):
