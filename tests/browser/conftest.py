@@ -47,10 +47,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def serve_models(ckpts: list[str], max_loaded: int, runs: Path | None = None, load_s: float = 0.0):
+def serve_models(ckpts: list[str], max_loaded: int, runs: Path | None = None, load_s: float = 0.0,
+                 slow: bool = True):
     """The :class:`~lmlab.serve.app.Served` of ``ckpts`` (``--ckpt`` items, or every run under ``runs``
     when empty) as ``lmlab serve`` builds it, except that nothing is loaded yet, each load sleeps
-    ``load_s`` and every loaded model's forward pass sleeps ``STEP_S["now"]`` seconds."""
+    ``load_s`` and (``slow``) every loaded model's forward pass sleeps ``STEP_S["now"]`` seconds."""
     from lmlab.serve.app import Served
     from lmlab.serve.pool import ModelPool
     from lmlab.serve.server import ServeConfig, load_model, model_specs
@@ -60,7 +61,8 @@ def serve_models(ckpts: list[str], max_loaded: int, runs: Path | None = None, lo
     def load(spec):
         time.sleep(load_s)
         model = load_model(spec, cfg)
-        model.engine.model.register_forward_pre_hook(lambda *_: time.sleep(STEP_S["now"]))
+        if slow:
+            model.engine.model.register_forward_pre_hook(lambda *_: time.sleep(STEP_S["now"]))
         return model
 
     pool = ModelPool(model_specs(cfg), load, cfg.max_loaded, busy=lambda m: any(m.engine.load().values()))

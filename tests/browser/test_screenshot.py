@@ -41,7 +41,7 @@ def test_screenshot_of_the_lineage(browser):
     from lmlab.serve.server import start_server
 
     shot = Path(os.environ.get("LMLAB_SCREENSHOT") or "docs/playground.png")
-    served = serve_models([], max_loaded=4, runs=Path(runs))
+    served = serve_models([], max_loaded=5, runs=Path(runs), slow=False)
     server = start_server(served)
     try:
         page = open_page(browser, server.url, viewport={"width": 1500, "height": 1000})
