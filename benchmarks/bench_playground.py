@@ -124,7 +124,7 @@ def measure(args: argparse.Namespace, ckpt: Path) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                         args=["--no-sandbox", "--disable-dev-shm-usage"])
-            page = browser.new_page()
+            page = browser.new_page(bypass_csp=True)  # wait_for_function evaluates strings in the page
             page.goto(server.url + "/")
             page.wait_for_function("document.getElementById('model-0').value !== ''")
             for i in range(args.columns):

@@ -34,7 +34,7 @@ from lmlab.errors import LmlabError
 from lmlab.generate.text import prompt_ids
 from lmlab.serve.engine import Engine, Event, Output, QueueFull, SamplingParams
 from lmlab.serve.playground import mount_playground
-from lmlab.serve.pool import ModelPool, ModelSpec
+from lmlab.serve.pool import Holds, ModelPool, ModelSpec
 from lmlab.serve.protocol import (
     MAX_STOP,
     ChatRequest,
@@ -146,8 +146,8 @@ def create_app(served: Served) -> FastAPI:
 
     mount_reports(app, served.runs, auth)
 
-    def load_model(name: str | None) -> Model:
-        """The model ``name`` (the only one when None), loaded if it is not."""
+    def load_model(name: str | None, holds: Holds | None = None) -> Model:
+        """The model ``name`` (the only one when None), loaded if it is not (and held by ``holds``)."""
         if name is None or name == "":
             if len(pool.names) != 1:
                 raise ApiError(400, f"give model: one of {', '.join(pool.names)}", "model")
@@ -156,18 +156,28 @@ def create_app(served: Served) -> FastAPI:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves "
                                 f"{', '.join(repr(n) for n in pool.names)}", "model", "model_not_found")
         try:
-            return pool.get(name)
+            return holds.get(name) if holds is not None else pool.get(name)
         except Exception as e:  # the pool keeps the error; the other models go on
             raise ApiError(503, f"the model {name!r} could not be loaded: {e}", "model",
                            "model_load_failed") from None
 
-    async def model_for(name: str | None) -> Model:
+    async def model_for(name: str | None, holds: Holds | None = None) -> Model:
         if name in pool.loaded():
-            return load_model(name)
-        return await asyncio.to_thread(load_model, name)  # loading takes seconds: not on the event loop
+            return load_model(name, holds)
+        return await asyncio.to_thread(load_model, name, holds)  # loading takes seconds: not on the loop
 
-    async def check(body: _Common) -> Model:
-        m = await model_for(body.model)
+    async def holding() -> AsyncIterator[Holds]:
+        """The models a generation request holds: from their load until the request ends (its work is
+        in the engine by then, which keeps them busy), so a load for another request cannot unload
+        them in between."""
+        holds = Holds(pool)
+        try:
+            yield holds
+        finally:
+            holds.release()
+
+    async def check(body: _Common, holds: Holds) -> Model:
+        m = await model_for(body.model, holds)
         bad = body.unsupported()
         if bad:
             raise ApiError(400, f"{bad} is not supported by this server; leave it unset", bad)
@@ -272,7 +282,8 @@ def create_app(served: Served) -> FastAPI:
                 entry["max_model_len"] = m.engine.block_size
             card = m.card if m is not None else unloaded_card(spec.path)
             if card is not None:  # the model card: family, parameters, tokenizer, training figures
-                entry["lmlab"] = {**card, "loaded": m is not None, "error": pool.errors.get(name)}
+                entry["lmlab"] = {**card, "loaded": m is not None, "evicted": name in pool.evicted,
+                                  "error": pool.errors.get(name)}
             data.append(entry)
         return {"object": "list", "data": data}
 
@@ -320,8 +331,8 @@ def create_app(served: Served) -> FastAPI:
                 "chat_template": CHAT_TEMPLATE if tok.token_to_id(IM_END) is not None else None}
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
-    async def completions(body: CompletionRequest, request: Request) -> Any:
-        m = await check(body)
+    async def completions(body: CompletionRequest, request: Request, holds: Holds = Depends(holding)) -> Any:
+        m = await check(body, holds)
         engine, tok = m.engine, m.tokenizer
 
         def piece(token: int) -> str:
@@ -420,8 +431,8 @@ def create_app(served: Served) -> FastAPI:
         return StreamingResponse(stream(), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        m = await check(body)
+    async def chat_completions(body: ChatRequest, request: Request, holds: Holds = Depends(holding)) -> Any:
+        m = await check(body, holds)
         engine, tok = m.engine, m.tokenizer
 
         def piece(token: int) -> str:

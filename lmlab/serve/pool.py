@@ -5,15 +5,16 @@ them are in memory.
 :func:`discover_runs` finds every run folder under ``--runs DIR`` that holds a model and a
 tokenizer. A :class:`ModelPool` loads a model the first time a request names it, keeps at most
 ``max_loaded`` in memory and unloads the least recently used one to make room (it is reloaded when
-asked for again); a model that fails to load reports its error to the requests that asked for it
-and is tried again on the next request, while the others go on.
+asked for again, and listed in :attr:`ModelPool.evicted` until then); a model that fails to load
+reports its error to the requests that asked for it and is tried again on the next request, while the
+others go on.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,11 @@ class ModelPool:
     ``load(spec)`` returns a loaded model (anything with a ``stop()`` that frees it); :meth:`get`
     returns it, loading it first when needed. A model ``busy(model)`` says is answering requests is
     not unloaded: the least recently used idle one is, and with none idle the pool goes over
-    ``max_loaded`` for a while rather than cut requests off (until the next load). Loading happens
-    under the pool's lock, one model at a time, so two requests for the same model load it once.
+    ``max_loaded`` for a while rather than cut requests off (until the next load). A model got with
+    ``hold=True`` is not unloaded either until :meth:`release`: a request holds its model from the
+    load until its work reaches the engine, so another request's load cannot unload it in between.
+    Loading happens under the pool's lock, one model at a time, so two requests for the same model
+    load it once.
     """
 
     def __init__(self, specs: Sequence[ModelSpec], load: Callable[[ModelSpec], Any], max_loaded: int = 2,
@@ -119,6 +123,8 @@ class ModelPool:
         self._loaded: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.errors: dict[str, str] = {}  # the last load error of each model that failed
+        self.evicted: set[str] = set()  # the models unloaded to make room (until they are loaded again)
+        self._holds: Counter[str] = Counter()
         self.unloads = 0
 
     @property
@@ -136,20 +142,23 @@ class ModelPool:
         with self._lock:
             return dict(self._loaded)
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, hold: bool = False) -> Any:
         """Return the loaded model ``name`` (loading it, and unloading the least recently used one if
-        the pool is full); raise KeyError for a name not served, and the load's own error (kept in
-        :attr:`errors`) when it fails."""
+        the pool is full), held in memory until :meth:`release` when ``hold``; raise KeyError for a
+        name not served, and the load's own error (kept in :attr:`errors`) when it fails."""
         spec = self.specs[name]
         with self._lock:
             if name in self._loaded:
                 self._loaded.move_to_end(name)
+                if hold:
+                    self._holds[name] += 1
                 return self._loaded[name]
             while len(self._loaded) >= self.max_loaded:
-                idle = [n for n, m in self._loaded.items() if not self._busy(m)]
+                idle = [n for n, m in self._loaded.items() if not self._busy(m) and not self._holds[n]]
                 if not idle:  # every model is answering someone: go over the limit rather than cut them off
                     break
                 self._loaded.pop(idle[0]).stop()
+                self.evicted.add(idle[0])
                 self.unloads += 1
             try:
                 model = self._load(spec)
@@ -157,11 +166,53 @@ class ModelPool:
                 self.errors[name] = str(e) or type(e).__name__
                 raise
             self.errors.pop(name, None)
+            self.evicted.discard(name)
             self._loaded[name] = model
+            if hold:
+                self._holds[name] += 1
             return model
+
+    def release(self, name: str) -> None:
+        """Let the model ``name``, got with ``hold=True``, be unloaded again (once every hold on it
+        is released)."""
+        with self._lock:
+            self._holds[name] -= 1
+            if self._holds[name] <= 0:
+                del self._holds[name]
 
     def stop(self) -> None:
         """Unload every model."""
         with self._lock:
             while self._loaded:
                 self._loaded.popitem(last=False)[1].stop()
+
+
+class Holds:
+    """The models one request holds in a :class:`ModelPool` (:meth:`get`), all let go by
+    :meth:`release`; a model got after the release (a load that outlived its request) is let go at
+    once."""
+
+    def __init__(self, pool: ModelPool):
+        self.pool = pool
+        self.names: list[str] = []
+        self.released = False
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Any:
+        """Return the model ``name`` from the pool, held until :meth:`release` (the pool's errors as
+        :meth:`ModelPool.get`)."""
+        model = self.pool.get(name, hold=True)
+        with self._lock:
+            if not self.released:
+                self.names.append(name)
+                return model
+        self.pool.release(name)
+        return model
+
+    def release(self) -> None:
+        """Let go of every model held; returns nothing."""
+        with self._lock:
+            self.released = True
+            names, self.names = self.names, []
+        for name in names:
+            self.pool.release(name)

@@ -1,25 +1,24 @@
-"""The playground in real Chromium against a real server: streamed columns, Stop, the token view's
-alternatives, "score this text", escaping of server text, a failing column and the API key."""
+"""The playground in real Chromium against a real server with two different tiny models: streamed
+columns (each its own model's answer), Stop, the token view's alternatives, "score this text", escaping
+of server text, a failing column, the API key and each column's own sampling settings."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import time
+import re
 import urllib.request
-from pathlib import Path
 
-from tests.browser.conftest import NAME
+from tests.browser.conftest import GPT, LLAMA, health, wait_idle
 
 XSS = "<img src=x onerror=alert(1)> hi"
 
 
 def send(page, prompt: str, mode: str = "chat", max_tokens: int = 24, temperature: float = 0.0,
-         second: str | None = NAME) -> None:
-    """Fill the form (the tiny model in column 1, ``second`` in column 2) and press Enter."""
-    if second is not None:
-        page.select_option("#model-1", second)
+         second: str | None = LLAMA) -> None:
+    """Fill the form (column 1 keeps its model, ``second`` in column 2, None: no second column) and
+    press Enter."""
+    page.select_option("#model-1", second or "")
     page.check(f"input[name=mode][value={mode}]")
     if mode != "score":
         page.fill("#max-tokens", str(max_tokens))
@@ -40,34 +39,40 @@ def column_texts(page) -> list[str]:
     return page.eval_on_selector_all(".column .tokens", "els => els.map(e => e.textContent)")
 
 
-def wait_idle(engine, seconds: float = 10.0) -> dict:
-    """Poll the engine until nothing runs or waits (or ``seconds`` passed); return its last load."""
-    end = time.monotonic() + seconds
-    load = engine.load()
-    while (load["running"] or load["waiting"]) and time.monotonic() < end:
-        time.sleep(0.05)
-        load = engine.load()
-    return load
+def post(server, path: str, body: dict) -> dict:
+    """POST ``body`` (JSON) to the server's ``path``; return the JSON answer."""
+    req = urllib.request.Request(server.url + path, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=30))
 
 
-def test_two_columns_stream_tokens_and_screenshot(page, server, tmp_path):
+def visible(text: str) -> str:
+    """``text`` as the token view shows it: control characters as their Unicode control pictures."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]",
+                  lambda m: chr(0x2421 if m[0] == "\x7f" else 0x2400 + ord(m[0])), text)
+
+
+def test_two_columns_stream_their_own_models_answers(page, server):
     page.evaluate("""() => { window.seen = [];
         new MutationObserver(() => window.seen.push(document.querySelectorAll('.column .tok').length))
           .observe(document.getElementById('columns'), {childList: true, subtree: true}); }""")
     send(page, "Hello there", max_tokens=24)
     wait_states(page, "done")
+    assert page.eval_on_selector_all(".column h2", "els => els.map(e => e.textContent)") == [GPT, LLAMA]
+    # greedy: each column says what its own model says through the API
+    want = [post(server, "/v1/chat/completions", {"model": name, "max_tokens": 24, "temperature": 0,
+                                                  "messages": [{"role": "user", "content": "Hello there"}]})
+            for name in (GPT, LLAMA)]
     texts = column_texts(page)
-    assert len(texts) == 2 and texts[0] and texts[0] == texts[1]  # greedy: the same model says the same
+    assert texts == [visible(w["choices"][0]["message"]["content"]) for w in want]
+    assert texts[0] != texts[1] and all(texts)
     counts = page.eval_on_selector_all(".column", "els => els.map(e => Number(e.dataset.tokens))")
-    assert counts == [24, 24]
+    assert counts == [w["usage"]["completion_tokens"] for w in want] == [24, 24]
     # the tokens arrived in many steps, not in one piece at the end
     seen = page.evaluate("window.seen")
     assert len({n for n in seen if 0 < n < 48}) >= 5, seen
     stats = page.inner_text(".column .stats")
     assert "TTFT" in stats and "tok/s" in stats and "24 tokens" in stats and "mean log-prob" in stats
-    shot = Path(os.environ.get("LMLAB_SCREENSHOT") or tmp_path / "playground.png")
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_stop_cancels_every_stream_and_frees_the_slots(page, server, slow_steps):
@@ -75,11 +80,10 @@ def test_stop_cancels_every_stream_and_frees_the_slots(page, server, slow_steps)
     page.wait_for_function("(() => { const c = [...document.querySelectorAll('.column')];"
                            " return c.length === 2 && c.every(x => Number(x.dataset.tokens) >= 3); })()",
                            timeout=20_000)
-    assert server.engine.load()["running"] == 2
+    assert health(server)["running"] == 2  # one request in each model's engine
     page.click("#stop-button")
     wait_states(page, "stopped")
-    load = wait_idle(server.engine)
-    assert load == {"running": 0, "waiting": 0}
+    assert wait_idle(server) == {"running": 0, "waiting": 0}
     counts = page.eval_on_selector_all(".column", "els => els.map(e => Number(e.dataset.tokens))")
     assert all(3 <= c < 400 for c in counts), counts
 
@@ -90,7 +94,7 @@ def test_escape_stops_too(page, server, slow_steps):
                            timeout=20_000)
     page.keyboard.press("Escape")
     wait_states(page, "stopped", n=1)
-    assert wait_idle(server.engine) == {"running": 0, "waiting": 0}
+    assert wait_idle(server) == {"running": 0, "waiting": 0}
 
 
 def test_hover_and_focus_show_top_alternatives(page):
@@ -118,14 +122,15 @@ def test_score_shows_bits_per_byte_and_escapes_the_text(page, server):
     assert page.locator("img").count() == 0
     assert column_texts(page) == [XSS, XSS]  # the markup shows as text, token by token
     assert "bits/byte" in page.inner_text(".column .stats")
-    shown = float(page.get_attribute(".column", "data-bpb"))
-    body = json.dumps({"model": NAME, "prompt": XSS, "echo": True, "logprobs": 1, "max_tokens": 0}).encode()
-    req = urllib.request.Request(server.url + "/v1/completions", body, {"Content-Type": "application/json"})
-    lp = json.load(urllib.request.urlopen(req))["choices"][0]["logprobs"]
-    # the first token is not predicted: its log-prob is null and its byte is not counted
-    assert lp["token_logprobs"][0] is None
-    expected = -sum(lp["token_logprobs"][1:]) / math.log(2) / len(XSS[1:].encode())
-    assert abs(shown - expected) < 1e-3
+    shown = [float(page.get_attribute(f".column >> nth={i}", "data-bpb")) for i in range(2)]
+    for name, bpb in zip((GPT, LLAMA), shown, strict=True):
+        body = {"model": name, "prompt": XSS, "echo": True, "logprobs": 1, "max_tokens": 0}
+        lp = post(server, "/v1/completions", body)["choices"][0]["logprobs"]
+        # the first token is not predicted: its log-prob is null and its byte is not counted
+        assert lp["token_logprobs"][0] is None
+        expected = -sum(lp["token_logprobs"][1:]) / math.log(2) / len(XSS[1:].encode())
+        assert abs(bpb - expected) < 1e-3
+    assert shown[0] != shown[1]
     page.locator(".column .tok").nth(3).hover()
     assert "bits" in page.inner_text("#tooltip")
 
@@ -145,7 +150,7 @@ def test_a_failing_model_shows_its_error_while_the_other_goes_on(page):
 def test_api_key_is_asked_for_and_kept_in_page_memory(browser, server, served):
     served.api_key = "sk-browser"
     try:
-        context = browser.new_context()
+        context = browser.new_context(bypass_csp=True)  # see open_page
         page = context.new_page()
         sent = []
         page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
@@ -172,14 +177,15 @@ def rename(served, old: str, new: str) -> None:
     from lmlab.serve.pool import ModelSpec
 
     pool = served.pool
-    pool.specs = {new: ModelSpec(new, pool.specs[old].path)}
+    pool.specs = {new if n == old else n: ModelSpec(new, s.path) if n == old else s
+                  for n, s in pool.specs.items()}
     model = pool._loaded.pop(old)  # noqa: SLF001 - the test renames a loaded model in place
     model.name = new
     pool._loaded[new] = model
 
 
 def test_a_model_named_like_markup_shows_as_text(page, server, served):
-    rename(served, NAME, XSS)
+    rename(served, GPT, XSS)
     try:
         page.click("#load-models")
         page.wait_for_function("([...document.getElementById('model-0').options].some(o => o.value === "
@@ -189,7 +195,7 @@ def test_a_model_named_like_markup_shows_as_text(page, server, served):
         wait_states(page, "done")
         assert page.locator(".column h2").all_inner_texts() == [XSS, XSS]
     finally:
-        rename(served, XSS, NAME)
+        rename(served, XSS, GPT)
     assert page.dialogs == [] and page.locator("img").count() == 0
 
 
@@ -218,16 +224,16 @@ def test_generated_markup_and_its_alternatives_show_as_text(page):
 
 
 def test_closing_the_tab_cancels_its_streams(browser, server, slow_steps):
-    context = browser.new_context()
+    context = browser.new_context(bypass_csp=True)  # see open_page
     page = context.new_page()
     page.goto(server.url + "/")
     page.wait_for_function("document.getElementById('model-0').value !== ''", timeout=10_000)
     send(page, "Once upon a time", max_tokens=400)
     page.wait_for_function("Number(document.querySelector('.column')?.dataset.tokens || 0) >= 3",
                            timeout=20_000)
-    assert server.engine.load()["running"] == 2
+    assert health(server)["running"] == 2
     context.close()
-    assert wait_idle(server.engine) == {"running": 0, "waiting": 0}
+    assert wait_idle(server) == {"running": 0, "waiting": 0}
 
 
 def test_the_controls_make_the_request(page):
@@ -240,7 +246,7 @@ def test_the_controls_make_the_request(page):
     page.fill("#stop", r"\n\n | END")
     send(page, "Hi", second=None, max_tokens=5, temperature=0.7)
     wait_states(page, "done", n=1)
-    assert bodies == [{"model": NAME, "stream": True, "logprobs": True, "top_logprobs": 5,
+    assert bodies == [{"model": GPT, "stream": True, "logprobs": True, "top_logprobs": 5,
                        "messages": [{"role": "system", "content": "You are terse."},
                                     {"role": "user", "content": "Hi"}],
                        "temperature": 0.7, "top_p": 0.9, "top_k": 7, "max_tokens": 5, "seed": 3,
@@ -256,7 +262,7 @@ def test_model_cards_show_as_text(page, server):
     card = {"family": "<b>llama</b>", "parameters": 12345, "context": 512,
             "tokenizer": {"kind": "<i>char</i>", "vocab_size": 97}, "training_tokens": 1000000,
             "val_bpb": 2.5, "loaded": False}
-    models = {"object": "list", "data": [{"id": NAME, "object": "model", "lmlab": card}]}
+    models = {"object": "list", "data": [{"id": GPT, "object": "model", "lmlab": card}]}
     page.route("**/v1/models", lambda route: route.fulfill(status=200, json=models))
     page.click("#load-models")
     send(page, "Hi", second=None, max_tokens=3)
@@ -265,3 +271,26 @@ def test_model_cards_show_as_text(page, server):
     assert text.startswith("<b>llama</b> · 12.3k params · 512 context · <i>char</i> tokenizer (97 tokens)"
                            " · 1.00M training tokens · 2.500 val bpb")
     assert "not loaded" in text and page.locator(".column b, .column i").count() == 0
+
+
+def test_each_column_can_have_its_own_settings(page):
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.method == "POST" else None)
+    page.fill("#seed", "5")
+    page.check("#own-1")  # column 2's own settings start as a copy of the shared ones
+    assert page.input_value("#seed-1") == "5" and page.is_visible("#settings-1")
+    page.fill("#max-tokens-1", "3")
+    page.fill("#temperature-1", "0.5")
+    send(page, "Hi", max_tokens=6, temperature=0)  # the shared settings: column 1's
+    wait_states(page, "done")
+    got = {b["model"]: (b["max_tokens"], b["temperature"], b["seed"]) for b in bodies}
+    assert got == {GPT: (6, 0, 5), LLAMA: (3, 0.5, 5)}
+    counts = page.eval_on_selector_all(".column", "els => els.map(e => Number(e.dataset.tokens))")
+    assert 1 <= counts[0] <= 6 and 1 <= counts[1] <= 3
+    assert page.locator(".column >> nth=0 >> .settings").count() == 0
+    assert "max tokens 3" in page.inner_text(".column >> nth=1 >> .settings")
+    page.uncheck("#own-1")  # back to the shared settings
+    bodies.clear()
+    send(page, "Hi", max_tokens=4, temperature=0)
+    wait_states(page, "done")
+    assert [(b["max_tokens"], b["temperature"]) for b in bodies] == [(4, 0), (4, 0)]

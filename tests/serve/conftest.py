@@ -3,6 +3,7 @@ distributions, and a real uvicorn server on a free loopback port driven by the o
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,21 +17,44 @@ NAME = "tiny"
 
 
 def make_run(folder: Path, block_size: int = 128) -> Path:
-    """A run folder (:func:`make_tiny_base`) whose weights are scaled up, so greedy text varies and
-    near-ties between tokens are rare. The output rows of the bytes 0x80-0xFF are zero: their logit 0
-    is never among the top ones, so the text is valid UTF-8 and streams token by token."""
+    """A run folder (:func:`make_tiny_base`) whose weights are scaled up (:func:`sharpen`)."""
+    make_tiny_base(folder, block_size=block_size)
+    sharpen(folder)
+    return folder
+
+
+def make_gpt2_run(folder: Path, block_size: int = 128, seed: int = 2) -> Path:
+    """A second, different tiny run: a random GPT-2-style decoder (learned positions, LayerNorm, GELU,
+    tied head; d 32, one layer) with its own char tokenizer (a smaller alphabet than
+    :func:`make_tiny_base`'s), sharpened like :func:`make_run`."""
+    from lmlab.data.tokenizers import train_tokenizer
+    from lmlab.models.registry import build_model, get_preset, save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer("char", iter([string.ascii_letters + " .,:;!?'-\n"]))
+    torch.manual_seed(seed)
+    model = build_model(get_preset("gpt2-tiny", vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=2,
+                                   block_size=block_size))
+    save_model(model, folder / "model.safetensors")
+    tok.save(folder / "tokenizer.json")
+    sharpen(folder, seed, no_bytes=range(256))  # it says only its own characters (or ends)
+    return folder
+
+
+def sharpen(folder: Path, seed: int = 1, no_bytes: range = range(128, 256)) -> None:
+    """Scale up the weights of the run in ``folder``, so greedy text varies and near-ties between tokens
+    are rare. The output rows of the byte tokens ``no_bytes`` (0x80-0xFF) are zero: their logit 0 is
+    never among the top ones, so the text is valid UTF-8 and streams token by token."""
     from lmlab.models.registry import load_model, save_model
 
-    make_tiny_base(folder, block_size=block_size)
     model = load_model(folder / "model.safetensors")
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0.0, 0.3)
-        model.lm_head.weight[128:256] = 0.0
+        model.lm_head.weight[no_bytes.start:no_bytes.stop] = 0.0
     save_model(model, folder / "model.safetensors")
-    return folder
 
 
 @pytest.fixture(scope="session")

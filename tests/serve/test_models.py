@@ -74,6 +74,8 @@ def test_each_request_reaches_its_model_and_the_lru_one_is_reloaded(client, runs
         assert r.choices[0].text == want[name] and r.model == name
         cards = listed(client)
         assert [n for n, c in cards.items() if c["loaded"]] == [name]
+        assert not cards[name]["evicted"] and not cards["broken"]["evicted"]
+    assert cards["beta"]["evicted"]  # unloaded to make room for alpha
     assert cards["beta"]["family"] == "llama" and cards["beta"]["parameters"] > 0
 
 

@@ -30,6 +30,19 @@ def test_the_page_and_its_assets_need_no_key(server):
     assert get(server, "/v1/models")[0] == 401  # the API still wants the key
 
 
+def test_the_page_runs_only_its_own_script(server):
+    conn = http.client.HTTPConnection(urlsplit(server.url).netloc, timeout=10)
+    try:
+        conn.request("GET", "/")
+        csp = conn.getresponse().getheader("content-security-policy", "")
+    finally:
+        conn.close()
+    rules = dict(r.strip().split(" ", 1) for r in csp.split(";"))
+    assert rules["script-src"] == "'self'" and rules["default-src"] == "'none'"
+    assert rules["img-src"] == "'self' blob:" and rules["style-src"] == "'self'"
+    assert "unsafe" not in csp.replace("style-src-attr 'unsafe-inline'", "")
+
+
 @pytest.mark.parametrize("path", ["/static/../app.py", "/static/..%2fapp.py", "/static/%2e%2e/app.py",
                                   "/static//etc/passwd", "/static/nothing.js"])
 def test_nothing_outside_the_static_folder(server, path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.errors import LmlabError
-from lmlab.serve.pool import ModelPool, ModelSpec, discover_runs, parse_models
+from lmlab.serve.pool import Holds, ModelPool, ModelSpec, discover_runs, parse_models
 
 
 def _run(folder: Path, hf: bool = False) -> Path:
@@ -63,12 +63,33 @@ def test_least_recently_used_model_is_unloaded_and_reloaded_on_demand():
     assert pool.names == ["a", "b", "c"] and pool.loaded() == []
     pool.get("a"), pool.get("b"), pool.get("a"), pool.get("c")
     assert pool.loaded() == ["a", "c"] and ("stop", "b") in log and pool.unloads == 1
+    assert pool.evicted == {"b"}  # unloaded to make room: the page says so while it reloads
     pool.get("b")
-    assert pool.loaded() == ["c", "b"] and log.count(("load", "b")) == 2
+    assert pool.loaded() == ["c", "b"] and log.count(("load", "b")) == 2 and pool.evicted == {"a"}
     with pytest.raises(KeyError):
         pool.get("zzz")
     pool.stop()
     assert pool.loaded() == [] and log[-2:] == [("stop", "c"), ("stop", "b")]
+
+
+def test_a_held_model_is_not_unloaded_until_released():
+    """A request holds its model from the load until its work is in the engine: another request's
+    load in between must not unload it (the pool goes over max_loaded instead)."""
+    log: list = []
+    specs = [ModelSpec(n, Path(n)) for n in ("a", "b", "c")]
+    pool = ModelPool(specs, lambda s: Fake(s.name, log), max_loaded=1)
+    holds = Holds(pool)
+    holds.get("a")
+    pool.get("b")  # "a" is held: kept, over the limit
+    assert pool.loaded() == ["a", "b"] and pool.evicted == set()
+    holds.release()
+    pool.get("c")  # "a" and "b" are idle now: unloaded, least recently used first
+    assert pool.loaded() == ["c"] and pool.evicted == {"a", "b"}
+    late = Holds(pool)
+    late.release()
+    late.get("a")  # a load that outlived its request: let go at once
+    pool.get("b")
+    assert pool.loaded() == ["b"] and late.names == []
 
 
 def test_a_model_that_fails_to_load_reports_and_the_others_go_on():

@@ -4,16 +4,19 @@
 
 const LN2 = Math.log(2);
 const $ = (id) => document.getElementById(id);
-const state = { models: [], controllers: [], round: 0 };
+const state = { models: [], controllers: [], columns: [], round: 0, reportUrls: [] };
+const SETTINGS = ["temperature", "top-p", "top-k", "max-tokens", "seed", "stop"];
 
 // ---- requests ---------------------------------------------------------------------------------
 
 // The key lives only in the input field (page memory) and goes only to this page's own origin.
 function headers() {
-  const h = { "Content-Type": "application/json" };
+  return { "Content-Type": "application/json", ...authHeaders() };
+}
+
+function authHeaders() {
   const key = $("api-key").value.trim();
-  if (key) h.Authorization = "Bearer " + key;
-  return h;
+  return key ? { Authorization: "Bearer " + key } : {};
 }
 
 async function api(path, init) {
@@ -54,21 +57,26 @@ async function* sseEvents(resp) {
 
 // ---- models -----------------------------------------------------------------------------------
 
-async function loadModels() {
-  setNotice("");
+// The server's models (/v1/models), or a line saying why they could not be listed.
+async function fetchModels() {
   let resp;
   try {
-    resp = await api("/v1/models", { headers: headers() });
+    resp = await api("/v1/models", { headers: authHeaders() });
   } catch (e) {
-    setNotice("cannot reach the server: " + e.message);
-    return;
+    return { error: "cannot reach the server: " + e.message };
   }
   if (!resp.ok) {
-    setNotice(resp.status === 401 ? "this server needs an API key: enter it above" : await errorText(resp));
-    return;
+    return { error: resp.status === 401 ? "this server needs an API key: enter it above" : await errorText(resp) };
   }
   const body = await resp.json();
-  state.models = body.data || [];
+  return { models: body.data || [] };
+}
+
+async function loadModels() {
+  setNotice("");
+  const got = await fetchModels();
+  if (got.error) { setNotice(got.error); return; }
+  state.models = got.models;
   for (let i = 0; i < 4; i++) {
     const select = $("model-" + i);
     const before = select.value;
@@ -80,6 +88,21 @@ async function loadModels() {
     else if (i < ids.length && i < 2) select.value = ids[i];
   }
   if (!state.models.length) setNotice("the server lists no models");
+}
+
+// List the models again and rewrite every column's card (which models are in memory changes as the
+// server loads and unloads them); the pickers stay as they are.
+async function refreshCards() {
+  const got = await fetchModels();
+  if (got.error) return;
+  state.models = got.models;
+  for (const col of state.columns) showCard(col);
+}
+
+function showCard(col) {
+  const info = card(col.model);
+  col.card.textContent = info;
+  col.card.hidden = !info;
 }
 
 // A number as 1.2k, 3.4M, 5.6B.
@@ -101,18 +124,28 @@ function cardValue(key, value) {
   return compact(value);
 }
 
-// The model card of /v1/models's "lmlab" object, one line.
-function card(id) {
+// The "lmlab" object (model card and load state) /v1/models gives for the model ``id``, or null.
+function cardOf(id) {
   const m = state.models.find((x) => String(x.id) === id);
   const c = m && m.lmlab;
-  if (!c || typeof c !== "object") return "";
+  return c && typeof c === "object" ? c : null;
+}
+
+// The model card of /v1/models's "lmlab" object, one line.
+function card(id) {
+  const c = cardOf(id);
+  if (!c) return "";
   const parts = [];
   const show = { family: "", parameters: " params", context: " context", tokenizer: "",
                  training_tokens: " training tokens", val_bpb: " val bpb" };
   for (const [k, suffix] of Object.entries(show)) {
     if (c[k] !== undefined && c[k] !== null) parts.push(cardValue(k, c[k]) + suffix);
   }
-  if (c.loaded === false) parts.push("not loaded: loads on first use");
+  if (c.loaded === false) {
+    if (c.error) parts.push("not loaded: its last load failed");
+    else if (c.evicted) parts.push("not loaded (unloaded to free memory): loads on first use");
+    else parts.push("not loaded: loads on first use");
+  }
   return parts.join(" · ");
 }
 
@@ -125,17 +158,20 @@ function numberOf(id) {
   return raw === "" ? null : Number(raw);
 }
 
-function stops() {
-  const raw = $("stop").value;
+function stops(id) {
+  const raw = $(id).value;
   if (!raw.trim()) return null;
   return raw.split(" | ").filter((s) => s.length)
     .map((s) => s.replace(/\\n/g, "\n").replace(/\\t/g, "\t"));
 }
 
-function sampling() {
+// The sampling settings of picker ``index``: its own ones when "own settings" is on, else the shared.
+function sampling(index) {
+  const own = index !== undefined && $("own-" + index).checked;
+  const id = (name) => (own ? `${name}-${index}` : name);
   const s = {};
-  const t = numberOf("temperature"), p = numberOf("top-p"), k = numberOf("top-k");
-  const n = numberOf("max-tokens"), seed = numberOf("seed"), stop = stops();
+  const t = numberOf(id("temperature")), p = numberOf(id("top-p")), k = numberOf(id("top-k"));
+  const n = numberOf(id("max-tokens")), seed = numberOf(id("seed")), stop = stops(id("stop"));
   if (t !== null) s.temperature = t;
   if (p !== null) s.top_p = p;
   if (k !== null && k > 0) s.top_k = k;
@@ -145,13 +181,37 @@ function sampling() {
   return s;
 }
 
+// The chosen models with the index of their picker (whose settings they use).
 function chosenModels() {
   const out = [];
   for (let i = 0; i < 4; i++) {
     const v = $("model-" + i).value;
-    if (v) out.push(v);
+    if (v) out.push({ model: v, picker: i });
   }
   return out;
+}
+
+// Each picker's own settings: copies of the shared inputs (ids suffixed with -INDEX), filled from the
+// shared values when "own settings" is switched on.
+function buildOwnSettings() {
+  for (let i = 0; i < 4; i++) {
+    const box = $("settings-" + i);
+    for (const name of SETTINGS) {
+      const label = $(name).closest("label").cloneNode(true);
+      const input = label.querySelector("input");
+      input.id = `${name}-${i}`;
+      box.append(label);
+    }
+    $("own-" + i).addEventListener("change", () => {
+      if ($("own-" + i).checked) for (const name of SETTINGS) $(`${name}-${i}`).value = $(name).value;
+      box.hidden = !$("own-" + i).checked;
+    });
+  }
+}
+
+function describe(settings) {
+  return Object.entries(settings)
+    .map(([k, v]) => `${k.replace("_", " ")} ${Array.isArray(v) ? JSON.stringify(v) : v}`).join(" · ");
 }
 
 // ---- columns ----------------------------------------------------------------------------------
@@ -163,24 +223,47 @@ function el(tag, cls, text) {
   return e;
 }
 
-function makeColumn(model, index) {
+// Why a model not in memory is loading, from its /v1/models entry.
+function loadReason(c) {
+  if (c.evicted) return "unloaded to free memory";
+  if (c.error) return "its last load failed";
+  return "first use";
+}
+
+function makeColumn(model, index, own) {
   const root = el("article", "column");
   root.dataset.model = model;
   root.dataset.index = String(index);
-  const head = el("h2", null, model);
-  const info = card(model);
-  root.append(head);
-  if (info) root.append(el("p", "card", info));
+  root.append(el("h2", null, model));
   const col = {
-    root, model, stats: el("div", "stats"), status: el("div", "state", "waiting"),
-    tokens: el("div", "tokens"), error: el("div", "error"),
+    root, model, card: el("p", "card"), stats: el("div", "stats"), status: el("div", "state", "waiting"),
+    tokens: el("div", "tokens"), error: el("div", "error"), loading: null,
     count: 0, sumLogprob: 0, nLogprob: 0, sawLogprobs: false,
     t0: performance.now(), tFirst: null, tLast: null,
   };
+  showCard(col);
+  root.append(col.card);
+  if (own) root.append(el("p", "settings", "own settings: " + describe(own)));
+  const c = cardOf(model);
+  if (c && c.loaded === false) {  // its first request waits for the load: say so until the answer starts
+    col.loading = el("p", "loading", `loading ${model} (${loadReason(c)})…`);
+    col.loading.setAttribute("role", "status");
+    root.append(col.loading);
+  }
   col.tokens.setAttribute("aria-live", "polite");
   root.append(col.status, col.stats, col.tokens, col.error);
   $("columns").append(root);
+  state.columns.push(col);
   return col;
+}
+
+// The server answered (the model is in memory now, or failed to load), or the request ended before:
+// drop the loading notice and list the models again so the cards say which are loaded.
+function answered(col) {
+  if (!col.loading) return;
+  col.loading.remove();
+  col.loading = null;
+  refreshCards();
 }
 
 function genColour(p) {
@@ -276,6 +359,7 @@ async function runColumn(col, path, body, onChoice, signal) {
   col.root.dataset.state = "running";
   try {
     const resp = await api(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+    answered(col);
     if (!resp.ok) throw new Error(await errorText(resp));
     for await (const ev of sseEvents(resp)) {
       if (ev.error) throw new Error(ev.error.message || "the model failed");
@@ -288,6 +372,7 @@ async function runColumn(col, path, body, onChoice, signal) {
     col.status.textContent = "done" + (col.finish ? ` (${col.finish})` : "");
     col.root.dataset.state = "done";
   } catch (e) {
+    answered(col);  // stopped (or failed) before the answer: the notice goes too
     if (e.name === "AbortError") {
       col.status.textContent = "stopped";
       col.root.dataset.state = "stopped";
@@ -325,6 +410,7 @@ async function scoreColumn(col, text, signal) {
     const body = { model: col.model, prompt: text, echo: true, logprobs: 1, max_tokens: 0 };
     const resp = await api("/v1/completions", { method: "POST", headers: headers(),
                                                 body: JSON.stringify(body), signal });
+    answered(col);
     if (!resp.ok) throw new Error(await errorText(resp));
     const lp = (await resp.json()).choices[0].logprobs;
     lp.tokens.forEach((token, i) => {
@@ -346,6 +432,7 @@ async function scoreColumn(col, text, signal) {
     col.status.textContent = "scored";
     col.root.dataset.state = "done";
   } catch (e) {
+    answered(col);
     const stopped = e.name === "AbortError";
     col.status.textContent = stopped ? "stopped" : "failed";
     col.root.dataset.state = stopped ? "stopped" : "error";
@@ -363,9 +450,12 @@ function send() {
   setNotice("");
   stopAll();
   $("columns").replaceChildren();
+  state.columns = [];
   const m = mode();
-  const jobs = models.map((model, i) => {
-    const col = makeColumn(model, i);
+  const jobs = models.map(({ model, picker }, i) => {
+    const settings = sampling(picker);
+    const own = m !== "score" && $("own-" + picker).checked ? settings : null;
+    const col = makeColumn(model, i, own);
     const controller = new AbortController();
     state.controllers.push(controller);
     if (m === "score") return scoreColumn(col, text, controller.signal);
@@ -374,10 +464,10 @@ function send() {
       const system = $("system").value;
       if (system.trim()) messages.push({ role: "system", content: system });
       messages.push({ role: "user", content: text });
-      const body = { model, messages, stream: true, logprobs: true, top_logprobs: 5, ...sampling() };
+      const body = { model, messages, stream: true, logprobs: true, top_logprobs: 5, ...settings };
       return runColumn(col, "/v1/chat/completions", body, chatTokens, controller.signal);
     }
-    const body = { model, prompt: text, stream: true, logprobs: 5, ...sampling() };
+    const body = { model, prompt: text, stream: true, logprobs: 5, ...settings };
     return runColumn(col, "/v1/completions", body, completionTokens, controller.signal);
   });
   const round = ++state.round;
@@ -406,6 +496,10 @@ function showMode() {
   const m = mode();
   $("system-label").hidden = m !== "chat";
   $("sampling").disabled = m === "score";
+  for (let i = 0; i < 4; i++) {
+    $("settings-" + i).disabled = m === "score";
+    $("own-" + i).disabled = m === "score";
+  }
   $("prompt-label").textContent = m === "score" ? "Text to score" : "Prompt";
 }
 
@@ -445,13 +539,152 @@ function showTooltip(span) {
 
 function hideTooltip() { $("tooltip").hidden = true; }
 
+// ---- reports ----------------------------------------------------------------------------------
+// /reports and /reports/{path} are fetched with the key (when one is set) and shown in this page. The
+// server's HTML is parsed inert (a template's content runs no script and loads nothing) and rebuilt
+// element by element from a short list of tags, text as text: nothing from a report can run. Links to other
+// reports open here; the plots are fetched with the key and shown from blob: URLs.
+
+const REPORT_TAGS = new Set(["h1", "h2", "h3", "h4", "h5", "h6", "p", "ul", "ol", "li", "table", "thead",
+  "tbody", "tr", "th", "td", "code", "pre", "em", "strong", "a", "img", "blockquote", "hr", "br", "del"]);
+const DROPPED = new Set(["script", "style", "template", "iframe", "object", "embed", "noscript", "head",
+  "title", "base", "meta", "link", "svg", "math", "form", "button", "input", "textarea", "select"]);
+
+// The same-origin /reports path ``url`` names, or null.
+function reportPath(url) {
+  if (url.origin !== window.location.origin) return null;
+  return url.pathname === "/reports" || url.pathname.startsWith("/reports/") ? url.pathname : null;
+}
+
+function rebuild(node, base) {
+  if (node.nodeType === Node.TEXT_NODE) return document.createTextNode(node.data);
+  if (node.nodeType !== Node.ELEMENT_NODE) return null;
+  const tag = node.localName;
+  if (DROPPED.has(tag)) return null;
+  const out = REPORT_TAGS.has(tag) ? document.createElement(tag) : document.createDocumentFragment();
+  if (tag === "a" && node.hasAttribute("href")) {
+    let url = null;
+    try { url = new URL(node.getAttribute("href"), base); } catch (_) { /* not a URL: text only */ }
+    const path = url && reportPath(url);
+    if (path) {
+      out.href = path;
+      out.dataset.report = path;
+    } else if (url && (url.protocol === "https:" || url.protocol === "http:")) {
+      out.href = url.href;
+      out.rel = "noopener noreferrer";
+      out.target = "_blank";
+    }
+  } else if (tag === "img") {
+    out.alt = node.getAttribute("alt") || "";
+    let url = null;
+    try { url = new URL(node.getAttribute("src") || "", base); } catch (_) { /* no source */ }
+    const path = url && reportPath(url);
+    if (path) out.dataset.src = path;
+  } else if ((tag === "th" || tag === "td") && /^text-align:\s*(left|right|center)$/.test(node.getAttribute("style") || "")) {
+    out.style.textAlign = node.getAttribute("style").split(":")[1].trim();
+  } else if (tag === "ol" && /^\d+$/.test(node.getAttribute("start") || "")) {
+    out.start = Number(node.getAttribute("start"));
+  }
+  for (const child of node.childNodes) {
+    const copy = rebuild(child, base);
+    if (copy) out.append(copy);
+  }
+  return out;
+}
+
+function forgetReportUrls() {
+  for (const u of state.reportUrls) URL.revokeObjectURL(u);
+  state.reportUrls = [];
+}
+
+async function blobUrl(resp) {
+  const u = URL.createObjectURL(await resp.blob());
+  state.reportUrls.push(u);
+  return u;
+}
+
+// Fetch every image of the shown report with the key; each gets a blob: URL (or says it failed).
+async function loadReportImages(box) {
+  await Promise.all([...box.querySelectorAll("img[data-src]")].map(async (img) => {
+    try {
+      const resp = await api(img.dataset.src, { headers: authHeaders() });
+      if (!resp.ok || !(resp.headers.get("content-type") || "").startsWith("image/")) {
+        throw new Error(`HTTP ${resp.status}`);
+      }
+      img.src = await blobUrl(resp);
+      await img.decode().catch(() => {});
+    } catch (e) {
+      img.replaceWith(el("span", "error", `[${img.alt || img.dataset.src}: ${e.message}]`));
+    }
+  }));
+}
+
+async function openReport(path) {
+  const view = $("reports-view"), box = $("report");
+  view.hidden = false;
+  forgetReportUrls();
+  $("report-path").textContent = path;
+  box.dataset.state = "loading";
+  box.replaceChildren(el("p", "state", "loading " + path + "…"));
+  try {
+    const resp = await api(path, { headers: authHeaders() });
+    if (!resp.ok) {
+      throw new Error(resp.status === 401 ? "the reports need the API key: enter it above"
+                                          : await errorText(resp));
+    }
+    const type = resp.headers.get("content-type") || "";
+    if (type.startsWith("text/html")) {
+      // parsed into an inert template (no script runs, nothing loads, and unlike DOMParser the
+      // page's CSP sees none of the report's inline styles); only its rebuilt copy enters the page
+      const inert = document.createElement("template");
+      inert.innerHTML = await resp.text();
+      const doc = inert.content;
+      const base = new URL(doc.querySelector("base")?.getAttribute("href") || path, window.location.origin);
+      box.replaceChildren(...[...doc.childNodes].map((n) => rebuild(n, base)).filter(Boolean));
+      await loadReportImages(box);
+    } else if (type.startsWith("image/")) {
+      const img = el("img");
+      img.alt = path;
+      img.src = await blobUrl(resp);
+      box.replaceChildren(img);
+    } else if (type.startsWith("text/")) {
+      box.replaceChildren(el("pre", null, await resp.text()));
+    } else {
+      const a = el("a", null, "download " + path.split("/").pop());
+      a.href = await blobUrl(resp);
+      a.download = decodeURIComponent(path.split("/").pop());
+      box.replaceChildren(a);
+    }
+    box.dataset.state = "done";
+  } catch (e) {
+    box.replaceChildren(el("p", "error", String(e.message || e)));
+    box.dataset.state = "error";
+  }
+}
+
+function closeReports() {
+  $("reports-view").hidden = true;
+  $("report").replaceChildren();
+  forgetReportUrls();
+}
+
 // ---- wiring -----------------------------------------------------------------------------------
 
 function init() {
+  buildOwnSettings();
   $("send").addEventListener("click", send);
   $("stop-button").addEventListener("click", stopAll);
   $("load-models").addEventListener("click", loadModels);
   $("api-key").addEventListener("change", loadModels);
+  $("open-reports").addEventListener("click", () => openReport("/reports"));
+  $("reports-home").addEventListener("click", () => openReport("/reports"));
+  $("reports-close").addEventListener("click", closeReports);
+  $("report").addEventListener("click", (e) => {
+    const a = e.target instanceof Element ? e.target.closest("a[data-report]") : null;
+    if (!a) return;
+    e.preventDefault();
+    openReport(a.dataset.report);
+  });
   for (const r of document.querySelectorAll("input[name=mode]")) r.addEventListener("change", showMode);
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
