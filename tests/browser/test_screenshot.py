@@ -5,7 +5,9 @@ optionally ``LMLAB_SCREENSHOT`` to the PNG to write (default docs/playground.png
     LMLAB_LINEAGE_RUNS=runs/lineage make test-browser
 
 Every model in the folder is served (``--runs``); up to four columns in lineage order get "ROMEO:"
-in raw completion mode, greedy, 48 tokens, with one token's alternatives shown. A model the server
+in raw completion mode, greedy, 48 tokens, with one token's alternatives shown. The models are
+loaded before the prompt is sent, so the columns' times to first token are the answers' own (a
+model's first use otherwise waits for its load, and its column says so). A model the server
 cannot run shows its error in its column."""
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ def test_screenshot_of_the_lineage(browser):
     served = serve_models([], max_loaded=5, runs=Path(runs), slow=False)
     server = start_server(served)
     try:
-        page = open_page(browser, server.url, viewport={"width": 1500, "height": 1000})
         names = columns(served.pool.names)
         assert names, f"no lineage model ({', '.join(LINEAGE)}) under {runs}: {served.pool.names}"
+        for name in names:  # loaded before the page opens: each column's TTFT is its answer's, not a load's
+            served.pool.get(name)
+        page = open_page(browser, server.url, viewport={"width": 1500, "height": 1000})
         for i in range(4):
             page.select_option(f"#model-{i}", names[i] if i < len(names) else "")
         page.check("input[name=mode][value=completion]")
