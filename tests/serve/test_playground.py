@@ -48,3 +48,29 @@ def test_the_page_runs_only_its_own_script(server):
 def test_nothing_outside_the_static_folder(server, path):
     status, _, body = get(server, path)
     assert status == 404 and b"create_app" not in body and b"root:" not in body
+
+
+def test_with_a_key_every_route_but_health_and_the_page_needs_it(server):
+    """Walk the app's routes (a route added later is covered too): without the key each answers 401,
+    except /health, the page and its static files."""
+    from starlette.routing import Mount
+
+    public = {"/health", "/"}
+    seen = []
+    for route in server.loading.app.routes:
+        if isinstance(route, Mount):
+            assert route.path == "/static"  # the page's files, public by design
+            continue
+        path = route.path.replace("{rel:path}", "lineage/report.md")
+        for method in sorted(route.methods - {"HEAD"}):
+            conn = http.client.HTTPConnection(urlsplit(server.url).netloc, timeout=10)
+            try:
+                conn.request(method, path, body=b"{}" if method == "POST" else None,
+                             headers={"Content-Type": "application/json"})
+                status = conn.getresponse().status
+            finally:
+                conn.close()
+            seen.append(path)
+            assert (status != 401) if path in public else (status == 401), (method, path, status)
+    assert {"/v1/models", "/v1/completions", "/v1/chat/completions", "/metrics", "/tokenize",
+            "/reports"} <= set(seen)
