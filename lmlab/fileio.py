@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             # a failed write() names no file; name the one being written, for the user's message
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def replace_folder(new: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the finished folder ``new`` at ``out`` (a rename): an old ``out`` is renamed aside first,
+    put back if the rename fails, and deleted last, so a crash never leaves ``out`` half-written."""
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:

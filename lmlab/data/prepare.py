@@ -34,7 +34,7 @@ from lmlab.data.corpora import Corpus, get_corpus
 from lmlab.data.special import ROLE_NAMES, add_objective_tokens, special_token
 from lmlab.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from lmlab.errors import LmlabError
-from lmlab.fileio import write_json
+from lmlab.fileio import replace_folder, write_json
 
 FORMAT = 1
 FILES = ("tokenizer.json", "train.bin", "val.bin", "meta.json")
@@ -280,7 +280,7 @@ def prepare(corpus_spec: str, out: Path, kind: str = "bpe", vocab_size: int = 40
         write_json(tmp / "meta.json", meta)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        _swap_into_place(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta, False
@@ -334,7 +334,7 @@ def write_examples(out: Path, tokenizer: Tokenizer, splits: dict[str, ExampleSpl
             "seconds": round(time.time() - t0, 2),
         }
         write_json(tmp / "meta.json", meta)
-        _swap_into_place(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta, False
@@ -351,14 +351,3 @@ def _tokenizer_path(path: Path) -> Path:
         raise LmlabError(f"--tokenizer-file {path} does not exist; give the path of a tokenizer.json "
                          "(e.g. one written by 'lmlab tokenizer train')")
     return path
-
-
-def _swap_into_place(new: Path, out: Path) -> None:
-    """Replace ``out`` by ``new``; the old folder is removed only after the rename."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any, Literal
 
 from lmlab.config import Precision, arg, save_config
 from lmlab.errors import LmlabError, Terminated
-from lmlab.fileio import write_json
+from lmlab.fileio import replace_folder, write_json
 from lmlab.lineage.budget import Budget, apply_preset, budget_of, describe_presets
 from lmlab.lineage.entries import DEFAULT_MODELS, ENTRIES, Entry
 
@@ -251,21 +249,6 @@ def _neural(cfg: LineageConfig, data, data_dir: Path, entry: Entry, run_dir: Pat
     }
 
 
-def _swap_in(new: Path, out: Path) -> None:
-    """Put the finished run ``new`` at ``out``: the old run is renamed aside first and deleted last."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _repoint(work: Path, out: Path) -> None:
     """Make the model runs' saved configs name the data at its final place, not in the temp folder."""
     for path in work.glob("*/config.yaml"):
@@ -357,5 +340,5 @@ def _build(cfg: LineageConfig, entries: list[Entry], budget: Budget, work: Path,
     save_config(cfg, work / "config.yaml")
     write_json(work / "results.json", {"settings": settings, "models": results})
     _repoint(work, out)
-    _swap_in(work, out)
+    replace_folder(work, out)
     return LineageResult(out, settings, results)

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.fileio import atomic_path, write_json
+from lmlab.fileio import atomic_path, replace_folder, write_json
 from lmlab.ngram.arpa import read_arpa, write_arpa
 from lmlab.ngram.model import BOS_ID, EOS_ID, UNK_ID, NgramModel
 
@@ -170,13 +169,7 @@ def save_token_ngram(folder: str | os.PathLike, lm: TokenNgramLM, tokenizer_file
         write_json(work / META, {"format": FORMAT, "eot_id": lm.eot_id, "vocab_size": lm.vocab_size,
                                  "order": lm.order, "smoothing": lm.model.smoothing, "val_bpb": val_bpb,
                                  "training_tokens": training_tokens})
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(folder, old)
-            os.replace(work, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, folder)
+        replace_folder(work, folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
