@@ -4,6 +4,7 @@ distributions, and a real uvicorn server on a free loopback port driven by the o
 from __future__ import annotations
 
 import string
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,3 +93,18 @@ def client(server):
     import openai
 
     return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+def run_all(engine, prompts, params) -> list:
+    """Submit every prompt from its own thread at once; return the outputs in order."""
+    outs = [None] * len(prompts)
+
+    def go(i: int) -> None:
+        outs[i] = engine.generate(prompts[i], params[i], timeout=60)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outs

@@ -11,6 +11,7 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.generate import decode
 from lmlab.serve.engine import Engine, Event, QueueFull, SamplingParams
+from tests.serve.conftest import run_all
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +25,6 @@ def random_prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, 40, (n,), generator=g).tolist()
     return [torch.randint(0, vocab, (k,), generator=g).tolist() for k in lengths]
-
-
-def run_all(engine: Engine, prompts, params) -> list:
-    """Submit every prompt from its own thread at once; return the outputs in order."""
-    outs = [None] * len(prompts)
-
-    def go(i: int) -> None:
-        outs[i] = engine.generate(prompts[i], params[i], timeout=60)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outs
 
 
 def test_batch_of_33_greedy_and_seeded_rows_equal_their_solo_decodes(model_tok):

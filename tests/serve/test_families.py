@@ -20,7 +20,7 @@ from lmlab.errors import LmlabError
 from lmlab.generate import decode
 from lmlab.generate.text import generate_text
 from lmlab.serve.engine import Engine, Event, SamplingParams
-from tests.serve.conftest import make_run
+from tests.serve.conftest import make_run, run_all
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 KEY = "sk-families"
@@ -90,21 +90,6 @@ def client(server) -> openai.OpenAI:
 
 def engine_of(server, name: str) -> Engine:
     return server.loading.served.pool.get(name).engine
-
-
-def run_all(engine: Engine, prompts, params) -> list:
-    """Submit every prompt from its own thread at once; return the outputs in order."""
-    outs = [None] * len(prompts)
-
-    def go(i: int) -> None:
-        outs[i] = engine.generate(prompts[i], params[i], timeout=60)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outs
 
 
 @pytest.mark.parametrize("name", [*SEQUENCE, "elmo", "encdec"])

@@ -191,11 +191,21 @@ function chosenModels() {
   return out;
 }
 
-// Each picker's own settings: copies of the shared inputs (ids suffixed with -INDEX), filled from the
-// shared values when "own settings" is switched on.
-function buildOwnSettings() {
+// The four model pickers, made from one template (ids model-I, own-I, settings-I), each with its own
+// settings: copies of the shared inputs (ids suffixed with -I), filled from the shared values when
+// "own settings" is switched on.
+function buildPickers() {
+  const template = $("picker-template");
   for (let i = 0; i < 4; i++) {
-    const box = $("settings-" + i);
+    const picker = template.content.firstElementChild.cloneNode(true);
+    const select = picker.querySelector("select");
+    select.id = "model-" + i;
+    select.setAttribute("aria-label", `model ${i + 1}`);
+    picker.querySelector("input[type=checkbox]").id = "own-" + i;
+    const box = picker.querySelector("fieldset");
+    box.id = "settings-" + i;
+    box.querySelector("legend").textContent = `model ${i + 1}'s sampling`;
+    template.parentNode.append(picker);
     for (const name of SETTINGS) {
       const label = $(name).closest("label").cloneNode(true);
       const input = label.querySelector("input");
@@ -671,7 +681,7 @@ function closeReports() {
 // ---- wiring -----------------------------------------------------------------------------------
 
 function init() {
-  buildOwnSettings();
+  buildPickers();
   $("send").addEventListener("click", send);
   $("stop-button").addEventListener("click", stopAll);
   $("load-models").addEventListener("click", loadModels);
