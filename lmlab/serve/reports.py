@@ -1,5 +1,6 @@
 """Report browsing: ``GET /reports`` lists the result folders under ``--runs``: those holding a
-``report.md`` (``lmlab lineage``) or else a ``samples.md`` (``lmlab align frontier``, tool evaluations);
+``report.md`` (``lmlab lineage``, ``scaling fit``/``sweep``, ``align frontier``, ``sft``, ``reward train``,
+``dpo``, ``rlhf``) or else a ``samples.md`` (tool and prompting evaluations);
 ``GET /reports/{path}`` renders that page (or any ``.md`` file) as HTML, followed by the folder's plots
 that the page does not show itself and links to its other files, and serves those files.
 
@@ -132,7 +133,7 @@ def report_page(runs_dir: Path, target: Path, url: str) -> HTMLResponse:
 
 def folder_files(runs_dir: Path, report: Path, text: str) -> str:
     """HTML after a report: the images beside it that its markdown ``text`` does not name (such as
-    frontier.png beside samples.md), then links to every other file beside it (names escaped); files
+    a plot beside a samples.md), then links to every other file beside it (names escaped); files
     whose resolved target leaves ``runs_dir`` are left out."""
     root = runs_dir.resolve()
     beside = report.parent.iterdir()
