@@ -153,7 +153,7 @@ def wait_ready(proc: subprocess.Popen, url: str, what: str, timeout_s: float = 3
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
-            pass
+            pass  # refused: the server is not listening yet; try again
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with status {proc.returncode} before it was ready")
         time.sleep(0.1)

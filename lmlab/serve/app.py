@@ -240,7 +240,7 @@ def create_app(served: Served) -> FastAPI:
         """Cancel ``reqs`` as soon as the client goes away (its request body is read: the next message
         can only be the disconnect)."""
         while (await request.receive())["type"] != "http.disconnect":
-            pass
+            pass  # nothing but the disconnect can come after the read body
         for r in reqs:
             r.cancel()
 

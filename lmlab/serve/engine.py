@@ -262,7 +262,7 @@ class Engine:
     def _loop(self) -> None:
         with torch.inference_mode():
             while self._round():
-                pass
+                pass  # each round does its work itself; False ends the loop
             for r in self._running:
                 self._finish(r.req, "cancelled")
             for req in self._waiting:

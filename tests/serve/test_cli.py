@@ -44,7 +44,7 @@ def test_serve_starts_answers_and_binds_loopback_without_a_key(run_dir):
                     break
                 assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
             except httpx.TransportError:
-                pass
+                pass  # refused: the server is not listening yet; try again
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
         assert r.status_code == 200
